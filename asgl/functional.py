@@ -1,0 +1,133 @@
+"""Functional form of the ASGL neurons, with backend dispatch.
+
+``backend="torch"`` runs the plain-PyTorch reference (:mod:`kernels.lif_ref`); ``"triton"`` the
+fused kernel (:mod:`kernels.lif`); ``"auto"`` picks the fused kernel for CUDA tensors and the
+reference otherwise. The Triton backend also runs CPU tensors when ``TRITON_INTERPRET=1`` was set
+before ``triton`` was imported (the test suite does this).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from kernels.lif_ref import RESETS, SURROGATES, lif_ref
+from kernels.rlif_ref import recurrent_lif_ref
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, x: torch.Tensor, fused_module: str = "kernels.lif") -> str:
+    """``"auto"`` -> ``"triton"`` on CUDA tensors when the fused kernel exists, else ``"torch"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if x.is_cuda and importlib.util.find_spec(fused_module) is not None else "torch"
+    if backend == "triton" and not x.is_cuda and not _interpreting():
+        raise ValueError(
+            "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before triton is imported, "
+            f"for testing on the CPU); got a tensor on {x.device}. Use backend='torch' or 'auto'."
+        )
+    return backend
+
+
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """A 31-bit seed for the in-kernel RNG, drawn from a CPU generator (no device sync).
+
+    With ``generator=None`` it comes from torch's default CPU generator, so ``torch.manual_seed``
+    (per rank) makes the fused kernel's noise masks reproducible.
+    """
+    return int(torch.randint(0, 2**31 - 1, (), generator=generator))
+
+
+def check_neuron_args(*, reset: str, surrogate: str, p: float) -> None:
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+    if not (0.0 <= float(p) <= 1.0):
+        raise ValueError(f"p (the analog-mode probability) must be in [0, 1], got {p!r}")
+
+
+def lif(
+    x_seq: torch.Tensor,
+    decay_logit: torch.Tensor,
+    width_param: torch.Tensor,
+    thresh: torch.Tensor | float,
+    *,
+    reset: str = "hard",
+    v_reset: float = 0.0,
+    surrogate: str = "sigmoid",
+    p: float = 0.0,
+    training: bool = True,
+    backend: str = "auto",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Multi-step ASGL LIF neuron, ``x_seq [T, B, ...] -> y_seq = θ·o`` (same shape and dtype).
+
+    See :func:`kernels.lif_ref.lif_ref` for the equations. ``generator`` seeds the noise mask:
+    the reference draws the mask from it, the fused kernel draws one seed from it.
+    """
+    check_neuron_args(reset=reset, surrogate=surrogate, p=p)
+    if x_seq.dim() < 2:
+        raise ValueError(f"x_seq must be [T, B, ...] with at least 2 dims, got shape {tuple(x_seq.shape)}")
+    if width_param.dim() == 1 and (x_seq.dim() < 3 or x_seq.shape[2] != width_param.shape[0]):
+        raise ValueError(
+            f"channel-wise width has {width_param.shape[0]} channels but x_seq of shape "
+            f"{tuple(x_seq.shape)} has {x_seq.shape[2] if x_seq.dim() >= 3 else 'no'} channels at dim 2"
+        )
+    if resolve_backend(backend, x_seq) == "torch":
+        return lif_ref(
+            x_seq, decay_logit, width_param, thresh, reset=reset, v_reset=v_reset,
+            surrogate=surrogate, p=p, training=training, generator=generator,
+        )
+    from kernels.lif import lif_fused
+
+    return lif_fused(
+        x_seq, decay_logit, width_param, thresh, reset=reset, v_reset=v_reset,
+        surrogate=surrogate, p=p, training=training, seed=draw_seed(generator),
+    )
+
+
+def recurrent_lif(
+    wx_seq: torch.Tensor,
+    recurrent_weight: torch.Tensor,
+    decay_logit: torch.Tensor,
+    width_param: torch.Tensor,
+    thresh: torch.Tensor | float,
+    *,
+    reset: str = "hard",
+    v_reset: float = 0.0,
+    surrogate: str = "sigmoid",
+    p: float = 0.0,
+    training: bool = True,
+    backend: str = "auto",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Recurrent multi-step ASGL LIF, ``wx_seq [T, B, H] -> y_seq [T, B, H]``.
+
+    See :func:`kernels.rlif_ref.recurrent_lif_ref` for the equations.
+    """
+    check_neuron_args(reset=reset, surrogate=surrogate, p=p)
+    if wx_seq.dim() != 3:
+        raise ValueError(f"wx_seq must be [T, B, H], got shape {tuple(wx_seq.shape)}")
+    H = wx_seq.shape[2]
+    if tuple(recurrent_weight.shape) != (H, H):
+        raise ValueError(f"recurrent_weight must be [{H}, {H}], got {tuple(recurrent_weight.shape)}")
+    if resolve_backend(backend, wx_seq, fused_module="kernels.rlif") == "torch":
+        return recurrent_lif_ref(
+            wx_seq, recurrent_weight, decay_logit, width_param, thresh, reset=reset,
+            v_reset=v_reset, surrogate=surrogate, p=p, training=training, generator=generator,
+        )
+    from kernels.rlif import recurrent_lif_fused
+
+    return recurrent_lif_fused(
+        wx_seq, recurrent_weight, decay_logit, width_param, thresh, reset=reset,
+        v_reset=v_reset, surrogate=surrogate, p=p, training=training, seed=draw_seed(generator),
+    )

@@ -1,0 +1,208 @@
+"""ASGL spiking neurons as ``nn.Module``s: :class:`LIF` and :class:`RecurrentLIF`.
+
+Every parameter exists after ``__init__`` (an optimizer built right away sees them all); a fixed
+one is a buffer, so it moves with the module and is saved in its state dict.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kernels.lif_ref import RESETS, SURROGATES, slope_from_width_param, width_param_from_width
+
+from . import functional as F
+
+GRANULARITIES = ("layer", "channel")
+
+
+class LIF(nn.Module):
+    """Multi-step leaky integrate-and-fire neuron trained with ASGL.
+
+    ``forward(x_seq [T, B, ...]) -> y_seq = θ·o`` of the same shape. In ``train()`` mode a fraction
+    ``p`` of the elements emits the relaxation ``H_α(z)`` instead of the spike (the noisy hybrid);
+    in ``eval()`` mode the output is pure spikes. Gradients always flow through ``H_α``.
+
+    Args:
+        decay: initial leak λ in (0, 1); stored as ``decay_logit = log(λ/(1-λ))``.
+        thresh: firing threshold θ > 0.
+        reset: ``"hard"`` (membrane set to ``v_reset`` on a spike) or ``"soft"`` (θ·o subtracted).
+        surrogate: relaxation ``H_α``: ``"sigmoid"`` or ``"rectangle"``.
+        width: initial relaxation width α > 0 (larger = smoother).
+        learn_width / learn_decay / learn_thresh: make the width / decay / threshold trainable.
+        width_granularity: ``"layer"`` (one width) or ``"channel"`` (one per channel, dim 2 of the
+            input; needs ``channels``).
+        p: analog-mode probability in [0, 1] (0 = plain surrogate gradient, 1 = smooth network).
+        backend: ``"auto"``, ``"torch"`` (reference loop) or ``"triton"`` (fused kernel).
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.5,
+        thresh: float = 1.0,
+        reset: str = "hard",
+        v_reset: float = 0.0,
+        surrogate: str = "sigmoid",
+        width: float = 1.0,
+        learn_width: bool = True,
+        width_granularity: str = "layer",
+        channels: int | None = None,
+        learn_decay: bool = True,
+        learn_thresh: bool = False,
+        p: float = 0.0,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if reset not in RESETS:
+            raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+        if surrogate not in SURROGATES:
+            raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+        if width_granularity not in GRANULARITIES:
+            raise ValueError(f"width_granularity must be one of {GRANULARITIES}, got {width_granularity!r}")
+        if backend not in F.BACKENDS:
+            raise ValueError(f"backend must be one of {F.BACKENDS}, got {backend!r}")
+        if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+            raise ValueError(f"width (the relaxation width α) must be a finite number > 0, got {width!r}")
+        if not (isinstance(decay, (int, float)) and 0.0 < decay < 1.0):
+            raise ValueError(f"decay (the leak λ) must be in the open interval (0, 1), got {decay!r}")
+        if not (isinstance(thresh, (int, float)) and math.isfinite(thresh) and thresh > 0):
+            raise ValueError(f"thresh (the threshold θ) must be a finite number > 0, got {thresh!r}")
+        if width_granularity == "channel":
+            if not (isinstance(channels, int) and channels > 0):
+                raise ValueError(
+                    f"channels must be a positive int when width_granularity='channel', got {channels!r}"
+                )
+        elif channels is not None and not (isinstance(channels, int) and channels > 0):
+            raise ValueError(f"channels must be None or a positive int, got {channels!r}")
+
+        self.reset = reset
+        self.v_reset = float(v_reset)
+        self.surrogate = surrogate
+        self.width_granularity = width_granularity
+        self.channels = channels
+        self.backend = backend
+        self.p = p
+
+        decay_logit = torch.tensor(math.log(decay / (1.0 - decay)))
+        shape = (channels,) if width_granularity == "channel" else ()
+        width_param = torch.full(shape, width_param_from_width(float(width), surrogate))
+        self._register("decay_logit", decay_logit, learn_decay)
+        self._register("width_param", width_param, learn_width)
+        if learn_thresh:
+            self.thresh = nn.Parameter(torch.tensor(float(thresh)))
+        else:
+            self.thresh = float(thresh)
+
+    def _register(self, name: str, value: torch.Tensor, learnable: bool) -> None:
+        if learnable:
+            self.register_parameter(name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value)
+
+    @property
+    def p(self) -> float:
+        """Probability that an element emits the analog relaxation during training."""
+        return self._p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        value = float(value)
+        if not (0.0 <= value <= 1.0):
+            raise ValueError(f"p (the analog-mode probability) must be in [0, 1], got {value!r}")
+        self._p = value
+
+    @property
+    def width(self) -> torch.Tensor:
+        """The relaxation width α = 1/k (read-only, detached)."""
+        return 1.0 / slope_from_width_param(self.width_param.detach(), self.surrogate)
+
+    @property
+    def decay(self) -> torch.Tensor:
+        """The leak λ = sigmoid(decay_logit) (read-only, detached)."""
+        return torch.sigmoid(self.decay_logit.detach())
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Keep a learnable threshold ≥ 0; call after each optimizer step."""
+        if isinstance(self.thresh, nn.Parameter):
+            self.thresh.clamp_(min=0.0)
+
+    def check_input(self, x_seq: torch.Tensor) -> None:
+        if x_seq.dim() < 2:
+            raise ValueError(
+                f"{type(self).__name__} expects x_seq of shape [T, B, ...] (at least 2 dims), "
+                f"got shape {tuple(x_seq.shape)}"
+            )
+        if self.width_granularity == "channel" and (x_seq.dim() < 3 or x_seq.shape[2] != self.channels):
+            got = x_seq.shape[2] if x_seq.dim() >= 3 else "none"
+            raise ValueError(
+                f"{type(self).__name__} was built with channels={self.channels} (channel-wise width) "
+                f"but the input of shape {tuple(x_seq.shape)} has {got} channels at dim 2"
+            )
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        self.check_input(x_seq)
+        return F.lif(
+            x_seq, self.decay_logit, self.width_param, self.thresh, reset=self.reset,
+            v_reset=self.v_reset, surrogate=self.surrogate, p=self.p, training=self.training,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        thresh = float(self.thresh)
+        learn = [n for n in ("decay_logit", "width_param", "thresh") if isinstance(getattr(self, n), nn.Parameter)]
+        return (
+            f"surrogate={self.surrogate}, reset={self.reset}, thresh={thresh:g}, p={self.p:g}, "
+            f"width_granularity={self.width_granularity}, learn={learn}, backend={self.backend}"
+        )
+
+
+class RecurrentLIF(LIF):
+    """Recurrent ASGL LIF layer: ``u[t] = λ·v[t-1] + W·x[t] + R·o[t-1]``.
+
+    ``forward(x_seq [T, B, in_features]) -> y_seq [T, B, hidden]``. The input projection ``W``
+    (no bias) runs for all steps as one matmul; the recurrence with ``R`` runs in the neuron
+    (reference loop, or the fused kernel on the Triton backend). Channel-wise width means one
+    width per hidden unit. Other arguments as in :class:`LIF`.
+    """
+
+    def __init__(self, in_features: int, hidden: int, **neuron_kwargs):
+        if not (isinstance(in_features, int) and in_features > 0 and isinstance(hidden, int) and hidden > 0):
+            raise ValueError(f"in_features and hidden must be positive ints, got {in_features!r}, {hidden!r}")
+        if neuron_kwargs.get("width_granularity") == "channel":
+            neuron_kwargs.setdefault("channels", hidden)
+        super().__init__(**neuron_kwargs)
+        self.in_features = in_features
+        self.hidden = hidden
+        self.input_weight = nn.Parameter(torch.empty(hidden, in_features))
+        self.recurrent_weight = nn.Parameter(torch.empty(hidden, hidden))
+        nn.init.kaiming_uniform_(self.input_weight, a=math.sqrt(5))
+        nn.init.orthogonal_(self.recurrent_weight)
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if x_seq.dim() != 3 or x_seq.shape[2] != self.in_features:
+            raise ValueError(
+                f"RecurrentLIF expects x_seq of shape [T, B, {self.in_features}], got {tuple(x_seq.shape)}"
+            )
+        wx_seq = torch.nn.functional.linear(x_seq, self.input_weight)
+        return F.recurrent_lif(
+            wx_seq, self.recurrent_weight, self.decay_logit, self.width_param, self.thresh,
+            reset=self.reset, v_reset=self.v_reset, surrogate=self.surrogate, p=self.p,
+            training=self.training, backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, hidden={self.hidden}, " + super().extra_repr()
+
+
+def neurons(model: nn.Module):
+    """All ASGL neurons of ``model``."""
+    return [m for m in model.modules() if isinstance(m, LIF)]
+
+
+def clamp_thresholds_(model: nn.Module) -> None:
+    """Keep every learnable threshold ≥ 0 (ASGL.md §1); call after each optimizer step."""
+    for m in neurons(model):
+        m.clamp_()
