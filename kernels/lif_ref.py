@@ -112,7 +112,7 @@ def lif_ref(
     if x_seq.dim() < 2:
         raise ValueError(f"x_seq must be [T, B, ...] with at least 2 dims, got shape {tuple(x_seq.shape)}")
     dtype = x_seq.dtype
-    lam = torch.sigmoid(decay_logit.to(torch.float32)).to(dtype)
+    lam = torch.sigmoid(decay_logit.to(torch.promote_types(decay_logit.dtype, torch.float32))).to(dtype)
     slope = _broadcast_width(slope_from_width_param(width_param, surrogate).to(dtype), x_seq[0])
     theta = thresh.to(dtype) if isinstance(thresh, torch.Tensor) else thresh
     if training and mask is None:

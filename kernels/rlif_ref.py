@@ -43,7 +43,7 @@ def recurrent_lif_ref(
     if wx_seq.dim() != 3:
         raise ValueError(f"wx_seq must be [T, B, H], got shape {tuple(wx_seq.shape)}")
     dtype = wx_seq.dtype
-    lam = torch.sigmoid(decay_logit.to(torch.float32)).to(dtype)
+    lam = torch.sigmoid(decay_logit.to(torch.promote_types(decay_logit.dtype, torch.float32))).to(dtype)
     slope = slope_from_width_param(width_param, surrogate).to(dtype)
     theta = thresh.to(dtype) if isinstance(thresh, torch.Tensor) else thresh
     rec = recurrent_weight.to(dtype)
