@@ -1,0 +1,114 @@
+"""Spiking ResNets for CIFAR-sized images (ASGL.md §4): ResNet-18, ResNet-19, ResNet-34.
+
+Layout ``[T, B, C, H, W]`` throughout; conv and BN run with time folded into batch (BN statistics
+over T·B·H·W per channel), the neurons see the time axis. Conv bias is off (BN follows).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..layers import SeqToANN, conv_bn, image_sequence
+from .registry import SpikingNet, make_lif, register_model
+
+__all__ = ["BasicBlock", "SpikingResNet", "resnet18", "resnet19", "resnet34"]
+
+
+class BasicBlock(nn.Module):
+    """``LIF(BN(conv3x3(LIF(BN(conv3x3(x))))) + shortcut(x))``, ``[T, B, C_in, H, W] -> [T, B, C, H/s, W/s]``.
+
+    The shortcut is the identity, or conv1x1(stride s)-BN when the shape changes. The sum enters
+    the second neuron, so the block's output is spikes (scaled by θ).
+    """
+
+    def __init__(self, in_channels: int, channels: int, stride: int, neuron_kwargs: dict):
+        super().__init__()
+        self.residual = nn.Sequential(
+            conv_bn(in_channels, channels, 3, stride),
+            make_lif(channels, neuron_kwargs),
+            conv_bn(channels, channels, 3, 1),
+        )
+        if stride != 1 or in_channels != channels:
+            self.shortcut = conv_bn(in_channels, channels, 1, stride)
+        else:
+            self.shortcut = nn.Identity()
+        self.lif = make_lif(channels, neuron_kwargs)
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        return self.lif(self.residual(x_seq) + self.shortcut(x_seq))
+
+
+class SpikingResNet(SpikingNet):
+    """CIFAR-style spiking ResNet.
+
+    stem conv3x3(in→``stem``, stride 1)-BN-LIF; stages of :class:`BasicBlock` (``(width, blocks)``
+    each, stride 1 in the first stage and 2 after); global average pool; optional hidden
+    Linear(→``hidden``)-LIF; Linear(→num_classes, bias), not spiking.
+
+    ``forward(x)`` takes images ``[B, C, H, W]`` (repeated T times: direct encoding) or events
+    ``[B, T, C, H, W]`` and returns **per-step logits** ``[T, B, num_classes]``; the prediction
+    is their T-mean (:func:`asgl.layers.mean_over_time`), taken by the loss.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[tuple[int, int]],
+        *,
+        stem: int,
+        hidden: int | None = None,
+        num_classes: int = 10,
+        T: int = 4,
+        in_channels: int = 3,
+        **neuron_kwargs,
+    ):
+        super().__init__(num_classes=num_classes, T=T, in_channels=in_channels, neuron_kwargs=neuron_kwargs)
+        self.stem = nn.Sequential(conv_bn(in_channels, stem, 3, 1), make_lif(stem, neuron_kwargs))
+        blocks, channels = [], stem
+        for i, (width, n_blocks) in enumerate(stages):
+            for j in range(n_blocks):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(BasicBlock(channels, width, stride, neuron_kwargs))
+                channels = width
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = SeqToANN(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        head: list[nn.Module] = []
+        if hidden is not None:
+            head += [SeqToANN(nn.Linear(channels, hidden)), make_lif(hidden, neuron_kwargs)]
+            channels = hidden
+        head.append(SeqToANN(nn.Linear(channels, num_classes)))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> per-step logits ``[T, B, num_classes]``."""
+        x_seq = image_sequence(x, self.T, self.in_channels)
+        return self.head(self.pool(self.blocks(self.stem(x_seq))))
+
+
+@register_model("resnet18")
+def resnet18(num_classes: int = 10, T: int = 4, in_channels: int = 3, **neuron_kwargs) -> SpikingResNet:
+    """ResNet-18: stem 64; stages 64, 128, 256, 512 × 2 blocks; Linear(512→classes)."""
+    return SpikingResNet(
+        [(64, 2), (128, 2), (256, 2), (512, 2)], stem=64,
+        num_classes=num_classes, T=T, in_channels=in_channels, **neuron_kwargs,
+    )
+
+
+@register_model("resnet19")
+def resnet19(num_classes: int = 10, T: int = 4, in_channels: int = 3, **neuron_kwargs) -> SpikingResNet:
+    """ResNet-19: stem 128; stages 128×3, 256×3, 512×2; Linear(512→256)-LIF; Linear(256→classes)."""
+    return SpikingResNet(
+        [(128, 3), (256, 3), (512, 2)], stem=128, hidden=256,
+        num_classes=num_classes, T=T, in_channels=in_channels, **neuron_kwargs,
+    )
+
+
+@register_model("resnet34")
+def resnet34(num_classes: int = 10, T: int = 4, in_channels: int = 3, **neuron_kwargs) -> SpikingResNet:
+    """ResNet-34: as ResNet-18 with 3, 4, 6, 3 blocks per stage."""
+    return SpikingResNet(
+        [(64, 3), (128, 4), (256, 6), (512, 3)], stem=64,
+        num_classes=num_classes, T=T, in_channels=in_channels, **neuron_kwargs,
+    )
