@@ -1,0 +1,559 @@
+"""Data pipeline: every loader on tiny files in the real on-disk formats, sharding, order, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data_fixtures as fx
+from train.data import DataConfig, DataFormatError, DataNotFoundError, build_data
+from train.data.loader import SparseSequences, TensorLoader, eval_chunks
+
+REPO = Path(__file__).resolve().parents[1]
+
+try:
+    import train.data.augment  # noqa: F401
+
+    HAS_AUGMENT = True
+except ImportError:
+    HAS_AUGMENT = False
+needs_augment = pytest.mark.skipif(not HAS_AUGMENT, reason="train.data.augment not available")
+needs_datasets = pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import datasets"], capture_output=True).returncode != 0,
+    reason="datasets not installed",
+)
+
+
+def cfg(tmp_path, **kw) -> DataConfig:
+    kw.setdefault("cache_dir", str(tmp_path / "cache"))
+    return DataConfig(**kw)
+
+
+def epoch(loader, e=0, start=0):
+    loader.set_epoch(e, start)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def unnormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return torch.round((x * s + m) * 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------- config, import
+
+
+def test_import_without_datasets():
+    # None in sys.modules makes any `import datasets` / `import h5py` raise ImportError.
+    code = (
+        "import sys; sys.modules['datasets'] = sys.modules['h5py'] = None; "
+        "import train.data; train.data.DataConfig(name='shd')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    code = "import sys, train.data; assert 'datasets' not in sys.modules and 'h5py' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"name": "mnist"}, "data.name"),
+        ({"batch_size": 0}, "data.batch_size"),
+        ({"eval_batch_size": -1}, "data.eval_batch_size"),
+        ({"crop_pad": -1}, "data.crop_pad"),
+        ({"frames": 0}, "data.frames"),
+        ({"resolution": 0, "name": "cifar10_dvs"}, "data.resolution"),
+        ({"roll": 2}, "data.roll"),
+        ({"flip": "yes"}, "data.flip"),
+        ({"name": "shd", "streaming": True}, "data.streaming"),
+        ({"name": "shd", "shd_max_time": 0.0}, "data.shd_max_time"),
+        ({"hub_id": "cifar10"}, "data.hub_id"),
+    ],
+)
+def test_config_validation_names_the_key(kw, key):
+    with pytest.raises(ValueError, match=key):
+        DataConfig(**kw)
+
+
+def test_batch_size_must_divide_by_world_size(tmp_path):
+    with pytest.raises(ValueError, match="data.batch_size"):
+        build_data(cfg(tmp_path, batch_size=10), T=1, seed=0, rank=0, world_size=3)
+
+
+# ---------------------------------------------------------------------------------- loader logic
+
+
+def _index_loader(n, b, train, rank=0, world=1, seed=0):
+    ids = torch.arange(n)
+    return TensorLoader(lambda idx: ids[idx], ids, batch_size=b, train=train, seed=seed, rank=rank,
+                        world_size=world, device="cpu")
+
+
+@pytest.mark.parametrize("n, b, world", [(103, 8, 2), (50, 7, 3), (17, 4, 1)])
+def test_shards_disjoint_and_test_exactly_once(n, b, world):
+    trains = [_index_loader(n, b, True, r, world) for r in range(world)]
+    seen = torch.cat([x for ld in trains for x, _ in epoch(ld, 3)])
+    assert seen.unique().numel() == seen.numel() == (n // (b * world)) * b * world
+    assert len({len(ld) for ld in trains}) == 1
+    tests = [_index_loader(n, b, False, r, world) for r in range(world)]
+    seen = torch.cat([x for ld in tests for x, _ in epoch(ld)])
+    assert sorted(seen.tolist()) == list(range(n))
+    assert len({len(ld) for ld in tests}) == 1
+    assert all(0 < x.numel() <= b for ld in tests for x, _ in epoch(ld))
+
+
+def test_test_chunks_cover_in_order():
+    chunks = [c for r in range(3) for c in eval_chunks(100, 8, r, 3)]
+    assert sorted(chunks) == sorted(set(chunks))
+    assert sum(b - a for a, b in chunks) == 100
+
+
+def test_order_is_function_of_seed_and_epoch():
+    a = torch.cat([x for x, _ in epoch(_index_loader(64, 8, True), 1)])
+    b = torch.cat([x for x, _ in epoch(_index_loader(64, 8, True), 1)])
+    c = torch.cat([x for x, _ in epoch(_index_loader(64, 8, True), 2)])
+    d = torch.cat([x for x, _ in epoch(_index_loader(64, 8, True, seed=1), 1)])
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c) and not torch.equal(a, d)
+    assert torch.equal(a.sort().values, c.sort().values)
+
+
+def test_sparse_sequences_gather_matches_dense():
+    g = torch.Generator().manual_seed(0)
+    dense = [torch.randint(0, 3, (5, 7), generator=g) * (torch.rand(5, 7, generator=g) < 0.3) for _ in range(6)]
+    dense[2].zero_()  # an empty sample
+    seq = SparseSequences.from_dense(dense, 5, 7)
+    idx = torch.tensor([4, 2, 0, 4])
+    assert torch.equal(seq.gather(idx), torch.stack([dense[i] for i in idx.tolist()]).float())
+
+
+# ---------------------------------------------------------------------------------- images
+
+
+def _cifar_like(root: Path, name: str, n_train=40, n_test=13):
+    """Hub-layout files of ``name`` with identifiable images; returns (train images, test images)."""
+    spec = {
+        "cifar10": ("plain_text", "img", 32, 3, "test", 10),
+        "cifar100": ("cifar100", "img", 32, 3, "test", 100),
+        "tiny_imagenet": ("data", "image", 64, 3, "valid", 200),
+    }[name]
+    folder, col, size, ch, test_split, classes = spec
+    out = {}
+    for split, n, start in (("train", n_train, 0), (test_split, n_test, 1000)):
+        ims = fx.id_images(n, size, ch, start=start, seed=start)
+        if name == "tiny_imagenet" and split == "train":
+            ims[3] = ims[3][..., 0].copy()  # a grayscale image among RGB ones, as in the real set
+        labels = [(i * 7) % classes for i in range(n)]
+        cols = {"label": labels}
+        if name == "cifar100":
+            cols = {"fine_label": labels, "coarse_label": [v % 20 for v in labels]}
+        # Tiny-ImageNet's hub files carry a hash suffix: data/train-00000-of-00001-<hash>.parquet
+        fname = f"{split}-00000-of-00001" + ("-abc123" if name == "tiny_imagenet" else "") + ".parquet"
+        fx.write_hub_parquet(root / folder / fname, ims, cols, image_column=col)
+        out[split] = (ims, labels)
+    return out
+
+
+@needs_datasets
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "tiny_imagenet"])
+def test_image_hub_layout_roundtrip(tmp_path, name):
+    from train.data.images import IMAGE_SPECS
+
+    src = _cifar_like(tmp_path / name, name)
+    spec = IMAGE_SPECS[name]
+    b = build_data(cfg(tmp_path, name=name, root=str(tmp_path / name), batch_size=8, eval_batch_size=5), T=2, seed=0)
+    got = (b.num_train, b.num_test, b.num_classes, b.in_channels, b.input_kind)
+    assert got == (40, 13, spec.num_classes, 3, "image")
+    test_split = "valid" if name == "tiny_imagenet" else "test"
+    ims, labels = src[test_split]
+    xs, ys = zip(*epoch(b.test))
+    x = unnormalise(torch.cat(xs), spec.mean, spec.std)
+    assert torch.equal(torch.cat(ys), torch.tensor(labels))
+    assert torch.equal(x, torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2))
+    # the grayscale training image comes out as RGB with three equal channels
+    seen = {}
+    for xb, _ in epoch(b.train):
+        for im in unnormalise(xb, spec.mean, spec.std):
+            seen[fx.image_id(im)] = im
+    if name == "tiny_imagenet" and 3 in seen:
+        assert torch.equal(seen[3][0], seen[3][1]) and torch.equal(seen[3][1], seen[3][2])
+
+
+@needs_datasets
+def test_cifar100_coarse_labels(tmp_path):
+    _cifar_like(tmp_path / "c100", "cifar100")
+    b = build_data(cfg(tmp_path, name="cifar100", root=str(tmp_path / "c100"), label_column="coarse_label",
+                       batch_size=8, eval_batch_size=8), T=2, seed=0)
+    assert b.num_classes == 20
+    assert int(torch.cat([y for _, y in epoch(b.test)]).max()) < 20
+
+
+@needs_datasets
+def test_streaming_matches_materialised_and_shards(tmp_path):
+    root = tmp_path / "c10"
+    _cifar_like(root, "cifar10", n_train=37, n_test=11)
+    mat = build_data(cfg(tmp_path, name="cifar10", root=str(root), batch_size=4, eval_batch_size=4), T=1, seed=3)
+    stream = build_data(cfg(tmp_path, name="cifar10", root=str(root), batch_size=4, eval_batch_size=4,
+                            streaming=True, shuffle_buffer=8), T=1, seed=3)
+    # test split, one rank: same samples in the same order
+    for (xm, ym), (xs, ys) in zip(epoch(mat.test), epoch(stream.test), strict=True):
+        assert torch.equal(xm, xs) and torch.equal(ym, ys)
+    # train split: same samples (orders differ: buffer shuffle vs permutation); epochs differ
+    from train.data.images import IMAGE_SPECS
+
+    spec = IMAGE_SPECS["cifar10"]
+
+    def ids(batches):
+        return [fx.image_id(im) for x, _ in batches for im in unnormalise(x, spec.mean, spec.std)]
+
+    s0, s1 = ids(epoch(stream.train, 0)), ids(epoch(stream.train, 1))
+    assert len(s0) == len(set(s0)) == 36 and set(s0) <= set(range(37))
+    assert s0 != s1 and s0 == ids(epoch(stream.train, 0))
+    assert len(ids(epoch(mat.train, 0))) == 36
+    # two streaming ranks: disjoint shards; test covers every sample once
+    ranks = [build_data(cfg(tmp_path, name="cifar10", root=str(root), batch_size=4, eval_batch_size=4,
+                            streaming=True), T=1, seed=3, rank=r, world_size=2) for r in range(2)]
+    tr = [ids(epoch(b.train, 2)) for b in ranks]
+    assert not set(tr[0]) & set(tr[1]) and len(tr[0]) == len(tr[1]) == 2 * len(ranks[0].train)
+    te = sorted(i for b in ranks for i in ids(epoch(b.test)))
+    assert te == list(range(1000, 1011))
+
+
+@needs_datasets
+def test_resume_yields_the_tail(tmp_path):
+    root = tmp_path / "c10"
+    _cifar_like(root, "cifar10", n_train=40, n_test=4)
+    kw = dict(name="cifar10", root=str(root), batch_size=8)
+    if HAS_AUGMENT:
+        kw.update(crop_pad=4, flip=True, cutout=8)
+    for streaming in (False, True):
+        b = build_data(cfg(tmp_path, streaming=streaming, **kw), T=1, seed=5)
+        full = epoch(b.train, 2)
+        tail = epoch(b.train, 2, start=3)
+        assert len(full) == 5 and len(tail) == 2
+        for (xf, yf), (xt, yt) in zip(full[3:], tail, strict=True):
+            assert torch.equal(xf, xt) and torch.equal(yf, yt)
+
+
+@needs_datasets
+@needs_augment
+def test_augmentation_reproducible(tmp_path):
+    root = tmp_path / "c10"
+    _cifar_like(root, "cifar10", n_train=16, n_test=4)
+    c = cfg(tmp_path, name="cifar10", root=str(root), batch_size=16, crop_pad=4, flip=True, cutout=8)
+    b1, b2 = build_data(c, T=1, seed=1), build_data(c, T=1, seed=1)
+    plain = build_data(cfg(tmp_path, name="cifar10", root=str(root), batch_size=16), T=1, seed=1)
+    (x1, y1), (x2, y2), (x0, y0) = epoch(b1.train, 0)[0], epoch(b2.train, 0)[0], epoch(plain.train, 0)[0]
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert torch.equal(y0, y1) and not torch.equal(x0, x1)  # same order, augmented pixels
+    assert not torch.equal(epoch(b1.train, 0, 0)[0][0], epoch(b1.train, 1, 0)[0][0])
+
+
+@needs_datasets
+def test_images_decoded_once_then_cached(tmp_path, monkeypatch):
+    from train.data import images
+
+    root = tmp_path / "c10"
+    _cifar_like(root, "cifar10", n_train=8, n_test=4)
+    c = cfg(tmp_path, name="cifar10", root=str(root), batch_size=4)
+    first = epoch(build_data(c, T=1, seed=0).test)
+    assert len(list((tmp_path / "cache").glob("cifar10-*.pt"))) == 2
+
+    def fail(*a, **k):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(images, "materialise", fail)
+    again = epoch(build_data(c, T=1, seed=0).test)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
+
+
+@needs_datasets
+def test_unreachable_hub_raises_data_not_found(tmp_path):
+    code = (
+        "import sys\n"
+        "from train.data import DataConfig, DataNotFoundError, build_data\n"
+        "try:\n"
+        f"    cfg = DataConfig(name='cifar10', hub_id='uoft-cs/cifar10', cache_dir={str(tmp_path)!r})\n"
+        "    build_data(cfg, T=1, seed=0)\n"
+        "except DataNotFoundError as e:\n"
+        "    assert 'huggingface-cli download uoft-cs/cifar10' in str(e), e\n"
+        "    sys.exit(0)\n"
+        "sys.exit(1)\n"
+    )
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, capture_output=True)
+
+
+@needs_datasets
+def test_wrong_columns_message(tmp_path):
+    root = tmp_path / "c10"
+    for split in ("train", "test"):
+        fx.write_hub_parquet(root / "plain_text" / f"{split}-00000-of-00001.parquet", fx.id_images(4, 32, 3),
+                             {"labels": [0, 1, 2, 3]}, image_column="image")
+    with pytest.raises(DataFormatError, match=r"missing column\(s\) \['img', 'label'\].*found \['image', 'labels'\]"):
+        build_data(cfg(tmp_path, name="cifar10", root=str(root), batch_size=2), T=1, seed=0)
+
+
+def test_missing_images_message(tmp_path):
+    with pytest.raises(DataNotFoundError) as err:
+        build_data(cfg(tmp_path, name="cifar10", root=str(tmp_path / "nowhere")), T=1, seed=0)
+    msg = str(err.value)
+    assert "plain_text/train-*.parquet" in msg and str(tmp_path / "nowhere") in msg
+    assert "huggingface-cli download uoft-cs/cifar10 --repo-type dataset --local-dir" in msg
+    assert isinstance(err.value, FileNotFoundError)
+
+
+@needs_datasets
+def test_bundled_digits(tmp_path):
+    b = build_data(cfg(tmp_path, batch_size=100, eval_batch_size=120), T=4, seed=0)
+    assert (b.num_train, b.num_test, b.num_classes, b.in_channels, b.input_kind) == (1437, 360, 10, 1, "image")
+    xs, ys = zip(*epoch(b.test))
+    y = torch.cat(ys)
+    assert torch.cat(xs).shape == (360, 1, 8, 8)
+    assert torch.bincount(y, minlength=10).min() >= 35  # stratified split
+    raw = unnormalise(torch.cat(xs), (0.3054,), (0.3760,))
+    assert raw.max() == 255 and raw.min() == 0
+    assert len(b.train) == 14 and epoch(b.train)[0][0].shape == (100, 1, 8, 8)
+
+
+# ---------------------------------------------------------------------------------- SHD
+
+
+def test_shd_binning(tmp_path):
+    T, max_time = 10, 1.0
+    times = [
+        np.array([0.0, 0.05, 0.15, 0.15, 0.999, 1.2]),  # 1.2 s: after the last bin, dropped
+        np.array([]),  # an empty sample
+        np.array([0.5, 0.25]),
+    ]
+    units = [np.array([0, 1, 699, 699, 5, 3]), np.array([]), np.array([10, 20])]
+    for split, labels in (("train", [3, 0, 19]), ("test", [1, 2, 4])):
+        fx.write_shd_h5(tmp_path / f"shd_{split}.h5", times, units, labels)
+    b = build_data(cfg(tmp_path, name="shd", root=str(tmp_path), batch_size=3, eval_batch_size=3,
+                       shd_max_time=max_time, frames=T), T=250, seed=0)
+    assert (b.num_classes, b.in_channels, b.input_kind, b.num_train) == (20, 700, "sequence", 3)
+    (x, y), = epoch(b.test)
+    assert x.shape == (3, T, 700) and x.dtype == torch.float32
+    assert torch.equal(y, torch.tensor([1, 2, 4]))
+    expect = torch.zeros(3, T, 700)
+    # float16 times cast to float32: 0.05 -> 0.04998779 (bin 0), 0.15 -> 0.1500244 (bin 1), 0.999 -> 0.9990234 (bin 9)
+    for t, u in ((0, 0), (0, 1), (1, 699), (1, 699), (9, 5)):
+        expect[0, t, u] += 1
+    expect[2, 5, 10] = 1
+    expect[2, 2, 20] = 1
+    assert torch.equal(x, expect)
+    assert x[1].sum() == 0
+
+
+def test_shd_missing_message(tmp_path):
+    pattern = r"(?s)shd_train.h5.*not found under.*spikes/times.*wget https://zenkelab.org/datasets/shd_train.h5.gz"
+    with pytest.raises(DataNotFoundError, match=pattern):
+        build_data(cfg(tmp_path, name="shd", root=str(tmp_path)), T=250, seed=0)
+
+
+# ---------------------------------------------------------------------------------- events
+
+
+def test_events_to_frames_split_by_count():
+    from train.data.events import events_to_frames
+
+    ev = {"t": np.array([1, 2, 3, 4, 5, 6, 7]), "x": np.array([0, 0, 2, 3, 1, 4, 4]),
+          "y": np.array([0, 0, 2, 3, 1, 4, 4]), "p": np.array([0, 1, 0, 1, 1, 0, 0])}
+    fr = events_to_frames(ev, 3, size=8)  # 7 events over 3 frames: event i -> frame floor(3i/7) = 0,0,0,1,1,2,2
+    assert fr.shape == (3, 2, 8, 8) and fr.sum() == 7
+    assert fr[0, 0, 0, 0] == 1 and fr[0, 1, 0, 0] == 1 and fr[0, 0, 2, 2] == 1  # t=1, 2, 3
+    assert fr[1, 1, 3, 3] == 1 and fr[1, 1, 1, 1] == 1  # t=4, 5
+    assert fr[2, 0, 4, 4] == 2  # t=6, 7
+    assert events_to_frames({k: v[:0] for k, v in ev.items()}, 3, size=8).sum() == 0
+
+
+def test_cifar10_dvs_aedat2(tmp_path):
+    from train.data.events import CIFAR10_DVS_CLASSES, read_aedat2_cifar10dvs
+
+    t = np.array([10, 20, 30, 40])
+    x, y, p = np.array([0, 127, 5, 64]), np.array([3, 0, 127, 64]), np.array([1, 0, 1, 0])
+    path = fx.write_aedat2_cifar10dvs(tmp_path / "one.aedat", t, x, y, p)
+    ev = read_aedat2_cifar10dvs(path)
+    for k, v in (("t", t), ("x", x), ("y", y), ("p", p)):
+        assert np.array_equal(ev[k], v), k
+    root = tmp_path / "c10dvs"
+    for label, c in enumerate(CIFAR10_DVS_CLASSES):
+        for i in range(10):  # 10 files per class -> 9 train, 1 test
+            n = 4 + i
+            fx.write_aedat2_cifar10dvs(root / c / f"cifar10_{c}_{i}.aedat", np.arange(n), np.full(n, label),
+                                       np.full(n, i), np.arange(n) % 2)
+    b = build_data(cfg(tmp_path, name="cifar10_dvs", root=str(root), batch_size=10, eval_batch_size=10,
+                       frames=2), T=10, seed=0)
+    assert (b.num_train, b.num_test, b.num_classes, b.in_channels, b.input_kind) == (90, 10, 10, 2, "event")
+    (xt, yt), = epoch(b.test)
+    assert xt.shape == (10, 2, 2, 128, 128) and torch.equal(yt, torch.arange(10))
+    for k in range(10):
+        frame_x = xt[k].sum(dim=(0, 1, 2)).nonzero().flatten()
+        assert frame_x.tolist() == [k]  # every event of class k sits at x = k
+        n = int(xt[k].sum())
+        assert xt[k, :, 0].sum() == (n + 1) // 2 and xt[k, :, 1].sum() == n // 2  # p = 0, 1, 0, ...
+    b48 = build_data(cfg(tmp_path, name="cifar10_dvs", root=str(root), batch_size=10, eval_batch_size=10,
+                         frames=3, resolution=48), T=10, seed=0)
+    assert epoch(b48.train)[0][0].shape == (10, 3, 2, 48, 48)
+    # a different split seed gives a different (still 9:1 per class) split
+    other = build_data(cfg(tmp_path, name="cifar10_dvs", root=str(root), batch_size=10, eval_batch_size=10,
+                           frames=2, split_seed=1), T=10, seed=0)
+    (xo, _), = epoch(other.test)
+    assert other.num_test == 10 and not torch.equal(xo, xt)
+
+
+@needs_augment
+def test_event_augmentation(tmp_path):
+    from train.data.events import CIFAR10_DVS_CLASSES
+
+    root = tmp_path / "c10dvs"
+    rng = np.random.default_rng(0)
+    for c in CIFAR10_DVS_CLASSES:
+        for i in range(2):
+            fx.write_aedat2_cifar10dvs(root / c / f"cifar10_{c}_{i}.aedat", np.arange(50), rng.integers(0, 128, 50),
+                                       rng.integers(0, 128, 50), rng.integers(0, 2, 50))
+    kw = dict(name="cifar10_dvs", root=str(root), batch_size=10, frames=2)
+    plain = build_data(cfg(tmp_path, **kw), T=2, seed=0)
+    aug = build_data(cfg(tmp_path, flip=True, roll=5, **kw), T=2, seed=0)
+    (x0, y0), (x1, y1) = epoch(plain.train)[0], epoch(aug.train)[0]
+    assert torch.equal(y0, y1) and not torch.equal(x0, x1)
+    assert torch.equal(x0.sum(dim=(3, 4)), x1.sum(dim=(3, 4)))  # flip and cyclic roll keep every count
+    assert torch.equal(epoch(aug.test)[0][0], epoch(plain.test)[0][0])  # no augmentation at test time
+
+
+def test_cifar10_dvs_missing_message(tmp_path):
+    with pytest.raises(DataNotFoundError, match=r"airplane.*\n.*<class>/cifar10_<class>_<i>.aedat.*\n.*figshare"):
+        build_data(cfg(tmp_path, name="cifar10_dvs", root=str(tmp_path)), T=10, seed=0)
+
+
+def _gesture(root: Path):
+    root.mkdir(parents=True, exist_ok=True)
+    trials = {"train": ["user01_fluorescent", "user02_led"], "test": ["user24_natural"]}
+    for split, names in trials.items():
+        (root / f"trials_to_{split}.txt").write_text("".join(f"{n}.aedat\n" for n in names) + "\n")
+    for j, name in enumerate(trials["train"] + trials["test"]):
+        rows, packets = [], []
+        for c in range(1, 12):  # gesture c occupies [c·1000, c·1000 + 500) µs, c + j events at x = c, y = j
+            n = c + j
+            t = c * 1000 + np.arange(n) * 10
+            words = fx.aedat3_polarity_words(np.full(n, c), np.full(n, j), np.arange(n) % 2)
+            packets.append((1, t, words))
+            rows.append((c, c * 1000, c * 1000 + 500))
+        # an invalid polarity event inside gesture 1 and a special-event packet: both skipped
+        packets.append((1, np.array([1005]), fx.aedat3_polarity_words([100], [100], [1], valid=[0])))
+        packets.append((0, np.array([1010]), np.array([0x12345678])))
+        fx.write_aedat3(root / f"{name}.aedat", packets)
+        fx.write_gesture_labels(root / f"{name}_labels.csv", rows)
+
+
+def test_aedat3_reader(tmp_path):
+    from train.data.events import read_aedat3
+
+    t = np.array([1, 2, 3])
+    path = fx.write_aedat3(tmp_path / "a.aedat", [
+        (1, t, fx.aedat3_polarity_words([0, 127, 64], [5, 6, 127], [1, 0, 1])),
+        (1, np.array([9]), fx.aedat3_polarity_words([1], [1], [1], valid=[0])),
+    ])
+    ev = read_aedat3(path)
+    assert ev["t"].tolist() == [1, 2, 3] and ev["x"].tolist() == [0, 127, 64]
+    assert ev["y"].tolist() == [5, 6, 127] and ev["p"].tolist() == [1, 0, 1]
+
+
+def test_dvs128_gesture(tmp_path):
+    root = tmp_path / "DvsGesture"
+    _gesture(root)
+    b = build_data(cfg(tmp_path, name="dvs128_gesture", root=str(root), batch_size=2, eval_batch_size=11,
+                       frames=4), T=16, seed=0)
+    assert (b.num_train, b.num_test, b.num_classes, b.in_channels) == (22, 11, 11, 2)
+    (x, y), = epoch(b.test)
+    assert x.shape == (11, 4, 2, 128, 128) and torch.equal(y, torch.arange(11))
+    j = 2  # the test trial's index
+    for c in range(1, 12):
+        n = c + j
+        assert x[c - 1, :, :, j, c].sum() == n == x[c - 1].sum()  # all at (y=j, x=c)
+        per_frame = torch.bincount(torch.arange(n) * 4 // n, minlength=4).float()  # split by event count
+        assert torch.equal(x[c - 1].sum(dim=(1, 2, 3)), per_frame)
+        assert x[c - 1, :, 1].sum() == n // 2  # polarity alternates 0, 1, 0, ...
+
+
+def test_gesture_missing_message(tmp_path):
+    with pytest.raises(DataNotFoundError, match=r"trials_to_train.txt not found.*\n.*AEDAT 3.1"):
+        build_data(cfg(tmp_path, name="dvs128_gesture", root=str(tmp_path)), T=16, seed=0)
+
+
+# ---------------------------------------------------------------------------------- audio
+
+
+def test_read_wav_float32_and_pcm(tmp_path):
+    from train.data.audio import read_wav
+
+    s = np.sin(np.linspace(0, 20, 1001)).astype(np.float32) * 0.5
+    x, rate = read_wav(fx.write_wav_float32(tmp_path / "f.wav", s, 22050))
+    assert rate == 22050 and np.array_equal(x, s)
+    x, rate = read_wav(fx.write_wav_pcm16(tmp_path / "p.wav", np.stack([s, -s], 1), 16000, channels=2))
+    assert rate == 16000 and np.abs(x).max() < 1e-4  # the two channels cancel when averaged
+    x, _ = read_wav(fx.write_wav_pcm16(tmp_path / "m.wav", s))
+    assert np.abs(x - s).max() <= 1 / 32767
+
+
+def test_mel_and_delta_coding():
+    from train.data.audio import delta_encode, mel_filterbank
+
+    fb = mel_filterbank(16, 22050)
+    assert fb.shape == (513, 16) and fb.min() >= 0 and torch.allclose(fb.max(0).values, torch.ones(16), atol=0.2)
+    assert torch.all(fb.argmax(0).diff() > 0)  # centres increase
+    m = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [-1.0, 0.0]])
+    z = (m - m.mean()) / m.std()
+    q = torch.floor(z / 0.5)
+    s = delta_encode(m, 0.5)
+    assert s.shape == (4, 4)
+    prev = torch.cat([torch.zeros(1, 2), q[:-1]])
+    assert torch.equal(s[:, :2] - s[:, 2:], (q - prev).long())
+    assert torch.all((s[:, :2] == 0) | (s[:, 2:] == 0))
+
+
+def test_medley_solos(tmp_path):
+    rng = np.random.default_rng(0)
+    def clip(label):
+        return (rng.standard_normal(4096) * 0.1 * np.sin(np.arange(4096) * (label + 1) / 50)).astype(np.float32)
+
+    clips = [(subset, label, clip(label))
+             for subset, n in (("training", 2), ("validation", 1), ("test", 1)) for label in range(8) for _ in range(n)]
+    fx.write_medley(tmp_path / "medley", clips)
+    b = build_data(cfg(tmp_path, name="medley_solos", root=str(tmp_path / "medley"), batch_size=4, eval_batch_size=8,
+                       n_mels=8, frames=20), T=500, seed=0)
+    assert (b.num_train, b.num_test, b.num_classes, b.in_channels, b.input_kind) == (16, 8, 8, 16, "sequence")
+    (x, y), = epoch(b.test)
+    assert x.shape == (8, 20, 16) and torch.equal(y, torch.arange(8))
+    assert x.min() >= 0 and x.sum() > 0 and torch.equal(x, x.round())
+
+
+def test_medley_missing_message(tmp_path):
+    pattern = r"Medley-solos-DB_metadata.csv not found.*\n.*<subset>-<instrument_id>_<uuid4>.wav.*\n.*zenodo"
+    with pytest.raises(DataNotFoundError, match=pattern):
+        build_data(cfg(tmp_path, name="medley_solos", root=str(tmp_path)), T=500, seed=0)
+
+
+# ---------------------------------------------------------------------------------- device
+
+
+@pytest.mark.gpu
+@needs_datasets
+def test_cuda_batches_match_cpu(tmp_path):
+    root = tmp_path / "c10"
+    _cifar_like(root, "cifar10", n_train=24, n_test=6)
+    c = cfg(tmp_path, name="cifar10", root=str(root), batch_size=8)
+    cpu, gpu = build_data(c, T=1, seed=2), build_data(c, T=1, seed=2, device="cuda")
+    pairs = zip(epoch(cpu.train, 1) + epoch(cpu.test), epoch(gpu.train, 1) + epoch(gpu.test), strict=True)
+    for (xc, yc), (xg, yg) in pairs:
+        assert xg.is_cuda and yg.is_cuda
+        assert torch.equal(yc, yg.cpu()) and torch.allclose(xc, xg.cpu(), atol=1e-6, rtol=0)
+    dense = [torch.eye(5, 7, dtype=torch.int64) * 2, torch.zeros(5, 7, dtype=torch.int64)]
+    seq = SparseSequences.from_dense(dense, 5, 7)
+    idx = torch.tensor([1, 0, 0])
+    assert torch.equal(seq.to("cuda").gather(idx.cuda()).cpu(), seq.gather(idx))

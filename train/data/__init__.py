@@ -1,0 +1,295 @@
+"""Data for the trainer: ``build_data(DataConfig, T=..., seed=...) -> DataBundle``.
+
+Every data set is decoded once into tensors (cached under ``cache_dir``, keyed by a fingerprint
+of the source files and the decoding settings), kept on the training device and served by a
+:class:`Loader` that shards each epoch between ranks (see ``loader.py`` for the exact order):
+
+| name | files | input | classes |
+|---|---|---|---|
+| digits | ``data/digits`` (bundled, hub parquet layout) | image ``[B, 1, 8, 8]`` | 10 |
+| cifar10 / cifar100 | ``uoft-cs/cifar10`` / ``uoft-cs/cifar100`` parquet | image ``[B, 3, 32, 32]`` | 10 / 100 |
+| tiny_imagenet | ``zh-plus/tiny-imagenet`` parquet (valid = test) | image ``[B, 3, 64, 64]`` | 200 |
+| shd | ``shd_train.h5`` / ``shd_test.h5`` | sequence ``[B, T, 700]`` | 20 |
+| cifar10_dvs | AEDAT 2.0, one folder per class | event ``[B, T, 2, R, R]`` | 10 |
+| dvs128_gesture | AEDAT 3.1 + label CSVs + trial lists | event ``[B, T, 2, R, R]`` | 11 |
+| medley_solos | WAV clips + metadata CSV | sequence ``[B, T, 2·n_mels]`` | 8 |
+
+Images come out normalised (``(x/255 - mean)/std``, per data set); the model repeats them over T.
+Missing files raise :class:`DataNotFoundError` (a ``FileNotFoundError``) whose message says where
+the files are expected and how to get them; malformed files raise :class:`DataFormatError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .loader import (
+    DataFormatError,
+    DataNotFoundError,
+    Loader,
+    SparseSequences,
+    StreamLoader,
+    TensorLoader,
+    cached,
+    derive_seed,
+    fingerprint_files,
+)
+
+__all__ = ["DATASETS", "DataBundle", "DataConfig", "DataFormatError", "DataNotFoundError", "Loader", "build_data"]
+
+IMAGE_DATASETS = ("digits", "cifar10", "cifar100", "tiny_imagenet")
+EVENT_DATASETS = ("cifar10_dvs", "dvs128_gesture")
+SEQUENCE_DATASETS = ("shd", "medley_solos")
+DATASETS = IMAGE_DATASETS + EVENT_DATASETS + SEQUENCE_DATASETS
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class DataConfig:
+    """What to load and how; every value is checked in ``__post_init__`` (``ValueError`` naming the key)."""
+
+    name: str = "digits"  # one of DATASETS
+    root: str | None = None  # local folder with the files; None -> hub_id if set, else <repo>/data/<name>
+    hub_id: str | None = None  # e.g. "uoft-cs/cifar10" (image data sets only)
+    streaming: bool = False  # images: stream through datasets.IterableDataset instead of materialising
+    cache_dir: str = ".cache/asgl"  # decoded tensors are cached here
+    batch_size: int = 128  # global batch; each of world_size ranks gets batch_size // world_size
+    eval_batch_size: int = 256  # global test batch
+    # images (applied on the device by train.data.augment)
+    crop_pad: int = 0
+    flip: bool = False
+    cutout: int = 0
+    autoaugment: bool = False
+    # events
+    roll: int = 0  # ± pixels random roll
+    frames: int | None = None  # events / audio / shd: time steps (None -> the model's T)
+    resolution: int | None = None  # events: resize frames to this (None -> the sensor's 128)
+    # added keys
+    label_column: str | None = None  # images: override the label column (e.g. "coarse_label" for CIFAR-100)
+    shuffle_buffer: int = 10_000  # streaming: size of the shuffle buffer
+    split_seed: int = 0  # cifar10_dvs: seed of the fixed per-class 9:1 train/test split
+    shd_max_time: float = 1.4  # shd: seconds binned into T steps; later spikes are dropped
+    n_mels: int = 64  # medley_solos: mel bands (features = 2·n_mels)
+    delta_threshold: float = 0.3  # medley_solos: level-crossing step in per-clip standard deviations
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"data.{key} must be {what}, got {getattr(self, key)!r}")
+
+        need(self.name in DATASETS, "name", f"one of {', '.join(DATASETS)}")
+        need(self.root is None or isinstance(self.root, str) and bool(self.root), "root", "a folder path or null")
+        need(self.hub_id is None or isinstance(self.hub_id, str) and "/" in self.hub_id, "hub_id",
+             "null or a hub id like 'uoft-cs/cifar10'")
+        need(self.hub_id is None or self.name in IMAGE_DATASETS, "hub_id", "null for non-image data sets")
+        need(not self.streaming or self.name in IMAGE_DATASETS, "streaming", "false for non-image data sets")
+        need(isinstance(self.cache_dir, str) and bool(self.cache_dir), "cache_dir", "a folder path")
+        for key in ("batch_size", "eval_batch_size", "shuffle_buffer", "n_mels"):
+            need(_is_int(getattr(self, key)) and getattr(self, key) > 0, key, "an integer > 0")
+        for key in ("crop_pad", "cutout", "roll", "split_seed"):
+            need(_is_int(getattr(self, key)) and getattr(self, key) >= 0, key, "an integer >= 0")
+        for key in ("flip", "autoaugment", "streaming"):
+            need(isinstance(getattr(self, key), bool), key, "true or false")
+        need(self.frames is None or _is_int(self.frames) and 0 < self.frames <= 32767, "frames",
+             "null or an integer in 1..32767")
+        need(self.resolution is None or _is_int(self.resolution) and self.resolution > 0, "resolution",
+             "null or an integer > 0")
+        need(self.label_column is None or isinstance(self.label_column, str), "label_column", "null or a column name")
+        need(isinstance(self.shd_max_time, (int, float)) and self.shd_max_time > 0, "shd_max_time", "> 0 seconds")
+        need(isinstance(self.delta_threshold, (int, float)) and self.delta_threshold > 0, "delta_threshold", "> 0")
+        image_aug = self.crop_pad or self.cutout or self.autoaugment
+        need(not image_aug or self.name in IMAGE_DATASETS, "name",
+             "an image data set when crop_pad/cutout/autoaugment are set")
+        need(not self.roll or self.name in EVENT_DATASETS, "roll", "0 for non-event data sets")
+        need(not self.flip or self.name not in SEQUENCE_DATASETS, "flip", f"false for {self.name}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass
+class DataBundle:
+    train: Loader
+    test: Loader
+    num_classes: int
+    in_channels: int  # image/event: channels; sequence: features F
+    input_kind: str  # "image" [B, C, H, W] | "event" [B, T, C, H, W] | "sequence" [B, T, F]
+    num_train: int
+    num_test: int
+
+
+def build_data(cfg: DataConfig, *, T: int, seed: int, rank: int = 0, world_size: int = 1,
+               device: torch.device | str = "cpu") -> DataBundle:
+    """Load ``cfg.name`` and return this rank's train/test loaders on ``device``.
+
+    ``T`` is the model's number of time steps (used when ``cfg.frames`` is None); ``seed`` fixes
+    the epoch permutations and augmentations; ``rank``/``world_size`` select this process's shard.
+    """
+    cfg.__post_init__()
+    if not _is_int(T) or T <= 0:
+        raise ValueError(f"T must be an integer > 0, got {T!r}")
+    if not _is_int(world_size) or world_size <= 0 or not _is_int(rank) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size) and world_size > 0, "
+                         f"got rank={rank!r}, world_size={world_size!r}")
+    for key in ("batch_size", "eval_batch_size"):
+        if getattr(cfg, key) % world_size:
+            raise ValueError(f"data.{key} must be a multiple of the number of processes ({world_size}), "
+                             f"got {getattr(cfg, key)}")
+    device = torch.device(device)
+    common = dict(seed=seed, rank=rank, world_size=world_size, device=device)
+    b_train, b_test = cfg.batch_size // world_size, cfg.eval_batch_size // world_size
+    if cfg.name in IMAGE_DATASETS:
+        return _build_images(cfg, b_train, b_test, common)
+    steps = cfg.frames if cfg.frames is not None else T
+    if cfg.name in EVENT_DATASETS:
+        return _build_events(cfg, steps, b_train, b_test, common)
+    return _build_sequences(cfg, steps, b_train, b_test, common)
+
+
+def _root(cfg: DataConfig) -> Path:
+    return Path(cfg.root) if cfg.root is not None else REPO_ROOT / "data" / cfg.name
+
+
+def _check_train_size(n: int, b_train: int, world_size: int) -> None:
+    if n < b_train * world_size:
+        raise ValueError(f"data.batch_size must be <= the {n} training samples, got {b_train * world_size}")
+
+
+def _image_transform(cfg: DataConfig, normalise):
+    if not (cfg.crop_pad or cfg.flip or cfg.cutout or cfg.autoaugment):
+        return lambda x, gen: normalise(x)
+    try:
+        from .augment import augment_images
+    except ImportError as e:
+        raise ImportError("data augmentation (crop_pad/flip/cutout/autoaugment) needs train.data.augment") from e
+
+    def transform(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = augment_images(x, crop_pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout,
+                           autoaugment=cfg.autoaugment, generator=gen)
+        return normalise(x)
+
+    return transform
+
+
+def _build_images(cfg: DataConfig, b_train: int, b_test: int, common: dict) -> DataBundle:
+    from . import images
+
+    source = images.resolve_source(cfg.name, cfg.root, cfg.hub_id, cfg.label_column)
+    spec = source.spec
+    transform = _image_transform(cfg, images.normaliser(spec, common["device"]))
+    loaders, sizes = {}, {}
+    for split, train, bsz in (("train", True, b_train), ("test", False, b_test)):
+        if cfg.streaming:
+            n = images.num_rows(source, split, cfg.cache_dir)
+
+            def open_stream(epoch, split=split, train=train):
+                return images.open_stream(
+                    source, split, cache_dir=cfg.cache_dir, epoch=epoch,
+                    shuffle_seed=derive_seed(common["seed"], 0x53485546) if train else None,
+                    buffer_size=cfg.shuffle_buffer, rank=common["rank"], world_size=common["world_size"],
+                )
+
+            if train:
+                _check_train_size(n, bsz, common["world_size"])
+            loaders[split] = StreamLoader(open_stream, n, batch_size=bsz, train=train, transform=transform, **common)
+        else:
+            path = Path(cfg.cache_dir) / f"{cfg.name}-{split}-{source.fingerprint(split)}.pt"
+            data = cached(path, lambda split=split: images.materialise(source, split, cfg.cache_dir),
+                          rank=common["rank"])
+            x = data["x"].to(common["device"])
+            n = int(x.shape[0])
+            if train:
+                _check_train_size(n, bsz, common["world_size"])
+            _check_labels(data["y"], _num_classes(cfg, spec), f"{cfg.name} {split}")
+            loaders[split] = TensorLoader(lambda idx, x=x: x[idx], data["y"], batch_size=bsz, train=train,
+                                          transform=transform, **common)
+        sizes[split] = n
+    return DataBundle(loaders["train"], loaders["test"], _num_classes(cfg, spec), spec.channels, "image",
+                      sizes["train"], sizes["test"])
+
+
+def _num_classes(cfg: DataConfig, spec) -> int:
+    # CIFAR-100's coarse labels have 20 classes.
+    return 20 if cfg.name == "cifar100" and cfg.label_column == "coarse_label" else spec.num_classes
+
+
+def _check_labels(y: torch.Tensor, num_classes: int, what: str) -> None:
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise DataFormatError(f"{what}: labels span {int(y.min())}..{int(y.max())}, expected 0..{num_classes - 1}")
+
+
+def _build_events(cfg: DataConfig, frames: int, b_train: int, b_test: int, common: dict) -> DataBundle:
+    from . import events
+
+    root = _root(cfg)
+    if cfg.name == "cifar10_dvs":
+        items, read, num_classes = events.cifar10_dvs_files(root, cfg.split_seed), events.read_aedat2_cifar10dvs, 10
+    else:
+        items, read, num_classes = events.gesture_samples(root), events.read_aedat3, events.GESTURE_CLASSES
+    transform = None
+    if cfg.flip or cfg.roll:
+        try:
+            from .augment import augment_events
+        except ImportError as e:
+            raise ImportError("event augmentation (flip/roll) needs train.data.augment") from e
+
+        def transform(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            return augment_events(x.float(), flip=cfg.flip, roll=cfg.roll, generator=gen)
+    loaders, sizes = {}, {}
+    for split, train, bsz in (("train", True, b_train), ("test", False, b_test)):
+        files = sorted({str(item[0]) for item in items[split]})
+        fp = fingerprint_files(files, [tuple(str(v) for v in it) for it in items[split]], frames, cfg.resolution, 1)
+        path = Path(cfg.cache_dir) / f"{cfg.name}-{split}-{fp}.pt"
+        data = cached(path, lambda split=split: events.build_frames(items[split], read, frames, cfg.resolution),
+                      rank=common["rank"])
+        x = data["x"].to(common["device"])
+        if train:
+            _check_train_size(x.shape[0], bsz, common["world_size"])
+        loaders[split] = TensorLoader(lambda idx, x=x: x[idx].float(), data["y"], batch_size=bsz, train=train,
+                                      transform=transform if train else None, **common)
+        sizes[split] = int(x.shape[0])
+    return DataBundle(loaders["train"], loaders["test"], num_classes, 2, "event", sizes["train"], sizes["test"])
+
+
+def _build_sequences(cfg: DataConfig, steps: int, b_train: int, b_test: int, common: dict) -> DataBundle:
+    root = _root(cfg)
+    if cfg.name == "shd":
+        from . import shd
+
+        files = shd.shd_files(root)
+
+        def build(split):
+            return shd.load_shd(files[split], steps, cfg.shd_max_time)
+
+        def key(split):
+            return fingerprint_files([files[split]], steps, cfg.shd_max_time, 1)
+
+        num_classes, features = shd.NUM_CLASSES, shd.UNITS
+    else:
+        from . import audio
+
+        items = audio.medley_files(root)
+
+        def build(split):
+            return audio.load_medley(items[split], steps, cfg.n_mels, cfg.delta_threshold)
+
+        def key(split):
+            return fingerprint_files([p for p, _ in items[split]], steps, cfg.n_mels, cfg.delta_threshold, 1)
+
+        num_classes, features = audio.NUM_CLASSES, 2 * cfg.n_mels
+    loaders, sizes = {}, {}
+    for split, train, bsz in (("train", True, b_train), ("test", False, b_test)):
+        path = Path(cfg.cache_dir) / f"{cfg.name}-{split}-{key(split)}.pt"
+        data = cached(path, lambda split=split: build(split), rank=common["rank"])
+        seq = SparseSequences.from_state(data["seq"]).to(common["device"])
+        if train:
+            _check_train_size(len(seq), bsz, common["world_size"])
+        _check_labels(data["y"], num_classes, f"{cfg.name} {split}")
+        loaders[split] = TensorLoader(seq.gather, data["y"], batch_size=bsz, train=train, **common)
+        sizes[split] = len(seq)
+    return DataBundle(loaders["train"], loaders["test"], num_classes, features, "sequence",
+                      sizes["train"], sizes["test"])

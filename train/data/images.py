@@ -1,0 +1,255 @@
+"""Image data sets in the Hugging Face hub parquet layout: digits, CIFAR-10/100, Tiny-ImageNet.
+
+Sources, in order of precedence: an explicit ``root`` folder; else ``hub_id`` through
+``datasets.load_dataset(hub_id)`` (needs the network or a warm HF cache); else the default folder
+``<repo>/data/<name>``. A local folder has the hub's own layout, e.g. for CIFAR-10::
+
+    <root>/plain_text/train-00000-of-00001.parquet     columns  img (Image: struct bytes/path), label
+    <root>/plain_text/test-00000-of-00001.parquet
+
+Materialised mode decodes every image once into a uint8 tensor ``[N, C, H, W]``, caches it in
+``cache_dir`` under a fingerprint of the source files, keeps it on the training device and
+augments there. Streaming mode reads the parquet rows through a ``datasets.IterableDataset``
+(buffer-shuffled per epoch, split between ranks with ``split_dataset_by_node``) and decodes them on
+the fly with the same decoder, so both modes produce the same samples. ``datasets`` is imported
+only here, inside functions: ``import train.data`` works without it.
+"""
+
+from __future__ import annotations
+
+import glob
+import inspect
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .loader import DataFormatError, DataNotFoundError, fingerprint_files
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    hub_id: str | None
+    patterns: dict[str, str]  # split -> glob relative to root ("train" / "test")
+    hub_splits: dict[str, str]  # our split -> the hub's split name
+    image_column: str
+    label_column: str
+    num_classes: int
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+IMAGE_SPECS: dict[str, ImageSpec] = {
+    # mean/std of the 1,437 training images of the bundled split (pixels / 255).
+    "digits": ImageSpec(
+        None,
+        {"train": "plain_text/train-*.parquet", "test": "plain_text/test-*.parquet"},
+        {"train": "train", "test": "test"},
+        "image", "label", 10, 1, 8, (0.3054,), (0.3760,),
+    ),
+    "cifar10": ImageSpec(
+        "uoft-cs/cifar10",
+        {"train": "plain_text/train-*.parquet", "test": "plain_text/test-*.parquet"},
+        {"train": "train", "test": "test"},
+        "img", "label", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+    ),
+    "cifar100": ImageSpec(
+        "uoft-cs/cifar100",
+        {"train": "cifar100/train-*.parquet", "test": "cifar100/test-*.parquet"},
+        {"train": "train", "test": "test"},
+        "img", "fine_label", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+    ),
+    # Tiny-ImageNet's labelled held-out split is "valid" (10,000 images); it serves as the test set.
+    "tiny_imagenet": ImageSpec(
+        "zh-plus/tiny-imagenet",
+        {"train": "data/train-*.parquet", "test": "data/valid-*.parquet"},
+        {"train": "train", "test": "valid"},
+        "image", "label", 200, 3, 64, (0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821),
+    ),
+}
+
+# Bump when decoding changes, so stale caches are not reused.
+_DECODE_VERSION = 1
+
+
+def default_root(name: str) -> Path:
+    return REPO_ROOT / "data" / name
+
+
+def _missing_message(name: str, spec: ImageSpec, root: Path, missing: list[str]) -> str:
+    layout = "\n".join(f"    {root / p}" for p in spec.patterns.values())
+    get = (
+        f"huggingface-cli download {spec.hub_id} --repo-type dataset --local-dir {root}"
+        if spec.hub_id
+        else f"python scripts/make_digits.py --out {root}"
+    )
+    return (
+        f"data set {name!r}: no files match {', '.join(missing)} under {root}.\n"
+        f"Expected the hub parquet layout:\n{layout}\n"
+        f"with columns {spec.image_column!r} (Image) and {spec.label_column!r}. Get them with:\n    {get}\n"
+        f"or set data.root to the folder that holds them"
+        + (f", or data.hub_id={spec.hub_id} on a machine that can reach the Hugging Face hub." if spec.hub_id else ".")
+    )
+
+
+@dataclass
+class ImageSource:
+    """Where one image data set's splits come from: local parquet files or a hub id."""
+
+    name: str
+    spec: ImageSpec
+    files: dict[str, list[str]] | None  # split -> parquet files (local)
+    hub_id: str | None
+    label_column: str
+
+    def fingerprint(self, split: str) -> str:
+        extra = (self.name, split, self.spec.image_column, self.label_column, self.spec.channels, _DECODE_VERSION)
+        if self.files is not None:
+            return fingerprint_files(self.files[split], *extra)
+        return fingerprint_files([], self.hub_id, *extra)
+
+
+def resolve_source(name: str, root: str | None, hub_id: str | None, label_column: str | None) -> ImageSource:
+    """Find the data set's files; raise :class:`DataNotFoundError` with instructions if absent."""
+    spec = IMAGE_SPECS[name]
+    label_column = label_column or spec.label_column
+    if root is None and hub_id is not None:
+        return ImageSource(name, spec, None, hub_id, label_column)
+    folder = Path(root) if root is not None else default_root(name)
+    files = {s: sorted(glob.glob(str(folder / p))) for s, p in spec.patterns.items()}
+    missing = [spec.patterns[s] for s, f in files.items() if not f]
+    if missing:
+        raise DataNotFoundError(_missing_message(name, spec, folder, missing))
+    return ImageSource(name, spec, files, None, label_column)
+
+
+def _import_datasets():
+    try:
+        import datasets
+    except ImportError as e:  # the GPU image may not ship it
+        raise ImportError("image data sets need the `datasets` package: pip install 'datasets>=3.0'") from e
+    return datasets
+
+
+def _open(source: ImageSource, split: str, *, streaming: bool, cache_dir: str):
+    """The split as a ``datasets`` (Iterable)Dataset with the image column left undecoded."""
+    datasets = _import_datasets()
+    try:
+        if source.files is not None:
+            ds = datasets.load_dataset(
+                "parquet", data_files={split: source.files[split]}, split=split,
+                streaming=streaming, cache_dir=os.path.join(cache_dir, "hf"),
+            )
+        else:
+            ds = datasets.load_dataset(
+                source.hub_id, split=source.spec.hub_splits[split], streaming=streaming,
+                cache_dir=os.path.join(cache_dir, "hf"),
+            )
+    except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
+        if source.files is not None:
+            raise
+        raise DataNotFoundError(
+            f"data set {source.name!r}: could not load {source.hub_id!r} from the Hugging Face hub ({e}).\n"
+            + _missing_message(source.name, source.spec, default_root(source.name), list(source.spec.patterns.values()))
+        ) from e
+    columns = list(ds.features) if ds.features is not None else list(ds.column_names or [])
+    wanted = [source.spec.image_column, source.label_column]
+    absent = [c for c in wanted if c not in columns]
+    if absent:
+        where = source.files[split] if source.files is not None else source.hub_id
+        raise DataFormatError(
+            f"data set {source.name!r} ({where}): missing column(s) {absent}; found {columns}. "
+            f"Expected {source.spec.image_column!r} (Image) and {source.label_column!r} (int label)."
+        )
+    ds = ds.select_columns(wanted)
+    return ds.cast_column(source.spec.image_column, datasets.Image(decode=False))
+
+
+def decode_image(obj: dict, channels: int, size: int) -> torch.Tensor:
+    """One Image-feature cell (``{"bytes": PNG/JPEG, "path": ...}``) → uint8 ``[C, H, W]``.
+
+    Grayscale images in RGB data sets (Tiny-ImageNet has some) are converted to RGB by replication.
+    """
+    from PIL import Image
+
+    data = obj.get("bytes") if isinstance(obj, dict) else None
+    src = io.BytesIO(data) if data is not None else obj.get("path")
+    with Image.open(src) as img:
+        arr = np.asarray(img.convert("RGB" if channels == 3 else "L"))
+    if arr.shape[:2] != (size, size):
+        raise DataFormatError(f"expected {size}x{size} images, got {arr.shape[1]}x{arr.shape[0]}")
+    if channels == 1:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.array(arr, order="C"))  # a writable copy
+
+
+def materialise(source: ImageSource, split: str, cache_dir: str) -> dict:
+    """Decode the whole split: ``{"x": uint8 [N, C, H, W], "y": int64 [N]}`` (uncached)."""
+    ds = _open(source, split, streaming=False, cache_dir=cache_dir)
+    spec = source.spec
+    n = len(ds)
+    x = torch.empty(n, spec.channels, spec.size, spec.size, dtype=torch.uint8)
+    y = torch.empty(n, dtype=torch.int64)
+    i = 0
+    for batch in ds.iter(batch_size=1024):  # column batches: far fewer Python objects than rows
+        for cell, label in zip(batch[spec.image_column], batch[source.label_column]):
+            x[i] = decode_image(cell, spec.channels, spec.size)
+            y[i] = int(label)
+            i += 1
+    if i != n:
+        raise DataFormatError(f"data set {source.name!r} {split}: read {i} rows, expected {n}")
+    return {"x": x, "y": y}
+
+
+def num_rows(source: ImageSource, split: str, cache_dir: str) -> int:
+    """Row count of a split without reading it (parquet footers, or the hub's split info)."""
+    if source.files is not None:
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in source.files[split])
+    ds = _open(source, split, streaming=True, cache_dir=cache_dir)
+    info = ds.info.splits.get(source.spec.hub_splits[split]) if ds.info.splits else None
+    if info is None or not info.num_examples:
+        raise DataFormatError(
+            f"{source.hub_id}: the hub does not report the size of split {split!r}; use data.streaming=false"
+        )
+    return int(info.num_examples)
+
+
+def open_stream(source: ImageSource, split: str, *, cache_dir: str, epoch: int, shuffle_seed: int | None,
+                buffer_size: int, rank: int, world_size: int):
+    """This rank's stream of ``(uint8 [C, H, W], label)`` for one epoch."""
+    from datasets.distributed import split_dataset_by_node
+
+    ds = _open(source, split, streaming=True, cache_dir=cache_dir)
+    if shuffle_seed is not None:
+        kwargs = {}
+        if "max_buffer_input_shards" in inspect.signature(ds.shuffle).parameters:
+            # datasets >= 4 interleaves several parquet shards through threads and then sleeps 5 s
+            # at the end of every pass (an Arrow shutdown workaround); one shard at a time avoids
+            # it and changes nothing for the single-file data sets here.
+            kwargs["max_buffer_input_shards"] = 1
+        ds = ds.shuffle(seed=shuffle_seed % (2**32), buffer_size=buffer_size, **kwargs)
+    ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
+    # After the split: split_dataset_by_node returns a copy whose epoch is reset to 0
+    # (datasets 5.2), which would repeat epoch 0's order every epoch.
+    ds.set_epoch(epoch)
+    spec = source.spec
+    for row in ds:
+        yield decode_image(row[spec.image_column], spec.channels, spec.size), int(row[source.label_column])
+
+
+def normaliser(spec: ImageSpec, device: torch.device | str):
+    """uint8 ``[B, C, H, W]`` → float32 ``(x/255 - mean) / std``."""
+    mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1) * 255.0
+    inv = 1.0 / (torch.tensor(spec.std, device=device).view(1, -1, 1, 1) * 255.0)
+    return lambda x: (x.float() - mean) * inv
