@@ -1,0 +1,79 @@
+"""Two ranks on the CPU: ``accelerate launch --multi_gpu --num_processes 2`` with ``ACCELERATE_USE_CPU=1``
+(gloo backend). Checks disjoint data shards, identical parameters on both ranks after every epoch
+(DDP synchronisation), and a bit-identical continuation after ``--resume`` (per-rank RNG states).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_trainer import REPO, needs_datasets, write_tiny_digits
+
+ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+pytestmark = [needs_datasets, pytest.mark.skipif(ACCELERATE is None, reason="accelerate CLI not found")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    cmd = ["nice", ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           str(REPO / "train" / "run.py"), *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def two_rank_args(tmp: Path, name: str, *extra: str) -> list[str]:
+    return ["--config", str(REPO / "configs" / "quickstart.yaml"), f"--data.root={tmp / 'digits'}",
+            f"--data.cache_dir={tmp / 'cache'}", "--data.batch_size=8", "--data.eval_batch_size=40",
+            "--model.T=2", "--optim.epochs=2", f"--train.out_dir={tmp / 'runs'}", f"--train.run_name={name}",
+            "--train.log_every=3", "--train.debug_ranks=true", *extra]
+
+
+def rank_log(run_dir: Path, rank: int) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "ranks" / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
+def test_two_ranks_shard_sync_and_resume(tmp_path):
+    write_tiny_digits(tmp_path / "digits")
+    r = launch(two_rank_args(tmp_path, "ddp"), tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run_dir = tmp_path / "runs" / "ddp"
+    assert "2 rank(s)" in r.stdout
+    assert sum(line.startswith("epoch 2/2") for line in r.stdout.splitlines()) == 1  # main process logs only
+    logs = [rank_log(run_dir, k) for k in (0, 1)]
+    for epoch in (0, 1):
+        shards = [next(e for e in log if e.get("epoch") == epoch) for log in logs]
+        assert all(s["world"] == 2 and len(s["indices"]) == 12 for s in shards)  # 96 samples / (2 · 4)
+        seen = [{i for batch in s["indices"] for i in batch} for s in shards]
+        assert all(len(s) == 48 for s in seen)  # no sample twice within a rank
+        assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(96))  # disjoint, and all covered
+    for epoch_done in (1, 2):
+        digests = [next(e for e in log if e.get("epoch_done") == epoch_done)["params_sha256"] for log in logs]
+        assert digests[0] == digests[1]
+    ck = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    assert ck["world_size"] == 2 and len(ck["rng"]) == 2
+    assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # seed + rank: different noise masks
+
+    r1 = launch(two_rank_args(tmp_path, "split", "--train.stop_after_epochs=1"), tmp_path)
+    assert r1.returncode == 0, r1.stdout + r1.stderr
+    r2 = launch(["--resume", str(tmp_path / "runs" / "split")], tmp_path)
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    a = ck["model"]
+    b = torch.load(tmp_path / "runs" / "split" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -1,0 +1,299 @@
+"""The trainer end to end, in subprocesses (exit codes, messages and files as a user sees them).
+
+Most runs use a slice of the bundled digits (``tiny_digits``: 96 train / 40 test images) so an epoch
+takes well under a second; the quickstart test uses the real config on the full data set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = [sys.executable, str(REPO / "train" / "run.py")]
+
+needs_datasets = pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import datasets"], capture_output=True).returncode != 0,
+    reason="reading the digits parquet files needs the datasets package",
+)
+
+
+def write_tiny_digits(root: Path, n_train: int = 96, n_test: int = 40) -> Path:
+    """The first ``n_train`` / ``n_test`` rows of the bundled digits, in the same hub parquet layout."""
+    import pyarrow.parquet as pq
+
+    for split, n in (("train", n_train), ("test", n_test)):
+        src = REPO / "data" / "digits" / "plain_text" / f"{split}-00000-of-00001.parquet"
+        out = root / "plain_text" / f"{split}-00000-of-00001.parquet"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pq.read_table(src).slice(0, n), out)
+    return root
+
+
+def run(args: list[str], cwd: Path, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    e.pop("TRITON_INTERPRET", None)  # the trainer runs the CPU reference neurons, as a user's would
+    return subprocess.run(["nice", *RUN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def tiny_args(tmp: Path, name: str, *extra: str) -> list[str]:
+    """Overrides for a fast run on the tiny digits (digits_cnn, T=2, 12 steps/epoch)."""
+    return ["--config", str(REPO / "configs" / "quickstart.yaml"), f"--data.root={tmp / 'digits'}",
+            f"--data.cache_dir={tmp / 'cache'}", "--data.batch_size=8", "--data.eval_batch_size=40",
+            "--model.T=2", "--optim.epochs=2", f"--train.out_dir={tmp / 'runs'}", f"--train.run_name={name}",
+            "--train.log_every=4", *extra]
+
+
+def params(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / f"{which}.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    t = tmp_path_factory.mktemp("trainer")
+    write_tiny_digits(t / "digits")
+    return t
+
+
+@pytest.fixture(scope="module")
+def straight(tmp):
+    """An uninterrupted 2-epoch run on the tiny digits: the reference for the resume tests."""
+    r = run(tiny_args(tmp, "straight"), tmp)
+    assert r.returncode == 0, r.stderr
+    return tmp / "runs" / "straight", r
+
+
+# ---------------------------------------------------------------------------------------- runs
+
+
+@needs_datasets
+def test_quickstart_config_end_to_end(tmp_path):
+    """The shipped quickstart on the full digits, shortened to 2 epochs: learns, logs, saves, plots."""
+    r = run(["--config", str(REPO / "configs" / "quickstart.yaml"), "--optim.epochs=2",
+             f"--data.cache_dir={tmp_path / 'cache'}", f"--train.out_dir={tmp_path / 'runs'}"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_dir = tmp_path / "runs" / "quickstart"
+    lines = [line for line in r.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(" | ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    for key in ("train_loss", "test_acc", "p 0.200", "lr", "samples/s"):
+        assert key in lines[-1]
+    assert {"config.yaml", "metrics.jsonl", "last.pt", "best.pt"} <= {p.name for p in run_dir.iterdir()}
+    m = rows(run_dir)
+    assert [row["epoch"] for row in m] == [1, 2]
+    assert m[-1]["test_acc"] > 80  # 10 classes: chance is 10 %
+    assert set(m[-1]["width"]) == set(m[-1]["firing_rate"]) and len(m[-1]["width"]) == 3
+    assert all(0 < f < 1 for f in m[-1]["firing_rate"].values())
+    assert m[-1]["peak_mem_mb"] > 0 and m[-1]["samples_per_s"] > 0
+    ck = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    assert (ck["epoch"], ck["step_in_epoch"], ck["world_size"]) == (2, 0, 1)
+    assert ck["config"]["optim"]["epochs"] == 2 and ck["noise"]["p"] == pytest.approx(0.2)
+    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    assert best["best_metric"] == pytest.approx(max(row["test_acc"] for row in m))
+    # the saved config reproduces the run's settings
+    from train.config import build_config
+
+    assert build_config(run_dir / "config.yaml").optim.epochs == 2
+    pytest.importorskip("matplotlib")
+    p = subprocess.run([sys.executable, "-m", "train.plot", str(run_dir)], cwd=REPO, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert {f.name for f in (run_dir / "plots").iterdir()} == {"loss.png", "accuracy.png", "width.png",
+                                                                "firing_rate.png"}
+
+
+@needs_datasets
+def test_resume_at_epoch_boundary_is_bit_identical(tmp, straight):
+    run_dir, _ = straight
+    r1 = run(tiny_args(tmp, "split", "--train.stop_after_epochs=1"), tmp)
+    assert r1.returncode == 0, r1.stderr
+    assert "resume with --resume" in r1.stdout
+    split = tmp / "runs" / "split"
+    r2 = run(["--resume", str(split)], tmp)
+    assert r2.returncode == 0, r2.stderr
+    a, b = params(run_dir), params(split)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ra, rb = rows(run_dir), rows(split)
+    assert [r["epoch"] for r in rb] == [1, 2]
+    for x, y in zip(ra, rb):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "p", "width", "firing_rate"):
+            assert x[key] == y[key], key
+
+
+@needs_datasets
+def test_resume_mid_epoch_is_bit_identical(tmp, straight):
+    run_dir, _ = straight
+    r1 = run(tiny_args(tmp, "mid", "--train.max_steps=17"), tmp)  # 12 steps/epoch: stops at batch 5 of epoch 2
+    assert r1.returncode == 0, r1.stderr
+    mid = tmp / "runs" / "mid"
+    ck = torch.load(mid / "last.pt", map_location="cpu", weights_only=True)
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 5, 17)
+    r2 = run(["--resume", str(mid)], tmp)
+    assert r2.returncode == 0, r2.stderr
+    assert "resumed at epoch 2 batch 5" in r2.stdout
+    a, b = params(run_dir), params(mid)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ra, rb = rows(run_dir), rows(mid)
+    assert [r["epoch"] for r in rb] == [1, 2]
+    assert ra[1]["train_loss"] == rb[1]["train_loss"] and ra[1]["test_acc"] == rb[1]["test_acc"]
+
+
+@needs_datasets
+def test_sigint_mid_epoch_saves_last_and_resume_finishes(tmp):
+    """SIGINT mid-epoch: finish the step, write last.pt with the position, exit 130; resume completes."""
+    args = tiny_args(tmp, "sigint", "--data.batch_size=1", "--optim.epochs=1")  # 96 steps
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.Popen([*RUN, *args], cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:  # wait until epoch 1 is logged: epoch 2 is running
+            if line.startswith("run "):  # the header: signal handlers are installed, training starts
+                break
+        time.sleep(0.3)  # into the epoch (about a second long even on an idle machine)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "SIGINT" in err and "Traceback" not in err
+    run_dir = tmp / "runs" / "sigint"
+    ck = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    assert ck["epoch"] == 0 and 0 < ck["step_in_epoch"] < 96, ck["step_in_epoch"]
+    assert ck["global_step"] == ck["step_in_epoch"] and not (run_dir / "metrics.jsonl").exists()
+    r = run(["--resume", str(run_dir)], tmp)
+    assert r.returncode == 0, r.stderr
+    assert f"resumed at epoch 1 batch {ck['step_in_epoch']}" in r.stdout
+    assert [row["epoch"] for row in rows(run_dir)] == [1]
+    assert torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["global_step"] == 96
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--model.widht=2", "unknown config key 'model.widht' (did you mean 'model.width'?)"),
+    ("--optim.lr=fast", "optim.lr: expected a number, got 'fast'"),
+    ("--optim.lr=-0.1", "optim.lr must be > 0"),
+    ("--model.p=1.5", "model.p (the analog-mode probability) must be in [0, 1]"),
+    ("--model.name=resnet81", "model.name must be one of"),
+    ("--train.mixed_precision=fp8", "train.mixed_precision must be one of no, bf16, fp16"),
+    ("--model.surrogate=sigmod", "did you mean 'sigmoid'?"),
+])
+def test_bad_config_exits_2_with_one_clear_message(tmp_path, override, message):
+    r = run(tiny_args(tmp_path, "bad", override), tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_data_is_a_clear_error_and_writes_nothing(tmp_path):
+    r = run(tiny_args(tmp_path, "nodata"), tmp_path)  # tmp_path/digits does not exist
+    assert r.returncode == 2
+    assert "data set 'digits'" in r.stderr and str(tmp_path / "digits") in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@needs_datasets
+def test_existing_run_folder_is_not_overwritten(tmp, straight):
+    run_dir, _ = straight
+    before = snapshot(run_dir)
+    r = run(tiny_args(tmp, "straight"), tmp)
+    assert r.returncode == 2 and "exists and is not empty" in r.stderr and "--resume" in r.stderr
+    assert snapshot(run_dir) == before
+
+
+@needs_datasets
+def test_corrupt_checkpoint_is_refused_and_nothing_overwritten(tmp, straight):
+    run_dir, _ = straight
+    bad = tmp / "runs" / "corrupt"
+    bad.mkdir()
+    for name, data in snapshot(run_dir).items():
+        (bad / name).write_bytes(data)
+    (bad / "last.pt").write_bytes((run_dir / "last.pt").read_bytes()[:5000])  # truncated
+    before = snapshot(bad)
+    r = run(["--resume", str(bad), "--optim.epochs=3"], tmp)
+    assert r.returncode == 2
+    assert "corrupt" in r.stderr and "last.pt" in r.stderr and "Traceback" not in r.stderr
+    assert snapshot(bad) == before
+    # a readable checkpoint of another network: refused before anything is written
+    (bad / "last.pt").write_bytes((run_dir / "last.pt").read_bytes())
+    before = snapshot(bad)
+    r = run(["--resume", str(bad), "--optim.epochs=3", "--model.name=digits_cnn8"], tmp)
+    assert r.returncode == 2 and "does not fit this run" in r.stderr and "Traceback" not in r.stderr
+    assert snapshot(bad) == before
+
+
+@needs_datasets
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp):
+    """Epoch 1 trains normally; resumed with an absurd LR the loss blows up: exit 1, last.pt untouched."""
+    r1 = run(tiny_args(tmp, "nan", "--optim.epochs=3", "--train.stop_after_epochs=1"), tmp)
+    assert r1.returncode == 0, r1.stderr
+    run_dir = tmp / "runs" / "nan"
+    good = (run_dir / "last.pt").read_bytes()
+    r2 = run(["--resume", str(run_dir), "--optim.lr=1e38", "--optim.schedule=none"], tmp)
+    assert r2.returncode == 1, r2.stderr
+    assert "non-finite training loss in epoch 2" in r2.stderr and "Traceback" not in r2.stderr
+    assert (run_dir / "last.pt").read_bytes() == good
+    assert [row["epoch"] for row in rows(run_dir)] == [1]
+    assert all(torch.isfinite(v).all() for v in params(run_dir).values() if v.is_floating_point())
+
+
+@pytest.mark.skipif(__import__("importlib.util").util.find_spec("tensorboard") is not None,
+                    reason="tensorboard is installed")
+def test_tensorboard_without_the_package_is_a_config_error(tmp_path):
+    r = run(tiny_args(tmp_path, "tb", "--train.tensorboard=true"), tmp_path)
+    assert r.returncode == 2 and "needs the tensorboard package" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_plot_without_metrics_is_a_clear_error(tmp_path, capsys):
+    from train.plot import main
+
+    assert main([str(tmp_path)]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_checkpoint_rng_round_trip_and_errors(tmp_path):
+    import random
+
+    import numpy as np
+
+    from train import checkpoint as ck
+
+    random.random(), np.random.normal()  # a cached Gaussian in numpy's state
+    state = ck.rng_state()
+    first = (random.random(), np.random.normal(), torch.rand(3))
+    required = {k: 0 for k in ck.REQUIRED}
+    ck.write_atomic(ck.serialize({**required, "rng": [state]}), tmp_path / "c.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+    loaded = ck.load(tmp_path / "c.pt")  # weights_only: plain tensors, numbers, lists
+    ck.set_rng_state(loaded["rng"][0])
+    again = (random.random(), np.random.normal(), torch.rand(3))
+    assert first[:2] == again[:2] and torch.equal(first[2], again[2])
+
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ck.CheckpointError, match="corrupt or not a checkpoint"):
+        ck.load(tmp_path / "junk.pt")
+    torch.save({"format": ck.FORMAT, "model": {}}, tmp_path / "partial.pt")
+    with pytest.raises(ck.CheckpointError, match="lacks optimizer"):
+        ck.load(tmp_path / "partial.pt")
+    with pytest.raises(ck.CheckpointError, match="no checkpoint at"):
+        ck.load(tmp_path / "missing.pt")

@@ -1,0 +1,563 @@
+"""Train an ASGL spiking network.
+
+    accelerate launch train/run.py --config configs/quickstart.yaml [--section.key=value ...]
+    python train/run.py --config configs/quickstart.yaml --optim.epochs=5
+    python train/run.py --resume runs/quickstart [--train.stop_after_epochs=...]
+    python train/run.py --help            (every key with its default)
+
+Reads top to bottom: config → Accelerator → seeds → data → model → optimizers → LR schedule →
+noise schedule → (torch.compile) → epochs of train / eval / log / checkpoint.
+
+Run folder ``RUN_DIR = train.out_dir / train.run_name`` (run_name defaults to the config's name):
+
+    config.yaml        the resolved config (rewritten, with the overrides, on --resume)
+    metrics.jsonl      one JSON row per epoch (appended; on --resume rows past the checkpoint are dropped)
+    last.pt, best.pt   checkpoints (see train/checkpoint.py), written atomically
+    tb/                TensorBoard events (train.tensorboard=true)
+    ranks/rankR.jsonl  per-rank sample indices of each epoch and a hash of the parameters after it
+                       (train.debug_ranks=true; for checking sharding and DDP synchronisation)
+
+stdout gets one line per epoch: ``epoch 3/10 | step 135 | train_loss ... | test_acc ... | p ... |
+lr ... | samples/s ...`` (accuracies in percent). The rich progress bar goes to stderr on the main
+process, only when stderr is a terminal.
+
+Resuming: ``--resume RUN_DIR`` loads RUN_DIR/config.yaml, applies the overrides given, restores
+model, both optimizers, LR and noise schedules, the RNG states of every rank and the data position
+(epoch and batch), and continues in the same folder: the continuation is bit-identical to an
+uninterrupted run (same world size, device type and thread count). Overrides given with --resume
+replace the saved values (a new ``optim.lr`` applies from the current schedule position on);
+``train.max_steps``, ``train.stop_after_epochs`` and ``train.overwrite`` belong to one invocation
+and are not carried over. ``train.stop_after_epochs=N`` ends a run after N epochs with the
+schedules still spanning ``optim.epochs`` (for time-limited jobs); ``train.max_steps`` stops after
+that many optimizer steps, mid-epoch if need be.
+
+Accelerate: mixed precision comes from the config (``train.mixed_precision``), not the launcher;
+DDP/FSDP and the process count from ``accelerate launch``. Gradient accumulation is done here
+(``no_sync`` on the micro-batches, the loss divided by the group size, the last group of an epoch
+may be shorter) so its position is part of the resumable state. Host syncs happen only at log
+points (every ``train.log_every`` optimizer steps and at epoch end); a non-finite loss is
+detected there. With ``train.compile`` the training forward is compiled and eval runs eager.
+
+Stopping: the first SIGINT/SIGTERM finishes the current optimizer step (with several ranks: up to
+the next log point, where the ranks agree), writes ``last.pt`` with the position in the epoch, and
+exits. A second signal aborts at once.
+
+Exit codes: 0 done (or stopped by train.max_steps / train.stop_after_epochs, ``last.pt`` written);
+1 non-finite loss (the last good checkpoint is kept); 2 bad command line, config, data, checkpoint or
+run folder (nothing written); 130 / 143 stopped by SIGINT / SIGTERM after writing ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from train import checkpoint as ckpt_io
+from train.config import (
+    ConfigError, RunConfig, all_keys, build_config, load_yaml, parse_overrides, to_dict, to_yaml,
+)
+from train.data import DataNotFoundError
+
+EXIT_OK, EXIT_NONFINITE, EXIT_USAGE = 0, 1, 2
+ARTIFACTS = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "tb", "ranks", "plots")
+INVOCATION_KEYS = ("train.max_steps", "train.stop_after_epochs", "train.overwrite")
+
+
+class UsageError(RuntimeError):
+    """A problem with what the user asked for (run folder, resume target); exit code 2."""
+
+
+def _is_main_launch_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _fail(msg: str, code: int) -> int:
+    if _is_main_launch_process():
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+    return code
+
+
+def _help() -> str:
+    lines = [__doc__.strip(), "", "Config keys (defaults):"]
+    cfg = RunConfig()
+    for key in all_keys():
+        obj = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        lines.append(f"  --{key}={obj!r}")
+    return "\n".join(lines)
+
+
+def split_argv(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
+    """``(config_path, resume_dir, override_args)`` from the command line."""
+    config = resume = None
+    rest = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        for flag in ("--config", "--resume"):
+            if arg == flag or arg.startswith(flag + "="):
+                if "=" in arg:
+                    value = arg.split("=", 1)[1]
+                elif i + 1 < len(argv):
+                    i += 1
+                    value = argv[i]
+                else:
+                    raise ConfigError(f"{flag} needs a value")
+                if flag == "--config":
+                    config = value
+                else:
+                    resume = value
+                break
+        else:
+            rest.append(arg)
+        i += 1
+    return config, resume, rest
+
+
+def lr_lambda(cfg: RunConfig, steps_per_epoch: int):
+    """Factor on the base LR after ``step`` optimizer steps: linear warmup, then (cyclic) cosine to 0."""
+    total = cfg.optim.epochs * steps_per_epoch
+    warm = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    cycle = max(1, cfg.optim.cycle_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.optim.schedule == "none":
+            return 1.0
+        if cfg.optim.schedule == "cosine":
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+        else:
+            progress = ((step - warm) % cycle) / cycle
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> torch.nn.Module:
+    """``asgl.create_model`` with the config's network and neuron settings."""
+    import asgl  # noqa: PLC0415
+
+    m = cfg.model
+    neuron_kwargs = dict(surrogate=m.surrogate, width=m.width, learn_width=m.learn_width,
+                         width_granularity=m.width_granularity, decay=m.decay, learn_decay=m.learn_decay,
+                         thresh=m.thresh, learn_thresh=m.learn_thresh, reset=m.reset, p=m.p, backend=m.backend)
+    return asgl.create_model(m.name, num_classes=num_classes, T=m.T, in_channels=in_channels, **neuron_kwargs)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: max allocated on ``device``; CPU: peak resident set size of this process."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(_help())
+        return EXIT_OK
+
+    # ---------------------------------------------------------------- config (validated up front)
+    try:
+        config_path, resume_dir, rest = split_argv(argv)
+        overrides = parse_overrides(rest)
+        if resume_dir is not None:
+            if config_path is not None:
+                raise ConfigError("--resume takes the config from RUN_DIR/config.yaml; drop --config "
+                                  "(use --section.key=value overrides instead)")
+            run_dir = Path(resume_dir)
+            if not (run_dir / "config.yaml").is_file():
+                raise UsageError(f"--resume {run_dir}: no config.yaml there (not a run folder?)")
+            # Stop conditions and overwrite belong to one invocation, not to the run.
+            saved = {k: v for k, v in load_yaml(run_dir / "config.yaml").items() if k not in INVOCATION_KEYS}
+            cfg = build_config(None, overrides, base=saved)
+            resume = ckpt_io.load(run_dir / "last.pt")
+            if resume["world_size"] != int(os.environ.get("WORLD_SIZE", "1")) and _is_main_launch_process():
+                print(f"warning: {run_dir}/last.pt was written by {resume['world_size']} ranks; continuing with "
+                      f"{os.environ.get('WORLD_SIZE', '1')}: not bit-identical to an uninterrupted run",
+                      file=sys.stderr)
+        else:
+            if config_path is None and not overrides:
+                raise ConfigError("give --config X.yaml (and/or --section.key=value overrides), or --resume RUN_DIR")
+            cfg = build_config(config_path, overrides)
+            run_name = cfg.train.run_name or (Path(config_path).stem if config_path else "run")
+            cfg.train.run_name = run_name
+            run_dir = Path(cfg.train.out_dir) / run_name
+            existing = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
+            if existing and not cfg.train.overwrite:
+                raise UsageError(f"run folder {run_dir} exists and is not empty; resume it with --resume {run_dir}, "
+                                 "pick another --train.run_name, or pass --train.overwrite=true")
+            resume = None
+        if cfg.train.tensorboard:
+            import importlib.util  # noqa: PLC0415
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ConfigError("train.tensorboard=true needs the tensorboard package (pip install tensorboard)")
+    except (ConfigError, UsageError, ckpt_io.CheckpointError) as e:
+        return _fail(str(e), EXIT_USAGE)
+
+    # ---------------------------------------------------------------- Accelerator
+    from accelerate import Accelerator  # noqa: PLC0415  (heavy; after the cheap checks)
+    from accelerate.utils import ProjectConfiguration, gather_object  # noqa: PLC0415
+
+    import asgl  # noqa: PLC0415
+    from train.data import build_data  # noqa: PLC0415
+
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        log_with="tensorboard" if cfg.train.tensorboard else None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
+    )
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    main_proc = accelerator.is_main_process
+
+    # ---------------------------------------------------------------- seeds, data, model
+    seed = cfg.train.seed
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        data = build_data(cfg.data, T=cfg.model.T, seed=seed, rank=rank, world_size=world, device=device)
+    except DataNotFoundError as e:
+        return _fail(str(e), EXIT_USAGE)
+    except (ValueError, ImportError) as e:  # bad data options, files in the wrong format, a missing package
+        return _fail(f"data: {e}", EXIT_USAGE)
+    if len(data.train) == 0:
+        return _fail(f"data: {data.num_train} training samples give no full batch of data.batch_size on "
+                     f"{world} rank(s)", EXIT_USAGE)
+
+    torch.manual_seed(seed)  # identical initial weights on every rank
+    m = cfg.model
+    try:
+        model = build_model(cfg, data.num_classes, data.in_channels)
+    except ValueError as e:
+        return _fail(f"model: {e}", EXIT_USAGE)
+    lifs = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, asgl.LIF)]
+    # Each rank draws its own noise masks (seed + rank); the run stays reproducible.
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+
+    # ---------------------------------------------------------------- optimizers, schedules
+    o = cfg.optim
+    optimizer, neuron_optimizer = asgl.build_optimizers(model, name=o.name, lr=o.lr, momentum=o.momentum,
+                                                        weight_decay=o.weight_decay, neuron_lr=o.neuron_lr)
+    accum = cfg.train.grad_accum
+    batches = len(data.train)
+    steps_per_epoch = math.ceil(batches / accum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
+    noise = asgl.NoiseSchedule(model, p0=m.p, epochs=o.epochs, gamma=cfg.noise.gamma,
+                               milestones=cfg.noise.milestones)
+    if neuron_optimizer is None:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        model, optimizer, neuron_optimizer = accelerator.prepare(model, optimizer, neuron_optimizer)
+    optimizers = [opt for opt in (optimizer, neuron_optimizer) if opt is not None]
+    core = accelerator.unwrap_model(model)
+
+    start_epoch, start_batch, global_step, best = 0, 0, 0, -1.0
+    partial = None
+    if resume is not None:
+        try:
+            core.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            if (neuron_optimizer is None) != (resume["neuron_optimizer"] is None):
+                raise ValueError("the config and the checkpoint disagree on learnable neuron parameters")
+            if neuron_optimizer is not None:
+                neuron_optimizer.load_state_dict(resume["neuron_optimizer"])
+            scheduler.load_state_dict(resume["lr_scheduler"])
+            # A new optim.lr given on --resume takes effect from here on (same schedule position).
+            scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+            noise.load_state_dict(resume["noise"])
+            start_epoch, start_batch = int(resume["epoch"]), int(resume["step_in_epoch"])
+            global_step, best, partial = int(resume["global_step"]), float(resume["best_metric"]), resume.get("partial")
+            if not 0 <= start_batch <= batches:
+                raise ValueError(f"step_in_epoch {start_batch} is outside this run's {batches} batches per epoch")
+            if resume["world_size"] == world:
+                ckpt_io.set_rng_state(resume["rng"][rank])
+            else:  # a new world size cannot replay the old streams; derive fresh ones
+                torch.manual_seed(seed + rank + 1_000_003 * global_step)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            return _fail(f"checkpoint {run_dir / 'last.pt'} does not fit this run: {str(e).splitlines()[0]}",
+                         EXIT_USAGE)
+        del resume  # free the CPU copy of the weights
+    eval_model = model
+    if cfg.train.compile:
+        model = torch.compile(model)  # training only; eval runs eager (no recompile for eval mode)
+
+    # Firing rates: every LIF counts its nonzero outputs on the eval pass, on the device (no sync).
+    fire_counts = torch.zeros(len(lifs), device=device, dtype=torch.float64)
+    fire_totals = [0] * len(lifs)
+
+    def count_spikes(index):
+        def hook(module, inputs, output):
+            if not module.training:
+                fire_counts[index] += (output != 0).sum()
+                fire_totals[index] += output.numel()
+        return hook
+
+    for i, (_, lif) in enumerate(lifs):
+        lif.register_forward_hook(count_spikes(i))
+
+    criterion = (asgl.mean_ce_loss if cfg.loss.name == "ce"
+                 else lambda logits, y: asgl.tet_loss(logits, y, lam=cfg.loss.tet_lambda))
+
+    # ---------------------------------------------------------------- run folder, trackers, signals
+    stop = {"signal": 0}
+
+    def on_signal(signum, frame):
+        if stop["signal"]:  # second signal: give up at once
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+        print(f"\n{signal.Signals(signum).name}: finishing the current step, then saving last.pt "
+              "(send again to abort)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    if main_proc and resume_dir is None:  # created only now: a run that fails to start leaves nothing
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in ARTIFACTS:  # train.overwrite=true: clear only what a run writes
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    accelerator.wait_for_everyone()
+    if main_proc:
+        ckpt_io.write_atomic(to_yaml(cfg).encode(), run_dir / "config.yaml")
+        metrics_path = run_dir / "metrics.jsonl"
+        if metrics_path.exists():  # keep only rows the checkpoint has seen (a crash may have left more)
+            rows = [line for line in metrics_path.read_text().splitlines() if line.strip()]
+            rows = [r for r in rows if json.loads(r)["epoch"] <= start_epoch]
+            ckpt_io.write_atomic("".join(r + "\n" for r in rows).encode(), metrics_path)
+        print(f"run {run_dir} | {m.name} T={m.T} | {data.num_train} train / {data.num_test} test samples | "
+              f"{world} rank(s) on {device} | {batches} batches/epoch/rank | "
+              f"{sum(p.numel() for p in core.parameters()):,} parameters"
+              + (f" | resumed at epoch {start_epoch + 1} batch {start_batch}" if start_batch or start_epoch else ""),
+              flush=True)
+    if cfg.train.tensorboard:
+        flat = {k.replace(".", "/"): v for k, v in _flat_scalars(to_dict(cfg)).items()}
+        accelerator.init_trackers(cfg.train.run_name, config=flat)
+    if cfg.train.debug_ranks:
+        (run_dir / "ranks").mkdir(exist_ok=True)
+
+    def save(names: list[str], epoch: int, step_in_epoch: int, sums) -> None:
+        """Write the checkpoint ``names`` (e.g. ["last", "best"]); every rank must call it."""
+        rngs = gather_object([ckpt_io.rng_state()])
+        state = {
+            "model": accelerator.get_state_dict(model if not cfg.train.compile else eval_model),
+            "optimizer": optimizer.state_dict(),
+            "neuron_optimizer": neuron_optimizer.state_dict() if neuron_optimizer is not None else None,
+            "lr_scheduler": scheduler.state_dict(), "noise": noise.state_dict(), "rng": rngs,
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "partial": sums,
+            "best_metric": best, "world_size": world, "config": to_dict(cfg),
+        }
+        if main_proc:
+            blob = ckpt_io.serialize(state)
+            for name in names:
+                ckpt_io.write_atomic(blob, run_dir / f"{name}.pt")
+        accelerator.wait_for_everyone()
+
+    progress = None
+    if main_proc and sys.stderr.isatty():
+        from rich.console import Console  # noqa: PLC0415
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
+
+        progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+                            console=Console(stderr=True), transient=True)
+        progress.start()
+
+    # ---------------------------------------------------------------- epochs
+    exit_code = EXIT_OK
+    epoch = start_epoch
+    last_epoch = o.epochs if cfg.train.stop_after_epochs is None else min(o.epochs, cfg.train.stop_after_epochs)
+    while epoch < last_epoch:
+        model.train()
+        data.train.set_epoch(epoch, start_batch)
+        if cfg.train.debug_ranks and hasattr(data.train, "batch_indices"):
+            with open(run_dir / "ranks" / f"rank{rank}.jsonl", "a") as f:
+                idx = [b.tolist() for b in data.train.batch_indices()[start_batch:]]
+                f.write(json.dumps({"epoch": epoch, "start_batch": start_batch, "rank": rank, "world": world,
+                                    "indices": idx}) + "\n")
+        # Train sums live on the device; they are read (synced) only at log points and epoch end.
+        sums = torch.zeros(2, device=device, dtype=torch.float64)  # Σ loss·B, Σ correct
+        seen = 0  # samples this rank trained on this epoch (known on the host)
+        if partial is not None and rank == 0:  # the interrupted part of this epoch, summed over ranks
+            sums += torch.tensor(partial[:2], dtype=torch.float64, device=device)
+            seen = int(partial[2])
+        partial = None
+        lr_now, p_now = scheduler.get_last_lr()[0], noise.p
+        task = progress.add_task("", total=batches, completed=start_batch, epoch=f"{epoch + 1}/{o.epochs}",
+                                 stats="") if progress else None
+        t0, samples_run, stopped_at = time.perf_counter(), 0, None
+        for i, (x, y) in enumerate(data.train, start=start_batch):
+            sync = (i + 1) % accum == 0 or i + 1 == batches
+            group = min(accum, batches - (i // accum) * accum)
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                logits = model(x)
+                loss = criterion(logits, y)
+                accelerator.backward(loss / group)
+            if sync:
+                for opt in optimizers:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                scheduler.step()
+                if m.learn_thresh:
+                    asgl.clamp_thresholds_(core)
+                global_step += 1
+            with torch.no_grad():
+                sums += torch.stack([loss.detach().double() * y.shape[0],
+                                     (logits.detach().mean(0).argmax(-1) == y).sum().double()])
+            seen += y.shape[0]
+            samples_run += y.shape[0]
+            if progress:
+                progress.advance(task)
+            log_point = sync and (global_step % cfg.train.log_every == 0 or i + 1 == batches)
+            step_cap = cfg.train.max_steps is not None and global_step >= cfg.train.max_steps and sync
+            if log_point or (sync and world == 1 and stop["signal"]) or step_cap:
+                host = torch.tensor([float(seen), float(stop["signal"])], device=device, dtype=torch.float64)
+                totals = accelerator.reduce(torch.cat([sums, host]), reduction="sum").tolist()
+                if not math.isfinite(totals[0]):
+                    exit_code = EXIT_NONFINITE
+                    break
+                lr_now = scheduler.get_last_lr()[0]
+                if progress:
+                    progress.update(task, stats=f"loss {totals[0] / totals[2]:.4f} acc {100 * totals[1] / totals[2]:.2f}"
+                                                f" p {p_now:.3f} lr {lr_now:.3g}")
+                if totals[3] or step_cap:
+                    stop["signal"] = stop["signal"] or -1
+                    stopped_at = i + 1
+                    break
+        if progress:
+            progress.remove_task(task)
+        if exit_code == EXIT_NONFINITE:
+            if main_proc:
+                print(f"error: non-finite training loss in epoch {epoch + 1} (by step {global_step}); stopping. "
+                      f"The last good checkpoint is kept: {run_dir / 'last.pt'}", file=sys.stderr, flush=True)
+            break
+        if stopped_at is not None and stopped_at < batches:  # interrupted mid-epoch: save the position
+            save(["last"], epoch, stopped_at, totals[:3])
+            break
+        train_time = time.perf_counter() - t0
+        host = torch.tensor([float(seen)], device=device, dtype=torch.float64)
+        loss_sum, correct, seen = accelerator.reduce(torch.cat([sums, host]), reduction="sum").tolist()
+        if not math.isfinite(loss_sum):
+            exit_code = EXIT_NONFINITE
+            if main_proc:
+                print(f"error: non-finite training loss in epoch {epoch + 1}; stopping. "
+                      f"The last good checkpoint is kept: {run_dir / 'last.pt'}", file=sys.stderr, flush=True)
+            break
+
+        # ------------------------------------------------------------ eval: the pure SNN
+        evaluate = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == o.epochs
+        row_test = {"test_loss": None, "test_acc": None}
+        fire = {}
+        if evaluate:
+            eval_model.eval()
+            fire_counts.zero_()
+            fire_totals[:] = [0] * len(lifs)
+            tsums = torch.zeros(3, device=device, dtype=torch.float64)
+            with torch.no_grad():
+                for x, y in data.test:
+                    logits = eval_model(x).float()
+                    tsums += torch.stack([criterion(logits, y).double() * y.shape[0],
+                                          (logits.mean(0).argmax(-1) == y).sum().double(),
+                                          torch.tensor(float(y.shape[0]), device=device, dtype=torch.float64)])
+            totals = torch.tensor(fire_totals, device=device, dtype=torch.float64)
+            tl, tc, tn = accelerator.reduce(tsums, reduction="sum").tolist()
+            rates = (accelerator.reduce(fire_counts, reduction="sum")
+                     / accelerator.reduce(totals, reduction="sum").clamp(min=1)).tolist()
+            fire = {name: rate for (name, _), rate in zip(lifs, rates)}
+            row_test = {"test_loss": tl / tn, "test_acc": 100.0 * tc / tn}
+        improved = evaluate and row_test["test_acc"] > best
+        if improved:
+            best = row_test["test_acc"]
+
+        # ------------------------------------------------------------ log, schedule, checkpoint
+        widths = {name: lif.width.mean().item() for name, lif in lifs}
+        row = {
+            "epoch": epoch + 1, "step": global_step, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
+            **row_test, "best_test_acc": best if best >= 0 else None, "lr": lr_now, "p": p_now,
+            "width": widths, "firing_rate": fire, "samples_per_s": samples_run * world / train_time,
+            "epoch_time_s": train_time, "peak_mem_mb": peak_memory_mb(device),
+        }
+        noise.step()
+        epoch += 1
+        if cfg.train.debug_ranks:  # after DDP's all-reduce every rank must hold the same parameters
+            digest = hashlib.sha256()
+            for name, param in core.named_parameters():
+                digest.update(name.encode() + param.detach().cpu().numpy().tobytes())
+            with open(run_dir / "ranks" / f"rank{rank}.jsonl", "a") as f:
+                f.write(json.dumps({"epoch_done": epoch, "rank": rank, "params_sha256": digest.hexdigest()}) + "\n")
+        save(["last", "best"] if improved else ["last"], epoch, 0, None)
+        if main_proc:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            test = (f"test_loss {row['test_loss']:.4f} | test_acc {row['test_acc']:.2f} | best {best:.2f}"
+                    if evaluate else "test -")
+            mean_w = sum(widths.values()) / max(1, len(widths))
+            mean_f = f"{sum(fire.values()) / len(fire):.3f}" if fire else "-"
+            print(f"epoch {epoch}/{o.epochs} | step {global_step} | train_loss {row['train_loss']:.4f} | "
+                  f"train_acc {row['train_acc']:.2f} | {test} | p {p_now:.3f} | lr {lr_now:.4g} | "
+                  f"width {mean_w:.3f} | fire {mean_f} | samples/s {row['samples_per_s']:.0f} | "
+                  f"time {train_time:.1f}s | mem {row['peak_mem_mb']:.0f}MB", flush=True)
+        if cfg.train.tensorboard:
+            accelerator.log({k: v for k, v in _flat_scalars(row).items() if v is not None}, step=epoch)
+        start_batch = 0
+        if stop["signal"]:
+            break
+
+    if progress:
+        progress.stop()
+    accelerator.end_training()
+    if exit_code == EXIT_NONFINITE:
+        return EXIT_NONFINITE
+    if stop["signal"] > 0:
+        if main_proc:
+            print(f"stopped by {signal.Signals(stop['signal']).name}; resume with --resume {run_dir}",
+                  file=sys.stderr, flush=True)
+        return 128 + stop["signal"]
+    if main_proc and epoch < o.epochs:
+        print(f"stopped after epoch {epoch} (step {global_step}) as asked; resume with --resume {run_dir}",
+              flush=True)
+    return EXIT_OK
+
+
+def _flat_scalars(tree: dict, prefix: str = "") -> dict:
+    """Nested dict -> ``{"a/b": number-or-str}`` (TensorBoard wants flat scalars)."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat_scalars(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[f"{prefix}{k}"] = v
+        elif isinstance(v, (list, tuple)):
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
