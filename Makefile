@@ -25,7 +25,7 @@ test: install
 
 quickstart: install
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		train/run.py --config configs/quickstart.yaml
+		train/run.py --config configs/quickstart.yaml --train.overwrite=true
 
 device-check:
 	bash perf/device_check.sh

@@ -37,13 +37,15 @@ def resolve_backend(backend: str, x: torch.Tensor, fused_module: str = "kernels.
     return backend
 
 
-def draw_seed(generator: torch.Generator | None = None) -> int:
-    """A 31-bit seed for the in-kernel RNG, drawn from a CPU generator (no device sync).
+def draw_seed(device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+    """A seed for the in-kernel RNG: one int64 in ``[0, 2**31 - 1)`` on ``device``.
 
-    With ``generator=None`` it comes from torch's default CPU generator, so ``torch.manual_seed``
-    (per rank) makes the fused kernel's noise masks reproducible.
+    Drawn on the device from ``generator`` (default: the device's default generator), so
+    ``torch.manual_seed`` (per rank) makes the fused kernel's noise masks reproducible. It stays a
+    tensor that the kernel reads: no host sync, no graph break under ``torch.compile``, and a fresh
+    draw on every replay of a captured CUDA graph.
     """
-    return int(torch.randint(0, 2**31 - 1, (), generator=generator))
+    return torch.randint(0, 2**31 - 1, (1,), device=device, generator=generator, dtype=torch.int64)
 
 
 def check_neuron_args(*, reset: str, surrogate: str, p: float) -> None:
@@ -91,7 +93,7 @@ def lif(
 
     return lif_fused(
         x_seq, decay_logit, width_param, thresh, reset=reset, v_reset=v_reset,
-        surrogate=surrogate, p=p, training=training, seed=draw_seed(generator),
+        surrogate=surrogate, p=p, training=training, seed=draw_seed(x_seq.device, generator),
     )
 
 
@@ -129,5 +131,5 @@ def recurrent_lif(
 
     return recurrent_lif_fused(
         wx_seq, recurrent_weight, decay_logit, width_param, thresh, reset=reset,
-        v_reset=v_reset, surrogate=surrogate, p=p, training=training, seed=draw_seed(generator),
+        v_reset=v_reset, surrogate=surrogate, p=p, training=training, seed=draw_seed(wx_seq.device, generator),
     )

@@ -1,0 +1,485 @@
+"""Fused Triton kernels of the multi-step ASGL LIF neuron: forward and backward across all T.
+
+One program owns ``BLOCK_N`` neurons of the flattened ``[T, N]`` view and loops over time with the
+state in float32 registers; the backward program walks the same neurons from ``t = T-1`` down to 0
+carrying ``dL/dv``. The mask of the noisy hybrid never exists in memory: it is drawn in-kernel from
+Philox (keying in :mod:`kernels.common`) and redrawn bit-identically in the backward.
+
+Memory traffic per element and time step (bf16): forward reads x and writes y and u (6 B),
+backward reads u and dy and writes dx (6 B): about 12 B per element-step for a training step,
+against 2 B read + 2 B written for eval (u is neither allocated nor stored). Saving u rather than x
+costs nothing extra and spares the backward the forward recurrence.
+
+ptxas -v (sm_90, BLOCK_N = 1024, 4 warps, every specialisation): forward 28-128 registers, backward
+72-216 (the most with in-kernel noise: four Philox uniforms and the carried step per neuron stay
+live), no spills, 16-byte loads/stores of the [T, N] streams when N % 16 == 0
+(``tests/test_kernel_aot.py``). Block size and warps are not yet tuned on a GPU.
+
+The equations are in :func:`lif_fused`; the reference is :func:`kernels.lif_ref.lif_ref`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .common import (
+    NOISE_ALL,
+    NOISE_DRAW,
+    NOISE_NONE,
+    lif_step,
+    load_neuron_params,
+    rand_block,
+    rand_lane,
+    relaxation_grads,
+    round_to,
+)
+from .lif_ref import RESETS, SURROGATES
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# 1024 neurons per program and 4 warps: 8 per thread, i.e. one 16-byte load per step in bf16 and
+# two in fp32, with enough independent neurons per SM to hide the latency of the serial T loop.
+BLOCK_N = 1024
+NUM_WARPS = 4
+# the parameter loader under the name kernels.rlif imports it by
+_load_params = load_neuron_params
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["T", "INNER", "C"])
+def _lif_fwd_kernel(
+    x_ptr, y_ptr, u_ptr, mask_ptr, decay_logit_ptr, width_ptr, theta_ptr, seed_ptr,
+    T, N, INNER, C, v_reset, p,
+    NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr,
+    CHANNEL_WIDTH: tl.constexpr, STORE_U: tl.constexpr, STORE_MASK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_range = offs_n < N
+    offs_key = offs_n.to(tl.int32)
+    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
+                                       SIGMOID, CHANNEL_WIDTH)
+    seed = tl.load(seed_ptr)
+
+    v = tl.zeros([BLOCK_N], dtype=tl.float32)
+    r0 = tl.zeros([BLOCK_N], dtype=tl.float32)
+    r1 = r0
+    r2 = r0
+    r3 = r0
+    r = r0
+    for t in range(0, T):
+        offs = tl.cast(t, tl.int64) * N + offs_n
+        x = tl.load(x_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+        # round u to the storage dtype and continue from the rounded value, so that the backward,
+        # which only sees the stored u, recomputes exactly these decisions
+        u = round_to(lam * v + x, u_ptr.dtype.element_ty).to(tl.float32)
+        if NOISE == 2:
+            if t % 4 == 0:
+                r0, r1, r2, r3 = rand_block(seed, t, offs_key)
+            r = rand_lane(t, r0, r1, r2, r3)
+        o, v, h, z = lif_step(u, theta, k, v_reset, r, p, NOISE, SIGMOID, HARD_RESET)
+        tl.store(y_ptr + offs, round_to(theta * o, y_ptr.dtype.element_ty), mask=in_range)
+        if STORE_U:
+            tl.store(u_ptr + offs, u.to(u_ptr.dtype.element_ty), mask=in_range)  # exact
+        if STORE_MASK:
+            if NOISE == 0:
+                m = tl.full([BLOCK_N], 1, tl.int8)
+            elif NOISE == 1:
+                m = tl.full([BLOCK_N], 0, tl.int8)
+            else:
+                m = (r >= p).to(tl.int8)
+            tl.store(mask_ptr + offs, m, mask=in_range)
+
+
+@triton.jit(do_not_specialize=["T", "INNER", "C"])
+def _lif_bwd_kernel(
+    dy_ptr, u_ptr, dx_ptr, dk_ptr, partial_ptr, decay_logit_ptr, width_ptr, theta_ptr, seed_ptr,
+    T, N, INNER, C, v_reset, p,
+    NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr,
+    CHANNEL_WIDTH: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_range = offs_n < N
+    offs_key = offs_n.to(tl.int32)
+    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
+                                       SIGMOID, CHANNEL_WIDTH)
+    seed = tl.load(seed_ptr)
+
+    # recompute step T-1; each later iteration recomputes step t-1 and carries it down, so every
+    # stored u is loaded once and every Philox block is drawn once
+    t_last = T - 1
+    u = tl.load(u_ptr + tl.cast(t_last, tl.int64) * N + offs_n, mask=in_range, other=0.0).to(tl.float32)
+    r0 = tl.zeros([BLOCK_N], dtype=tl.float32)
+    r1 = r0
+    r2 = r0
+    r3 = r0
+    r = r0
+    if NOISE == 2:
+        r0, r1, r2, r3 = rand_block(seed, t_last, offs_key)
+        r = rand_lane(t_last, r0, r1, r2, r3)
+    o, v, h, z = lif_step(u, theta, k, v_reset, r, p, NOISE, SIGMOID, HARD_RESET)
+
+    dv = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_lam = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_theta = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_k = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for i in range(0, T):
+        t = t_last - i
+        offs = tl.cast(t, tl.int64) * N + offs_n
+        # step t-1 (v[-1] = 0 before the first step)
+        has_prev = tl.full([BLOCK_N], t, tl.int32) > 0
+        u_prev = tl.load(u_ptr + (offs - N), mask=in_range & has_prev, other=0.0).to(tl.float32)
+        if NOISE == 2:
+            if (t > 0) & ((t - 1) % 4 == 3):
+                r0, r1, r2, r3 = rand_block(seed, t - 1, offs_key)
+            r = rand_lane(t - 1, r0, r1, r2, r3)
+        o_prev, v_prev, h_prev, z_prev = lif_step(u_prev, theta, k, v_reset, r, p, NOISE, SIGMOID, HARD_RESET)
+        v_prev = tl.where(has_prev, v_prev, 0.0)
+
+        dy = tl.load(dy_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+        dh_dz, dh_dk = relaxation_grads(z, k, h, SIGMOID)
+        if HARD_RESET:
+            do = theta * dy + dv * (v_reset - u)
+            dz = do * dh_dz
+            du = dz + dv * (1.0 - o)
+            acc_theta += dy * o - dz
+        else:
+            do = theta * dy - dv * theta
+            dz = do * dh_dz
+            du = dz + dv
+            acc_theta += dy * o - dz - dv * o
+        tl.store(dx_ptr + offs, round_to(du, dx_ptr.dtype.element_ty), mask=in_range)
+        acc_lam += du * v_prev
+        acc_k += do * dh_dk
+        dv = lam * du
+        u = u_prev
+        o = o_prev
+        h = h_prev
+        z = z_prev
+
+    # Parameter gradients, stage 1 of 2: one partial sum per program (and, for channel widths, one
+    # per neuron, summed over T here). Stage 2 is a torch .sum on the host side. Deterministic (no
+    # atomics, fixed summation order); the price is 3 floats per program, plus, for channel widths,
+    # 8 B per neuron (written here, read by the .sum) against 12·T B per neuron in the main loops
+    # (bf16): +17% at T = 4, +3% at T = 25. Atomics would save that but make dk run-to-run noisy.
+    nprog = tl.num_programs(0)
+    tl.store(partial_ptr + pid, tl.sum(tl.where(in_range, acc_lam, 0.0), axis=0))
+    tl.store(partial_ptr + nprog + pid, tl.sum(tl.where(in_range, acc_theta, 0.0), axis=0))
+    if CHANNEL_WIDTH:
+        tl.store(dk_ptr + offs_n, acc_k, mask=in_range)
+    else:
+        tl.store(partial_ptr + 2 * nprog + pid, tl.sum(tl.where(in_range, acc_k, 0.0), axis=0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def _kernel_order(x: Tensor):
+    """Permutation ``perm`` with ``x.permute(perm)`` contiguous and time first, or None.
+
+    Contiguous ``[T, B, C, *rest]`` gives the identity (channel = ``(n // INNER) % C`` with
+    ``INNER = prod(rest)``); channels-last memory ``[T, B, *rest, C]`` gives the permutation that
+    moves C last (``INNER = 1``), so it runs without a copy. Anything else is copied.
+    """
+    if x.is_contiguous():
+        return tuple(range(x.dim()))
+    if x.dim() >= 4:
+        perm = (0, 1) + tuple(range(3, x.dim())) + (2,)
+        if x.permute(perm).is_contiguous():
+            return perm
+    return None
+
+
+def _alloc_like(x: Tensor, dtype=None) -> Tensor:
+    """An output with ``x``'s shape whose kernel-order view is contiguous (shared with the fakes)."""
+    if _kernel_order(x) is not None:
+        return torch.empty_like(x, dtype=dtype)
+    return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
+
+
+def _flat(t: Tensor, perm) -> Tensor:
+    """The ``[T, N]`` kernel view of ``t`` in the permuted order ``perm`` (no copy when dense)."""
+    return t.permute(perm).contiguous().view(t.shape[0], -1)
+
+
+def _channel_geometry(x: Tensor, perm, channel_width: bool):
+    if not channel_width:
+        return 1, 1
+    C = x.shape[2]
+    if perm[-1] == 2 and x.dim() >= 4:
+        return 1, C
+    return math.prod(x.shape[3:]), C
+
+
+def _launch_fwd(x, decay_logit, width_param, thresh, *, hard_reset, v_reset, sigmoid, noise, p, seed,
+                store_u, store_mask):
+    y = _alloc_like(x)
+    u = _alloc_like(x) if store_u else x.new_empty(0)
+    mask = _alloc_like(x, torch.int8) if store_mask else x.new_empty(0, dtype=torch.int8)
+    T = x.shape[0]
+    N = x.numel() // T if T else 0
+    if x.numel() == 0:
+        return y, u, mask.bool()
+    perm = _kernel_order(x) or tuple(range(x.dim()))
+    channel_width = width_param.dim() == 1
+    INNER, C = _channel_geometry(x, perm, channel_width)
+    x_k = _flat(x, perm)
+    y_k = y.permute(perm).view(T, N)
+    u_k = u.permute(perm).view(T, N) if store_u else y_k
+    m_k = mask.permute(perm).view(T, N) if store_mask else y_k
+    grid = (triton.cdiv(N, BLOCK_N),)
+    _lif_fwd_kernel[grid](
+        x_ptr=x_k, y_ptr=y_k, u_ptr=u_k, mask_ptr=m_k, decay_logit_ptr=decay_logit,
+        width_ptr=width_param.contiguous(), theta_ptr=thresh, seed_ptr=seed, T=T, N=N, INNER=INNER, C=C,
+        v_reset=v_reset, p=p, NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset,
+        CHANNEL_WIDTH=channel_width, STORE_U=store_u, STORE_MASK=store_mask, BLOCK_N=BLOCK_N,
+        num_warps=NUM_WARPS,
+    )
+    return y, u, mask.bool()
+
+
+def _launch_bwd(dy, u, decay_logit, width_param, thresh, *, hard_reset, v_reset, sigmoid, noise, p, seed):
+    """``(dx, dλ, dθ, dk)``: dx like u; dλ, dθ scalars and dk (scalar or ``[C]``), float32."""
+    dx = _alloc_like(u)
+    T = u.shape[0]
+    N = u.numel() // T if T else 0
+    channel_width = width_param.dim() == 1
+    zeros = torch.zeros((), dtype=torch.float32, device=u.device)
+    if u.numel() == 0:
+        dk = torch.zeros(width_param.shape, dtype=torch.float32, device=u.device)
+        return dx, zeros, zeros.clone(), dk
+    perm = _kernel_order(u) or tuple(range(u.dim()))
+    INNER, C = _channel_geometry(u, perm, channel_width)
+    u_k = u.permute(perm).view(T, N)
+    dy_k = _flat(dy.to(u.dtype), perm)
+    dx_k = dx.permute(perm).view(T, N)
+    grid = (triton.cdiv(N, BLOCK_N),)
+    # rows: dλ, dθ and (layer width) dk partial sums, one column per program
+    partial = torch.empty((2 if channel_width else 3, grid[0]), dtype=torch.float32, device=u.device)
+    dk_elem = torch.empty(N if channel_width else 0, dtype=torch.float32, device=u.device)
+    _lif_bwd_kernel[grid](
+        dy_ptr=dy_k, u_ptr=u_k, dx_ptr=dx_k, dk_ptr=dk_elem if channel_width else partial,
+        partial_ptr=partial, decay_logit_ptr=decay_logit, width_ptr=width_param.contiguous(),
+        theta_ptr=thresh, seed_ptr=seed, T=T, N=N, INNER=INNER, C=C, v_reset=v_reset, p=p, NOISE=noise, SIGMOID=sigmoid,
+        HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS,
+    )
+    sums = partial.sum(dim=1)
+    dk = dk_elem.view(-1, C, INNER).sum(dim=(0, 2)) if channel_width else sums[2]
+    return dx, sums[0], sums[1], dk
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops (torch.compile traces them without graph breaks) and their autograd
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("asgl::lif_fwd", mutates_args=())
+def _lif_fwd_op(
+    x_seq: Tensor, decay_logit: Tensor, width_param: Tensor, thresh: Tensor, hard_reset: bool,
+    v_reset: float, sigmoid: bool, noise: int, p: float, seed: Tensor, store_u: bool, store_mask: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _launch_fwd(
+        x_seq, decay_logit, width_param, thresh, hard_reset=hard_reset, v_reset=v_reset,
+        sigmoid=sigmoid, noise=noise, p=p, seed=seed, store_u=store_u, store_mask=store_mask,
+    )
+
+
+@_lif_fwd_op.register_fake
+def _(x_seq, decay_logit, width_param, thresh, hard_reset, v_reset, sigmoid, noise, p, seed, store_u,
+      store_mask):
+    u = _alloc_like(x_seq) if store_u else x_seq.new_empty(0)
+    mask = _alloc_like(x_seq, torch.bool) if store_mask else x_seq.new_empty(0, dtype=torch.bool)
+    return _alloc_like(x_seq), u, mask
+
+
+@torch.library.custom_op("asgl::lif_bwd", mutates_args=())
+def _lif_bwd_op(
+    dy_seq: Tensor, u_seq: Tensor, decay_logit: Tensor, width_param: Tensor, thresh: Tensor,
+    hard_reset: bool, v_reset: float, sigmoid: bool, noise: int, p: float, seed: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dx, d_lam, d_theta, d_k = _launch_bwd(
+        dy_seq, u_seq, decay_logit, width_param, thresh, hard_reset=hard_reset, v_reset=v_reset,
+        sigmoid=sigmoid, noise=noise, p=p, seed=seed,
+    )
+    lam = torch.sigmoid(decay_logit.to(torch.float32))
+    d_decay_logit = d_lam * lam * (1.0 - lam)
+    # rectangle stores log k: d(log k) = dk·k
+    d_width = d_k if sigmoid else d_k * torch.exp(width_param.to(torch.float32))
+    return (
+        dx,
+        d_decay_logit.to(decay_logit.dtype),
+        # copies: the partial sums' views must not alias each other across outputs
+        d_width.to(width_param.dtype, copy=True).reshape(width_param.shape),
+        d_theta.to(thresh.dtype, copy=True),
+    )
+
+
+@_lif_bwd_op.register_fake
+def _(dy_seq, u_seq, decay_logit, width_param, thresh, hard_reset, v_reset, sigmoid, noise, p, seed):
+    return (
+        _alloc_like(u_seq), torch.empty_like(decay_logit), torch.empty_like(width_param),
+        torch.empty_like(thresh),
+    )
+
+
+_SETTINGS = ("hard_reset", "v_reset", "sigmoid", "noise", "p")
+
+
+def _setup_context(ctx, inputs, output):
+    x_seq, decay_logit, width_param, thresh, hard_reset, v_reset, sigmoid, noise, p, seed, _, _ = inputs
+    ctx.save_for_backward(output[1], decay_logit, width_param, thresh, seed)
+    ctx.settings = dict(zip(_SETTINGS, (hard_reset, v_reset, sigmoid, noise, p)))
+
+
+def _backward(ctx, dy_seq, du_unused, dmask_unused):
+    u_seq, decay_logit, width_param, thresh, seed = ctx.saved_tensors
+    if u_seq.numel() == 0 and dy_seq.numel() != 0:
+        raise RuntimeError("lif_fused: backward through a forward that stored no membrane (store_u=False)")
+    dx, d_decay_logit, d_width, d_thresh = _lif_bwd_op(
+        dy_seq, u_seq, decay_logit, width_param, thresh, seed=seed, **ctx.settings
+    )
+    need = ctx.needs_input_grad
+    return (
+        dx if need[0] else None,
+        d_decay_logit if need[1] else None,
+        d_width if need[2] else None,
+        d_thresh if need[3] else None,
+    ) + (None,) * 8
+
+
+_lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public function
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_param(name: str, t, x_seq: Tensor, shapes) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if tuple(t.shape) not in shapes:
+        raise ValueError(f"{name} must have shape in {sorted(shapes)}, got {tuple(t.shape)}")
+    if t.device != x_seq.device:
+        raise ValueError(f"{name} is on {t.device} but x_seq is on {x_seq.device}")
+
+
+def lif_fused(
+    x_seq: Tensor,
+    decay_logit: Tensor,
+    width_param: Tensor,
+    thresh: Tensor | float,
+    *,
+    reset: str = "hard",
+    v_reset: float = 0.0,
+    surrogate: str = "sigmoid",
+    p: float = 0.0,
+    training: bool = True,
+    seed: Tensor | int = 0,
+    return_mask: bool = False,
+):
+    """Fused multi-step ASGL LIF, ``x_seq [T, B, ...] -> y_seq`` (same shape and dtype).
+
+    Computes :func:`kernels.lif_ref.lif_ref` in two kernels (forward over all T, backward over all
+    T in reverse). For t = 0..T-1, v[-1] = 0, λ = sigmoid(decay_logit), k the slope::
+
+        u[t] = round_dtype(λ·v[t-1] + x[t])         stored for backward (the only saved tensor)
+        z = u - θ;  S = 1[z >= 0];  H = sigmoid(k·z) | clamp(k·z + 1/2, 0, 1)
+        o = m·S + (1-m)·H,  m = 1[rand(seed, t, n) >= p]      (eval: o = S)
+        v[t] = u(1-o) + v_r·o  (hard)  |  u - θ·o  (soft);     y[t] = θ·o
+
+    Backward (reverse in t, g = dL/dv[t] carried, H' = ∂H/∂z)::
+
+        do = θ·dy + g·(v_r - u | -θ);   dz = do·H';   du = dz + g·(1 - o | 1)
+        dx[t] = du;  g <- λ·du;  dλ += du·v[t-1];  dθ += dy·o - dz (- g·o for soft);
+        dk += do·∂H/∂k   (sigmoid: H(1-H)·z; rectangle: z where 0 <= k·z + 1/2 <= 1)
+        d decay_logit = dλ·λ(1-λ);  d width_param = dk (sigmoid) | dk·k (rectangle, stores log k)
+
+    ``u`` is rounded to the input dtype every step and the recurrence continues from the rounded
+    value, so the backward (which only sees the stored u) recomputes the forward's spike decisions
+    exactly; for float32 the rounding is a no-op.
+
+    Args:
+        x_seq: ``[T, B, ...]`` float32/float16/bfloat16 (channels-last memory runs without a copy).
+        decay_logit: 0-dim tensor.
+        width_param: 0-dim (one width per layer) or ``[C]`` with ``C = x_seq.shape[2]``.
+        thresh: θ, a Python float or a 0-dim tensor (which may require grad).
+        reset, v_reset, surrogate, p, training: as in :func:`kernels.lif_ref.lif_ref`.
+        seed: ``0 <= seed < 2**31``, an int or a one-element int64 tensor on ``x_seq``'s device;
+            with ``0 < p < 1`` it keys the in-kernel Philox draws. A tensor seed (what
+            :func:`asgl.functional.draw_seed` gives) is read by the kernel, so neither eager mode
+            nor ``torch.compile`` syncs with the host or breaks the graph, and a captured CUDA graph
+            draws a fresh seed on every replay.
+        return_mask: also return the bool spike-mode mask (``True`` = spike mode), shaped like
+            ``x_seq``; for tests that replay it through ``lif_ref(..., mask=mask)``.
+
+    Returns:
+        ``y_seq``, or ``(y_seq, mask)`` with ``return_mask=True``.
+    """
+    if not isinstance(x_seq, Tensor):
+        raise ValueError(f"x_seq must be a torch.Tensor, got {type(x_seq).__name__}")
+    if x_seq.dtype not in DTYPES:
+        raise ValueError(f"x_seq must have dtype in {DTYPES}, got {x_seq.dtype}")
+    if x_seq.dim() < 2:
+        raise ValueError(f"x_seq must be [T, B, ...] with at least 2 dims, got shape {tuple(x_seq.shape)}")
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p (the analog-mode probability) must be in [0, 1], got {p!r}")
+    if isinstance(seed, Tensor):
+        if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != x_seq.device:
+            raise ValueError(
+                f"a tensor seed must be one int64 element on {x_seq.device}, got dtype {seed.dtype}, "
+                f"{seed.numel()} elements on {seed.device}"
+            )
+        seed = seed.reshape(1)
+    elif isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31:
+        seed = torch.full((1,), seed, dtype=torch.int64, device=x_seq.device)
+    else:
+        raise ValueError(f"seed must be an int in [0, 2**31) or a one-element int64 tensor, got {seed!r}")
+    _check_param("decay_logit", decay_logit, x_seq, {()})
+    channels = x_seq.shape[2] if x_seq.dim() >= 3 else None
+    _check_param("width_param", width_param, x_seq, {()} | ({(channels,)} if channels else set()))
+    if width_param.dim() == 1 and channels is None:
+        raise ValueError(f"a channel-wise width_param needs x_seq with a channel dim 2, got {tuple(x_seq.shape)}")
+    if isinstance(thresh, Tensor):
+        _check_param("thresh", thresh, x_seq, {()})
+    elif isinstance(thresh, (int, float)) and not isinstance(thresh, bool):
+        thresh = torch.full((), float(thresh), dtype=torch.float32, device=x_seq.device)
+    else:
+        raise ValueError(f"thresh must be a float or a 0-dim tensor, got {type(thresh).__name__}")
+    T = x_seq.shape[0]
+    if T and x_seq.numel() // T >= 2**31:
+        raise ValueError(f"x_seq has {x_seq.numel() // T} elements per time step; at most 2**31 - 1 are supported")
+
+    if not training or p == 0.0:
+        noise = NOISE_NONE
+    elif p == 1.0:
+        noise = NOISE_ALL
+    else:
+        noise = NOISE_DRAW
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x_seq, decay_logit, width_param, thresh)
+    )
+    y_seq, _, mask = _lif_fwd_op(
+        x_seq, decay_logit, width_param, thresh, reset == "hard", float(v_reset),
+        surrogate == "sigmoid", noise, p, seed, needs_grad, return_mask,
+    )
+    return (y_seq, mask) if return_mask else y_seq
