@@ -378,6 +378,20 @@ def _check_param(name: str, t, x_seq: Tensor, shapes) -> None:
         raise ValueError(f"{name} is on {t.device} but x_seq is on {x_seq.device}")
 
 
+def _seed_tensor(seed, x_seq: Tensor) -> Tensor:
+    """``seed`` (int or one-element int64 tensor) as a ``[1]`` int64 tensor on ``x_seq``'s device."""
+    if isinstance(seed, Tensor):
+        if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != x_seq.device:
+            raise ValueError(
+                f"a tensor seed must be one int64 element on {x_seq.device}, got dtype {seed.dtype}, "
+                f"{seed.numel()} elements on {seed.device}"
+            )
+        return seed.reshape(1)
+    if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31:
+        return torch.full((1,), seed, dtype=torch.int64, device=x_seq.device)
+    raise ValueError(f"seed must be an int in [0, 2**31) or a one-element int64 tensor, got {seed!r}")
+
+
 def lif_fused(
     x_seq: Tensor,
     decay_logit: Tensor,
@@ -443,17 +457,7 @@ def lif_fused(
     p = float(p)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p (the analog-mode probability) must be in [0, 1], got {p!r}")
-    if isinstance(seed, Tensor):
-        if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != x_seq.device:
-            raise ValueError(
-                f"a tensor seed must be one int64 element on {x_seq.device}, got dtype {seed.dtype}, "
-                f"{seed.numel()} elements on {seed.device}"
-            )
-        seed = seed.reshape(1)
-    elif isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31:
-        seed = torch.full((1,), seed, dtype=torch.int64, device=x_seq.device)
-    else:
-        raise ValueError(f"seed must be an int in [0, 2**31) or a one-element int64 tensor, got {seed!r}")
+    seed = _seed_tensor(seed, x_seq)
     _check_param("decay_logit", decay_logit, x_seq, {()})
     channels = x_seq.shape[2] if x_seq.dim() >= 3 else None
     _check_param("width_param", width_param, x_seq, {()} | ({(channels,)} if channels else set()))

@@ -3,8 +3,9 @@
 Each compile must succeed, must not spill to local memory, and must keep the per-step global loads
 and stores of the [T, N] tensors 16 bytes wide (``.v4.b32``: 4 fp32 or 8 fp16/bf16 per thread) when
 N is a multiple of 16, which is the case the JIT specialises. The default run compiles a covering
-subset (every dtype, every value of every constexpr, both kernels, both archs); the ``slow`` test
-compiles every specialisation ``kernels.lif`` can launch. Compiles are cached by triton, so reruns
+subset (every dtype, every value of every constexpr, both kernels, both archs), and a second test
+compiles every specialisation ``kernels.lif`` can launch (about 2-3 minutes cold on 2 cores; part
+of the normal run). Compiles are cached by triton, so reruns
 only pay for ``ptxas -v``.
 """
 
@@ -101,7 +102,6 @@ def test_aot_covering_specialisations():
         print(f"{r.spec.label}: {r.registers} registers, spills {r.spill_bytes} B")
 
 
-@pytest.mark.slow
 def test_aot_every_specialisation():
     results = compile_kernels(all_specs())
     check(results)
