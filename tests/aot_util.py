@@ -19,6 +19,7 @@ the JIT would specialise as multiples of 16 (16-byte-aligned pointers, sizes div
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -135,3 +136,63 @@ if __name__ == "__main__":
     specs = json.loads(sys.stdin.read())
     results = [_compile_one(s) for s in specs]
     sys.stdout.write("\n" + json.dumps(results) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Which specialisations to compile, and the checks every kernel must pass
+# ---------------------------------------------------------------------------------------------
+
+DTYPES = ("fp32", "fp16", "bf16")
+BINARY_L4 = ((0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0))  # strength-2 covering of 3 binary flags
+
+
+def covering_specs(fwd_spec, bwd_spec) -> list[KernelSpec]:
+    """Every dtype × NOISE value, the three binary flags rotated through an L4 covering array, plus
+    eval (no u) and the test-only mask output; both archs. ``fwd_spec``/``bwd_spec`` build one
+    :class:`KernelSpec` from ``(dtype, arch, NOISE=, SIGMOID=, HARD_RESET=, CHANNEL_WIDTH=[, STORE_U=,
+    STORE_MASK=])``."""
+    specs = []
+    for arch in (80, 90):
+        for i, dtype in enumerate(DTYPES):
+            for noise in (0, 1, 2):
+                sig, hard, chan = BINARY_L4[(noise + i) % 4]
+                flags = dict(NOISE=noise, SIGMOID=sig, HARD_RESET=hard, CHANNEL_WIDTH=chan)
+                specs.append(fwd_spec(dtype, arch, **flags, STORE_U=True))
+                specs.append(bwd_spec(dtype, arch, **flags))
+            specs.append(fwd_spec(dtype, arch, NOISE=0, SIGMOID=i % 2, HARD_RESET=1, CHANNEL_WIDTH=i % 2,
+                                  STORE_U=False))
+            specs.append(fwd_spec(dtype, arch, NOISE=2, SIGMOID=1, HARD_RESET=i % 2, CHANNEL_WIDTH=0, STORE_U=True,
+                                  STORE_MASK=True))
+    return specs
+
+
+def all_specs(fwd_spec, bwd_spec) -> list[KernelSpec]:
+    """Every specialisation a fused neuron launches (the mask output only with default flags)."""
+    specs = []
+    for arch, dtype, noise, sig, hard, chan in itertools.product((80, 90), DTYPES, (0, 1, 2), (0, 1), (0, 1), (0, 1)):
+        flags = dict(NOISE=noise, SIGMOID=sig, HARD_RESET=hard, CHANNEL_WIDTH=chan)
+        specs += [fwd_spec(dtype, arch, **flags, STORE_U=s) for s in (True, False)]
+        specs.append(bwd_spec(dtype, arch, **flags))
+    for arch, dtype, noise in itertools.product((80, 90), DTYPES, (0, 1, 2)):
+        specs.append(fwd_spec(dtype, arch, NOISE=noise, SIGMOID=1, HARD_RESET=1, CHANNEL_WIDTH=0, STORE_U=True,
+                              STORE_MASK=True))
+    return specs
+
+
+def compile_problems(result: CompileResult) -> list[str]:
+    """A failed compile, or any spill / stack frame / local-memory access."""
+    s = result.spec
+    if result.error:
+        return [f"{s.label}: {result.error[:500]}"]
+    if result.spill_bytes != 0 or result.local_bytes != 0 or result.uses_local_memory:
+        return [f"{s.label}: {result.registers} registers, spills {result.spill_bytes} B, stack {result.local_bytes} B"]
+    return []
+
+
+def register_table(results: list[CompileResult]) -> None:
+    """Print the register range per kernel, arch and dtype (visible with ``pytest -s``)."""
+    regs = {}
+    for r in results:
+        regs.setdefault(" ".join(r.spec.label.split(" ")[:3]), []).append(r.registers)
+    for k, v in sorted(regs.items()):
+        print(f"{k}: registers {min(v)}..{max(v)} over {len(v)} specialisations")

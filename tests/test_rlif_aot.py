@@ -9,22 +9,21 @@ compiles every specialisation ``kernels.rlif`` can launch. Register counts are p
 
 from __future__ import annotations
 
-import itertools
 import re
 
 import pytest
 
-from aot_util import KernelSpec, compile_kernels
+from aot_util import (
+    DTYPES, KernelSpec, all_specs, compile_kernels, compile_problems, covering_specs, register_table,
+)
 
 H = 240
 BLOCK_H, BLOCK_K, NUM_WARPS = 256, 16, 8  # what kernels.rlif._blocks(240) picks
-DTYPES = ("fp32", "fp16", "bf16")
 PARAMS = {"decay_logit_ptr": "*fp32", "width_ptr": "*fp32", "theta_ptr": "*fp32", "seed_ptr": "*i64"}
 SIZES = {"T": "i32", "B": "i32", "H": "i32", "v_reset": "fp32", "p": "fp32"}
 # the JIT's view of an SHD launch: 16-byte aligned torch allocations, B = 32 and H = 240 multiples of 16
 DIVISIBLE_FWD = ("wx_ptr", "rt_ptr", "y_ptr", "u_ptr", "mask_ptr", "scratch_ptr", *PARAMS, "B", "H")
 DIVISIBLE_BWD = ("dy_ptr", "u_ptr", "r_ptr", "dwx_ptr", "o_ptr", "scratch_ptr", "partial_ptr", *PARAMS, "B", "H")
-BINARY_L4 = ((0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0))  # strength-2 covering of 3 binary flags
 
 
 def _blocks_spec():
@@ -56,46 +55,13 @@ def bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH):
     return KernelSpec("kernels.rlif:_rlif_bwd_kernel", signature, constexprs, DIVISIBLE_BWD, arch, NUM_WARPS, label)
 
 
-def covering_specs():
-    """Every dtype × NOISE value, the three binary flags rotated through an L4 covering array."""
-    specs = []
-    for arch in (80, 90):
-        for i, dtype in enumerate(DTYPES):
-            for noise in (0, 1, 2):
-                sig, hard, chan = BINARY_L4[(noise + i) % 4]
-                flags = dict(NOISE=noise, SIGMOID=sig, HARD_RESET=hard, CHANNEL_WIDTH=chan)
-                specs.append(fwd_spec(dtype, arch, **flags, STORE_U=True))
-                specs.append(bwd_spec(dtype, arch, **flags))
-            # eval (no u) and the test-only mask output
-            specs.append(fwd_spec(dtype, arch, NOISE=0, SIGMOID=i % 2, HARD_RESET=1, CHANNEL_WIDTH=i % 2,
-                                  STORE_U=False))
-            specs.append(fwd_spec(dtype, arch, NOISE=2, SIGMOID=1, HARD_RESET=i % 2, CHANNEL_WIDTH=0, STORE_U=True,
-                                  STORE_MASK=True))
-    return specs
-
-
-def all_specs():
-    """Every specialisation kernels.rlif launches (the mask output only with default flags)."""
-    specs = []
-    for arch, dtype, noise, sig, hard, chan in itertools.product((80, 90), DTYPES, (0, 1, 2), (0, 1), (0, 1), (0, 1)):
-        flags = dict(NOISE=noise, SIGMOID=sig, HARD_RESET=hard, CHANNEL_WIDTH=chan)
-        specs += [fwd_spec(dtype, arch, **flags, STORE_U=s) for s in (True, False)]
-        specs.append(bwd_spec(dtype, arch, **flags))
-    for arch, dtype, noise in itertools.product((80, 90), DTYPES, (0, 1, 2)):
-        specs.append(fwd_spec(dtype, arch, NOISE=noise, SIGMOID=1, HARD_RESET=1, CHANNEL_WIDTH=0, STORE_U=True,
-                              STORE_MASK=True))
-    return specs
-
-
 def check(results):
     problems = []
     for r in results:
-        s = r.spec
+        problems += compile_problems(r)
         if r.error:
-            problems.append(f"{s.label}: {r.error[:500]}")
             continue
-        if r.spill_bytes != 0 or r.local_bytes != 0 or r.uses_local_memory:
-            problems.append(f"{s.label}: {r.registers} registers, spills {r.spill_bytes} B, stack {r.local_bytes} B")
+        s = r.spec
         # the per-step barrier that orders the o/du double buffer must be there; the 16-bit forward
         # product must run on tensor cores (mma/wgmma), the fp32 ones on fp32 FMAs
         if "bar.sync" not in r.ptx and "barrier.sync" not in r.ptx:
@@ -106,14 +72,6 @@ def check(results):
     assert not problems, "\n".join(problems)
 
 
-def _report(results):
-    regs = {}
-    for r in results:
-        regs.setdefault(" ".join(r.spec.label.split(" ")[:3]), []).append(r.registers)
-    for k, v in sorted(regs.items()):
-        print(f"{k}: registers {min(v)}..{max(v)} over {len(v)} specialisations")
-
-
 def test_specs_use_the_launch_configuration():
     from kernels.rlif import BLOCK_B, _blocks
 
@@ -121,13 +79,13 @@ def test_specs_use_the_launch_configuration():
 
 
 def test_rlif_aot_covering_specialisations():
-    results = compile_kernels(covering_specs())
+    results = compile_kernels(covering_specs(fwd_spec, bwd_spec))
     check(results)
-    _report(results)
+    register_table(results)
 
 
 @pytest.mark.slow
 def test_rlif_aot_every_specialisation():
-    results = compile_kernels(all_specs())
+    results = compile_kernels(all_specs(fwd_spec, bwd_spec))
     check(results)
-    _report(results)
+    register_table(results)
