@@ -392,6 +392,43 @@ def _seed_tensor(seed, x_seq: Tensor) -> Tensor:
     raise ValueError(f"seed must be an int in [0, 2**31) or a one-element int64 tensor, got {seed!r}")
 
 
+def _neuron_args(x_seq: Tensor, decay_logit, width_param, width_shapes, thresh, *, reset, surrogate, p,
+                 training, seed):
+    """Check the arguments the fused neurons share; returns ``(thresh, seed, p, noise)`` with θ and
+    the seed as device tensors and ``noise`` the kernels' NOISE mode. ``x_seq``'s type, dtype and
+    rank are checked by the caller (see :func:`_check_input`)."""
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p (the analog-mode probability) must be in [0, 1], got {p!r}")
+    seed = _seed_tensor(seed, x_seq)
+    _check_param("decay_logit", decay_logit, x_seq, {()})
+    _check_param("width_param", width_param, x_seq, width_shapes)
+    if isinstance(thresh, Tensor):
+        _check_param("thresh", thresh, x_seq, {()})
+    elif isinstance(thresh, (int, float)) and not isinstance(thresh, bool):
+        thresh = torch.full((), float(thresh), dtype=torch.float32, device=x_seq.device)
+    else:
+        raise ValueError(f"thresh must be a float or a 0-dim tensor, got {type(thresh).__name__}")
+    if not training or p == 0.0:
+        noise = NOISE_NONE
+    elif p == 1.0:
+        noise = NOISE_ALL
+    else:
+        noise = NOISE_DRAW
+    return thresh, seed, p, noise
+
+
+def _check_input(x_seq, name: str) -> None:
+    if not isinstance(x_seq, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x_seq).__name__}")
+    if x_seq.dtype not in DTYPES:
+        raise ValueError(f"{name} must have dtype in {DTYPES}, got {x_seq.dtype}")
+
+
 def lif_fused(
     x_seq: Tensor,
     decay_logit: Tensor,
@@ -444,41 +481,20 @@ def lif_fused(
     Returns:
         ``y_seq``, or ``(y_seq, mask)`` with ``return_mask=True``.
     """
-    if not isinstance(x_seq, Tensor):
-        raise ValueError(f"x_seq must be a torch.Tensor, got {type(x_seq).__name__}")
-    if x_seq.dtype not in DTYPES:
-        raise ValueError(f"x_seq must have dtype in {DTYPES}, got {x_seq.dtype}")
+    _check_input(x_seq, "x_seq")
     if x_seq.dim() < 2:
         raise ValueError(f"x_seq must be [T, B, ...] with at least 2 dims, got shape {tuple(x_seq.shape)}")
-    if reset not in RESETS:
-        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
-    if surrogate not in SURROGATES:
-        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p (the analog-mode probability) must be in [0, 1], got {p!r}")
-    seed = _seed_tensor(seed, x_seq)
-    _check_param("decay_logit", decay_logit, x_seq, {()})
     channels = x_seq.shape[2] if x_seq.dim() >= 3 else None
-    _check_param("width_param", width_param, x_seq, {()} | ({(channels,)} if channels else set()))
-    if width_param.dim() == 1 and channels is None:
+    if isinstance(width_param, Tensor) and width_param.dim() == 1 and channels is None:
         raise ValueError(f"a channel-wise width_param needs x_seq with a channel dim 2, got {tuple(x_seq.shape)}")
-    if isinstance(thresh, Tensor):
-        _check_param("thresh", thresh, x_seq, {()})
-    elif isinstance(thresh, (int, float)) and not isinstance(thresh, bool):
-        thresh = torch.full((), float(thresh), dtype=torch.float32, device=x_seq.device)
-    else:
-        raise ValueError(f"thresh must be a float or a 0-dim tensor, got {type(thresh).__name__}")
+    thresh, seed, p, noise = _neuron_args(
+        x_seq, decay_logit, width_param, {()} | ({(channels,)} if channels else set()), thresh,
+        reset=reset, surrogate=surrogate, p=p, training=training, seed=seed,
+    )
     T = x_seq.shape[0]
     if T and x_seq.numel() // T >= 2**31:
         raise ValueError(f"x_seq has {x_seq.numel() // T} elements per time step; at most 2**31 - 1 are supported")
 
-    if not training or p == 0.0:
-        noise = NOISE_NONE
-    elif p == 1.0:
-        noise = NOISE_ALL
-    else:
-        noise = NOISE_DRAW
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x_seq, decay_logit, width_param, thresh)
     )

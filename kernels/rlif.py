@@ -50,17 +50,13 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    NOISE_ALL,
-    NOISE_DRAW,
-    NOISE_NONE,
     lif_step,
     load_neuron_params,
     rand_block,
     relaxation_grads,
     round_to,
 )
-from .lif import DTYPES, _check_param, _seed_tensor
-from .lif_ref import RESETS, SURROGATES
+from .lif import _check_input, _check_param, _neuron_args
 
 # tl.dot needs at least 16 rows; one program per 16 batch rows keeps B = 32 on 2 SMs (the
 # recurrence is serial in T, so batch tiles are the only parallelism that needs no grid-wide sync).
@@ -456,10 +452,7 @@ def recurrent_lif_fused(
     Returns:
         ``y_seq``, or ``(y_seq, mask)`` with ``return_mask=True``.
     """
-    if not isinstance(wx_seq, Tensor):
-        raise ValueError(f"wx_seq must be a torch.Tensor, got {type(wx_seq).__name__}")
-    if wx_seq.dtype not in DTYPES:
-        raise ValueError(f"wx_seq must have dtype in {DTYPES}, got {wx_seq.dtype}")
+    _check_input(wx_seq, "wx_seq")
     if wx_seq.dim() != 3:
         raise ValueError(f"wx_seq must be [T, B, H], got shape {tuple(wx_seq.shape)}")
     T, B, H = wx_seq.shape
@@ -469,29 +462,11 @@ def recurrent_lif_fused(
                          "(use backend='torch')")
     if B * H >= 2**31:
         raise ValueError(f"wx_seq has {B * H} elements per time step; at most 2**31 - 1 are supported")
-    if reset not in RESETS:
-        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
-    if surrogate not in SURROGATES:
-        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p (the analog-mode probability) must be in [0, 1], got {p!r}")
-    seed = _seed_tensor(seed, wx_seq)
-    _check_param("decay_logit", decay_logit, wx_seq, {()})
-    _check_param("width_param", width_param, wx_seq, {(), (H,)})
-    if isinstance(thresh, Tensor):
-        _check_param("thresh", thresh, wx_seq, {()})
-    elif isinstance(thresh, (int, float)) and not isinstance(thresh, bool):
-        thresh = torch.full((), float(thresh), dtype=torch.float32, device=wx_seq.device)
-    else:
-        raise ValueError(f"thresh must be a float or a 0-dim tensor, got {type(thresh).__name__}")
+    thresh, seed, p, noise = _neuron_args(
+        wx_seq, decay_logit, width_param, {(), (H,)}, thresh,
+        reset=reset, surrogate=surrogate, p=p, training=training, seed=seed,
+    )
 
-    if not training or p == 0.0:
-        noise = NOISE_NONE
-    elif p == 1.0:
-        noise = NOISE_ALL
-    else:
-        noise = NOISE_DRAW
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (wx_seq, recurrent_weight, decay_logit, width_param, thresh)
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .lif_ref import RESETS, _broadcast_width, lif_step_ref, slope_from_width_param, spike_mask_ref
+from .lif_ref import RESETS, lif_step_ref, slope_from_width_param, spike_mask_ref
 
 
 def recurrent_lif_ref(

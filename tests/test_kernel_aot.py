@@ -11,7 +11,7 @@ of the normal run). Compiles are cached by triton, so reruns only pay for ``ptxa
 from __future__ import annotations
 
 from aot_util import (
-    DTYPES, KernelSpec, all_specs, compile_kernels, compile_problems, covering_specs, register_table,
+    KernelSpec, all_specs, compile_kernels, compile_problems, covering_specs, register_table,
 )
 
 PARAMS = {"decay_logit_ptr": "*fp32", "width_ptr": "*fp32", "theta_ptr": "*fp32", "seed_ptr": "*i64"}

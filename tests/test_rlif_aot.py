@@ -14,7 +14,7 @@ import re
 import pytest
 
 from aot_util import (
-    DTYPES, KernelSpec, all_specs, compile_kernels, compile_problems, covering_specs, register_table,
+    KernelSpec, all_specs, compile_kernels, compile_problems, covering_specs, register_table,
 )
 
 H = 240
