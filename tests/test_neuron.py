@@ -386,3 +386,27 @@ def test_noise_schedule_raising_p_is_clamped_to_one():
     assert sched.p == 1.0
     with pytest.raises(ValueError, match="p0"):
         asgl.NoiseSchedule(asgl.LIF(), p0=1.2, epochs=3)
+
+
+# --------------------------------------------------------------------------- import hygiene
+def test_packages_import_without_datasets_and_without_touching_cuda():
+    """``import asgl, kernels`` (and the fused kernel modules) must work where ``datasets`` is absent
+    (the GPU image has none) and must not initialise CUDA at import time."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.modules['datasets'] = None\n"
+        "import torch\n"
+        "calls = []\n"
+        "torch.cuda.is_available = lambda: calls.append('is_available') or False\n"
+        "torch.cuda.device_count = lambda: calls.append('device_count') or 0\n"
+        "import asgl, kernels, kernels.lif, kernels.rlif\n"
+        "m = asgl.create_model('digits_cnn')\n"
+        "assert 'datasets' not in [k for k, v in sys.modules.items() if v is not None]\n"
+        "assert not calls, calls\n"
+        "assert not torch.cuda.is_initialized()\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], env=env)
