@@ -93,11 +93,18 @@ def load_yaml_keys(text: str) -> dict:
     ({"data.name": "cifar"}, "data.name must be one of"),
     ({"data.batch_size": "0"}, "data.batch_size must be an integer > 0"),
     ({"train.run_name": "a/b"}, "train.run_name must be a plain folder name"),
+    ({"data.name": "shd", "data.frames": "3", "model.T": "4"}, "data.frames (3) must equal model.T (4) for shd"),
+    ({"data.name": "cifar10_dvs", "data.frames": "16", "model.T": "10"}, "data.frames (16) must equal model.T (10)"),
 ])
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as e:
         build_config(None, overrides)
     assert message in str(e.value)
+
+
+def test_frames_may_follow_or_match_model_T():
+    assert build_config(None, {"data.name": "shd", "model.T": "5"}).data.frames is None
+    assert build_config(None, {"data.name": "dvs128_gesture", "data.frames": "5", "model.T": "5"}).data.frames == 5
 
 
 def test_bad_command_lines():

@@ -1,6 +1,7 @@
 """Two ranks on the CPU: ``accelerate launch --multi_gpu --num_processes 2`` with ``ACCELERATE_USE_CPU=1``
 (gloo backend). Checks disjoint data shards, identical parameters on both ranks after every epoch
-(DDP synchronisation), and a bit-identical continuation after ``--resume`` (per-rank RNG states).
+(DDP synchronisation), different noise masks per rank, eval covering the test set exactly once
+across the ranks, and a bit-identical continuation after ``--resume`` (per-rank RNG states).
 """
 
 from __future__ import annotations
@@ -63,8 +64,16 @@ def test_two_ranks_shard_sync_and_resume(tmp_path):
         assert all(len(s) == 48 for s in seen)  # no sample twice within a rank
         assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(96))  # disjoint, and all covered
     for epoch_done in (1, 2):
-        digests = [next(e for e in log if e.get("epoch_done") == epoch_done)["params_sha256"] for log in logs]
-        assert digests[0] == digests[1]
+        done = [next(e for e in log if e.get("epoch_done") == epoch_done) for log in logs]
+        assert done[0]["params_sha256"] == done[1]["params_sha256"]
+        # Same input, same parameters, each rank's own RNG stream (seed + rank): the first LIF's
+        # train-mode outputs (p = 0.2) differ, i.e. the ranks draw different noise masks.
+        assert done[0]["noise_probe_sha256"] and done[1]["noise_probe_sha256"]
+        assert done[0]["noise_probe_sha256"] != done[1]["noise_probe_sha256"]
+        # eval is sharded: the ranks' evaluated counts add up to exactly the 40 test samples
+        # (nothing dropped by the batching, nothing padded or evaluated twice across the ranks)
+        counts = [next(e for e in log if e.get("eval_epoch") == epoch_done)["evaluated"] for log in logs]
+        assert sum(counts) == 40 and all(c > 0 for c in counts), counts
     ck = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
     assert ck["world_size"] == 2 and len(ck["rng"]) == 2
     assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # seed + rank: different noise masks

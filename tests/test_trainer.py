@@ -7,6 +7,7 @@ takes well under a second; the quickstart test uses the real config on the full 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -152,7 +153,8 @@ def test_resume_mid_epoch_is_bit_identical(tmp, straight):
         assert torch.equal(a[k], b[k]), k
     ra, rb = rows(run_dir), rows(mid)
     assert [r["epoch"] for r in rb] == [1, 2]
-    assert ra[1]["train_loss"] == rb[1]["train_loss"] and ra[1]["test_acc"] == rb[1]["test_acc"]
+    for key in ("train_loss", "test_acc", "lr"):  # lr: the mean over the whole epoch, wherever it was cut
+        assert ra[1][key] == rb[1][key], key
 
 
 @needs_datasets
@@ -185,6 +187,93 @@ def test_sigint_mid_epoch_saves_last_and_resume_finishes(tmp):
     assert torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["global_step"] == 96
 
 
+@needs_datasets
+def test_logged_lr_is_the_epochs_mean_and_a_summary_line_ends_the_run(straight):
+    """``lr`` is the mean LR the epoch's 12 steps trained with (cosine over 24 steps from 0.1), not the
+    LR after its last step; the run ends with one ``done:`` line naming the best epoch."""
+    run_dir, r = straight
+    m = rows(run_dir)
+    for e, row in enumerate(m):
+        want = sum(0.1 * 0.5 * (1 + math.cos(math.pi * s / 24)) for s in range(12 * e, 12 * e + 12)) / 12
+        assert row["lr"] == pytest.approx(want, rel=1e-12), e
+    best = max(m, key=lambda row: row["test_acc"])
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"done: best test_acc {best['test_acc']:.2f} (epoch {best['epoch']}) | "
+                           f"run folder {run_dir} | "), last
+    assert float(last.rsplit("| ", 1)[1].removesuffix(" s")) > 0
+
+
+@needs_datasets
+def test_debug_ranks_output_leaves_the_run_unchanged(tmp, straight):
+    """The per-rank records (indices, eval counts, the forked-RNG noise probe) do not perturb training."""
+    run_dir, _ = straight
+    r = run(tiny_args(tmp, "debug", "--train.debug_ranks=true"), tmp)
+    assert r.returncode == 0, r.stderr
+    a, b = params(run_dir), params(tmp / "runs" / "debug")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = [json.loads(line) for line in (tmp / "runs" / "debug" / "ranks" / "rank0.jsonl").read_text().splitlines()]
+    assert [e["evaluated"] for e in log if "eval_epoch" in e] == [40, 40]
+    probes = [e["noise_probe_sha256"] for e in log if "epoch_done" in e]
+    assert len(probes) == 2 and all(probes) and probes[0] != probes[1]  # the stream moves on between epochs
+
+
+@needs_datasets
+def test_bf16_autocast_run_on_cpu(tmp):
+    r = run(tiny_args(tmp, "bf16", "--train.mixed_precision=bf16", "--optim.epochs=1"), tmp)
+    assert r.returncode == 0, r.stderr
+    (row,) = rows(tmp / "runs" / "bf16")
+    for key in ("train_loss", "test_loss", "train_acc", "test_acc", "lr"):
+        assert math.isfinite(row[key]), key
+    assert 0 <= row["test_acc"] <= 100 and row["train_loss"] > 0
+    assert all(torch.isfinite(v).all() for v in params(tmp / "runs" / "bf16").values() if v.is_floating_point())
+
+
+def test_fp16_step_updates_the_shared_scaler_once_for_both_optimizers():
+    """Weights and neuron parameters share one loss scale S: an overflow in the weights skips their
+    step and halves S once, after the neuron gradients were unscaled with the S they were scaled by;
+    clean steps advance the growth counter once per step."""
+    from train.run import optimizer_step
+
+    class Wrapped:  # Accelerate's wrapper: its own step() would update the scaler again
+        def __init__(self, opt):
+            self.optimizer = opt
+
+        def step(self):
+            raise AssertionError("the wrapper's step must be bypassed")
+
+        def zero_grad(self, set_to_none=True):
+            self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    w, n = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    opts = [Wrapped(torch.optim.SGD([w], lr=1.0)), Wrapped(torch.optim.SGD([n], lr=1.0))]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+
+    def backward(grad_w, grad_n):  # a loss whose gradients are grad_w, grad_n, scaled as in training
+        scaler.scale((w * torch.tensor(grad_w)).sum() + (n * torch.tensor(grad_n)).sum()).backward()
+
+    S = scaler.get_scale()
+    backward([float("inf"), 0.0, 0.0], [1.0, 2.0])
+    assert torch.equal(n.grad, S * torch.tensor([1.0, 2.0]))
+    optimizer_step(opts, scaler)
+    assert scaler.get_scale() == S / 2
+    assert torch.equal(w.detach(), torch.zeros(3))  # skipped
+    assert torch.equal(n.detach(), torch.tensor([-1.0, -2.0]))  # unscaled by S, not by S / 2
+    assert w.grad is None and n.grad is None
+    S = scaler.get_scale()
+    for k in range(2):  # growth_interval=2: S doubles after the second clean step, not the first
+        backward([1.0, 1.0, 1.0], [1.0, 1.0])
+        optimizer_step(opts, scaler)
+        assert scaler.get_scale() == (S if k == 0 else 2 * S), k
+    assert torch.equal(w.detach(), torch.full((3,), -2.0)) and torch.equal(n.detach(), torch.tensor([-3.0, -4.0]))
+
+    plain = torch.optim.SGD([w], lr=1.0)  # no scaler (fp32, bf16): plain steps
+    w.grad = torch.ones(3)
+    before = w.detach().clone()
+    optimizer_step([plain], None)
+    assert torch.equal(w.detach(), before - 1) and w.grad is None
+
+
 # ---------------------------------------------------------------------------------- bad input
 
 
@@ -201,6 +290,21 @@ def test_bad_config_exits_2_with_one_clear_message(tmp_path, override, message):
     r = run(tiny_args(tmp_path, "bad", override), tmp_path)
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_frames_not_matching_T_is_a_config_error_before_anything_is_written(tmp_path):
+    r = run(tiny_args(tmp_path, "frames", "--data.name=shd", "--data.frames=3"), tmp_path)  # model.T=2
+    assert r.returncode == 2, r.stderr
+    assert "data.frames (3) must equal model.T (2)" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only on a CPU")
+def test_fp16_on_cpu_is_a_clear_error(tmp_path):
+    r = run(tiny_args(tmp_path, "fp16", "--train.mixed_precision=fp16"), tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "train.mixed_precision=fp16" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()
 
 

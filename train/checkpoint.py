@@ -15,6 +15,8 @@ A checkpoint is one ``torch.save`` file (``RUN_DIR/last.pt``, ``RUN_DIR/best.pt`
 ``global_step``         optimizer steps taken so far
 ``partial``             train sums of the interrupted epoch (loss_sum, correct, seen) or ``None``
 ``best_metric``         best test accuracy so far (``-1`` before the first evaluation)
+``best_epoch``          the (1-based) epoch that reached it, or ``None``
+``scaler``              fp16 loss-scaler ``state_dict`` (scale, growth tracker) or ``None``
 ``world_size``          number of ranks that wrote it
 ``config``              the resolved config as a nested dict
 ======================  ==============================================================

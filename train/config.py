@@ -28,7 +28,7 @@ from typing import Any, Union
 import yaml
 
 from asgl.models import list_models
-from train.data import DataConfig
+from train.data import IMAGE_DATASETS, DataConfig
 
 SURROGATES = ("sigmoid", "rectangle")
 RESETS = ("hard", "soft")
@@ -95,7 +95,7 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    mixed_precision: str = "no"     # no | bf16 | fp16
+    mixed_precision: str = "no"     # no | bf16 | fp16 (fp16 on a GPU only)
     grad_accum: int = 1             # micro-batches per optimizer step
     compile: bool = False           # torch.compile the model
     log_every: int = 50             # optimizer steps between progress-bar updates (host syncs)
@@ -106,7 +106,7 @@ class TrainConfig:
     tensorboard: bool = False       # also log to TensorBoard (RUN_DIR/tb) via Accelerate trackers
     max_steps: int | None = None    # stop after this many optimizer steps in all (saves `last`)
     stop_after_epochs: int | None = None  # stop once this many epochs are done; schedules still span optim.epochs
-    debug_ranks: bool = False       # write RUN_DIR/ranks/rank{r}.jsonl: the sample indices each rank saw
+    debug_ranks: bool = False       # write RUN_DIR/ranks/rank{r}.jsonl: sample indices, eval counts, hashes
 
 
 @dataclass
@@ -391,6 +391,12 @@ def validate(cfg: RunConfig) -> None:
         cfg.data.__post_init__()
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
+    # Event and sequence inputs carry their own time axis [B, frames, ...], which the network reads
+    # step by step: it must be model.T long (images are repeated over T, so frames does not apply).
+    d = cfg.data
+    if d.name not in IMAGE_DATASETS and d.frames is not None and d.frames != m.T:
+        raise ConfigError(f"data.frames ({d.frames}) must equal model.T ({m.T}) for {d.name} "
+                          "(or be null to follow model.T)")
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -14,12 +14,17 @@ Run folder ``RUN_DIR = train.out_dir / train.run_name`` (run_name defaults to th
     metrics.jsonl      one JSON row per epoch (appended; on --resume rows past the checkpoint are dropped)
     last.pt, best.pt   checkpoints (see train/checkpoint.py), written atomically
     tb/                TensorBoard events (train.tensorboard=true)
-    ranks/rankR.jsonl  per-rank sample indices of each epoch and a hash of the parameters after it
-                       (train.debug_ranks=true; for checking sharding and DDP synchronisation)
+    ranks/rankR.jsonl  per rank (train.debug_ranks=true; for checking sharding, DDP synchronisation
+                       and per-rank noise): the sample indices of each epoch, the number of test
+                       samples it evaluated, and after each epoch a hash of the parameters and a
+                       hash of the first LIF's train-mode output on a fixed input (its noise masks)
 
 stdout gets one line per epoch: ``epoch 3/10 | step 135 | train_loss ... | test_acc ... | p ... |
-lr ... | samples/s ...`` (accuracies in percent). The rich progress bar goes to stderr on the main
-process, only when stderr is a terminal.
+lr ... | samples/s ...`` (accuracies in percent) and, at the end, ``done: best test_acc 98.61
+(epoch 6) | run folder runs/quickstart | 23.5 s``. ``lr`` is the mean LR of the epoch's optimizer
+steps (the schedule moves every step); ``peak_mem_mb`` is the epoch's peak allocated CUDA memory,
+or on a CPU the process's peak resident set size so far. The rich progress bar goes to stderr on
+the main process, only when stderr is a terminal.
 
 Resuming: ``--resume RUN_DIR`` loads RUN_DIR/config.yaml, applies the overrides given, restores
 model, both optimizers, LR and noise schedules, the RNG states of every rank and the data position
@@ -32,7 +37,9 @@ schedules still spanning ``optim.epochs`` (for time-limited jobs); ``train.max_s
 that many optimizer steps, mid-epoch if need be.
 
 Accelerate: mixed precision comes from the config (``train.mixed_precision``), not the launcher;
-DDP/FSDP and the process count from ``accelerate launch``. Gradient accumulation is done here
+fp16 needs a GPU (on a CPU it is refused: Accelerate would silently run fp32), and its one loss
+scaler serves both optimizers with one ``update()`` per step (see ``optimizer_step``); DDP/FSDP
+and the process count come from ``accelerate launch``. Gradient accumulation is done here
 (``no_sync`` on the micro-batches, the loss divided by the group size, the last group of an epoch
 may be shorter) so its position is part of the resumable state. Host syncs happen only at log
 points (every ``train.log_every`` optimizer steps and at epoch end); a non-finite loss is
@@ -162,14 +169,50 @@ def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> torch.nn.
     return asgl.create_model(m.name, num_classes=num_classes, T=m.T, in_channels=in_channels, **neuron_kwargs)
 
 
+def optimizer_step(optimizers: list, scaler) -> None:
+    """One step of every optimizer (the weights', then the neurons'), then clear their gradients.
+
+    Without a loss scaler (fp32, bf16) each optimizer simply steps. With fp16 the gradients hold
+    ``S · ∂L/∂w`` for the scaler's scale ``S``; then, following the multi-optimizer recipe of
+    ``torch.amp.GradScaler``, every optimizer is unscaled with the same ``S``, checked for inf/NaN
+    and stepped (or skipped) on its own by ``scaler.step``, and ``scaler.update()`` runs once for the
+    whole step: ``S`` is halved once on an overflow in any of them and grows once per
+    ``growth_interval`` clean steps. Stepping Accelerate's wrapped optimizers instead would call
+    ``update()`` after each one, so the neuron optimizer would unscale with ``S/2`` after an
+    overflow in the weights (doubling its gradients) and the growth counter would run twice as fast.
+
+    ``optimizers``: Accelerate ``AcceleratedOptimizer``s (their ``.optimizer`` is stepped, bypassing
+    the wrapper's own scaler handling) or plain ``torch.optim.Optimizer``s.
+    """
+    if scaler is None:
+        for opt in optimizers:
+            opt.step()
+    else:
+        for opt in optimizers:
+            scaler.step(getattr(opt, "optimizer", opt))
+        scaler.update()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+
+
+def mean_epoch_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, first_step: int, steps: int) -> float:
+    """Mean LR of the optimizer steps ``first_step … first_step + steps - 1`` (step ``s`` trains with
+    ``base_lr · λ(s)``): what the ``lr`` column of an epoch reports, independent of where a resume cut it."""
+    base, factor = scheduler.base_lrs[0], scheduler.lr_lambdas[0]
+    return base * sum(factor(s) for s in range(first_step, first_step + steps)) / max(1, steps)
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: max allocated on ``device``; CPU: peak resident set size of this process."""
+    """CUDA: max allocated on ``device`` since the last ``torch.cuda.reset_peak_memory_stats`` (the
+    trainer resets it at every epoch start, so this is the epoch's peak); CPU: peak resident set size
+    of this process over its whole life (the OS offers no reset)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
 
 
 def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(_help())
@@ -221,11 +264,18 @@ def main(argv: list[str] | None = None) -> int:
     import asgl  # noqa: PLC0415
     from train.data import build_data  # noqa: PLC0415
 
-    accelerator = Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
-        log_with="tensorboard" if cfg.train.tensorboard else None,
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
-    )
+    try:
+        accelerator = Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            log_with="tensorboard" if cfg.train.tensorboard else None,
+            project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
+        )
+    except ValueError as e:  # a mixed precision this device does not support
+        return _fail(f"train.mixed_precision={cfg.train.mixed_precision}: {e}", EXIT_USAGE)
+    if cfg.train.mixed_precision == "fp16" and accelerator.scaler is None:
+        # On a CPU Accelerate would silently train in fp32 (no fp16 autocast, no loss scaler).
+        return _fail(f"train.mixed_precision=fp16 needs a GPU (this run is on {accelerator.device}); "
+                     "use bf16 or no", EXIT_USAGE)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     main_proc = accelerator.is_main_process
 
@@ -271,9 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model, optimizer, neuron_optimizer = accelerator.prepare(model, optimizer, neuron_optimizer)
     optimizers = [opt for opt in (optimizer, neuron_optimizer) if opt is not None]
+    scaler = accelerator.scaler  # fp16 only; one scaler, updated once per step for both optimizers
     core = accelerator.unwrap_model(model)
 
-    start_epoch, start_batch, global_step, best = 0, 0, 0, -1.0
+    start_epoch, start_batch, global_step, best, best_epoch = 0, 0, 0, -1.0, None
     partial = None
     if resume is not None:
         try:
@@ -290,8 +341,11 @@ def main(argv: list[str] | None = None) -> int:
                 group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
             scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
             noise.load_state_dict(resume["noise"])
+            if scaler is not None and resume.get("scaler"):
+                scaler.load_state_dict(resume["scaler"])
             start_epoch, start_batch = int(resume["epoch"]), int(resume["step_in_epoch"])
             global_step, best, partial = int(resume["global_step"]), float(resume["best_metric"]), resume.get("partial")
+            best_epoch = resume.get("best_epoch")
             if not 0 <= start_batch <= batches:
                 raise ValueError(f"step_in_epoch {start_batch} is outside this run's {batches} batches per epoch")
             if resume["world_size"] == world:
@@ -319,6 +373,31 @@ def main(argv: list[str] | None = None) -> int:
 
     for i, (_, lif) in enumerate(lifs):
         lif.register_forward_hook(count_spikes(i))
+
+    # train.debug_ranks: the input shape of the first LIF, for the per-rank noise probe below.
+    probe_shape: list[torch.Size] = []
+    if cfg.train.debug_ranks and lifs:
+        def remember_shape(module, args):
+            if not probe_shape:
+                probe_shape.append(args[0].shape)
+
+        lifs[0][1].register_forward_pre_hook(remember_shape)
+
+    def noise_probe_sha256() -> str | None:
+        """Hash of the first LIF's train-mode output on a fixed input, drawn from this rank's RNG
+        streams (forked, so the run is unchanged): with p > 0 it differs between ranks exactly when
+        their noise masks do."""
+        if not probe_shape:
+            return None
+        shape = (probe_shape[0][0], 1, *probe_shape[0][2:])  # [T, 1, ...]: one sample is enough
+        lif, was_training = lifs[0][1], lifs[0][1].training
+        fork = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork), torch.no_grad():
+            x_seq = torch.linspace(0.0, 2.0 * float(m.thresh), math.prod(shape), device=device).reshape(shape)
+            lif.train()
+            y_seq = lif(x_seq)
+        lif.train(was_training)
+        return hashlib.sha256(y_seq.float().cpu().numpy().tobytes()).hexdigest()
 
     criterion = (asgl.mean_ce_loss if cfg.loss.name == "ce"
                  else lambda logits, y: asgl.tet_loss(logits, y, lam=cfg.loss.tet_lambda))
@@ -371,8 +450,9 @@ def main(argv: list[str] | None = None) -> int:
             "optimizer": optimizer.state_dict(),
             "neuron_optimizer": neuron_optimizer.state_dict() if neuron_optimizer is not None else None,
             "lr_scheduler": scheduler.state_dict(), "noise": noise.state_dict(), "rng": rngs,
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "partial": sums,
-            "best_metric": best, "world_size": world, "config": to_dict(cfg),
+            "best_metric": best, "best_epoch": best_epoch, "world_size": world, "config": to_dict(cfg),
         }
         if main_proc:
             blob = ckpt_io.serialize(state)
@@ -409,7 +489,11 @@ def main(argv: list[str] | None = None) -> int:
             sums += torch.tensor(partial[:2], dtype=torch.float64, device=device)
             seen = int(partial[2])
         partial = None
+        # The epoch's optimizer steps are global steps first_step … first_step + steps_per_epoch - 1.
+        first_step = global_step - math.ceil(start_batch / accum)
         lr_now, p_now = scheduler.get_last_lr()[0], noise.p
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # peak_mem_mb is this epoch's
         task = progress.add_task("", total=batches, completed=start_batch, epoch=f"{epoch + 1}/{o.epochs}",
                                  stats="") if progress else None
         t0, samples_run, stopped_at = time.perf_counter(), 0, None
@@ -421,9 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                 loss = criterion(logits, y)
                 accelerator.backward(loss / group)
             if sync:
-                for opt in optimizers:
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
+                optimizer_step(optimizers, scaler)
                 scheduler.step()
                 if m.learn_thresh:
                     asgl.clamp_thresholds_(core)
@@ -492,15 +574,20 @@ def main(argv: list[str] | None = None) -> int:
                      / accelerator.reduce(totals, reduction="sum").clamp(min=1)).tolist()
             fire = {name: rate for (name, _), rate in zip(lifs, rates)}
             row_test = {"test_loss": tl / tn, "test_acc": 100.0 * tc / tn}
+            if cfg.train.debug_ranks:  # the ranks' eval shards must cover the test set once
+                with open(run_dir / "ranks" / f"rank{rank}.jsonl", "a") as f:
+                    f.write(json.dumps({"eval_epoch": epoch + 1, "rank": rank,
+                                        "evaluated": int(tsums[2].item())}) + "\n")
         improved = evaluate and row_test["test_acc"] > best
         if improved:
-            best = row_test["test_acc"]
+            best, best_epoch = row_test["test_acc"], epoch + 1
 
         # ------------------------------------------------------------ log, schedule, checkpoint
         widths = {name: lif.width.mean().item() for name, lif in lifs}
         row = {
             "epoch": epoch + 1, "step": global_step, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
-            **row_test, "best_test_acc": best if best >= 0 else None, "lr": lr_now, "p": p_now,
+            **row_test, "best_test_acc": best if best >= 0 else None,
+            "lr": mean_epoch_lr(scheduler, first_step, steps_per_epoch), "p": p_now,
             "width": widths, "firing_rate": fire, "samples_per_s": samples_run * world / train_time,
             "epoch_time_s": train_time, "peak_mem_mb": peak_memory_mb(device),
         }
@@ -511,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, param in core.named_parameters():
                 digest.update(name.encode() + param.detach().cpu().numpy().tobytes())
             with open(run_dir / "ranks" / f"rank{rank}.jsonl", "a") as f:
-                f.write(json.dumps({"epoch_done": epoch, "rank": rank, "params_sha256": digest.hexdigest()}) + "\n")
+                f.write(json.dumps({"epoch_done": epoch, "rank": rank, "params_sha256": digest.hexdigest(),
+                                    "noise_probe_sha256": noise_probe_sha256()}) + "\n")
         save(["last", "best"] if improved else ["last"], epoch, 0, None)
         if main_proc:
             with open(run_dir / "metrics.jsonl", "a") as f:
@@ -521,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
             mean_w = sum(widths.values()) / max(1, len(widths))
             mean_f = f"{sum(fire.values()) / len(fire):.3f}" if fire else "-"
             print(f"epoch {epoch}/{o.epochs} | step {global_step} | train_loss {row['train_loss']:.4f} | "
-                  f"train_acc {row['train_acc']:.2f} | {test} | p {p_now:.3f} | lr {lr_now:.4g} | "
+                  f"train_acc {row['train_acc']:.2f} | {test} | p {p_now:.3f} | lr {row['lr']:.4g} | "
                   f"width {mean_w:.3f} | fire {mean_f} | samples/s {row['samples_per_s']:.0f} | "
                   f"time {train_time:.1f}s | mem {row['peak_mem_mb']:.0f}MB", flush=True)
         if cfg.train.tensorboard:
@@ -543,6 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     if main_proc and epoch < o.epochs:
         print(f"stopped after epoch {epoch} (step {global_step}) as asked; resume with --resume {run_dir}",
               flush=True)
+    if main_proc:
+        best_text = ("no evaluation yet" if best < 0 else f"best test_acc {best:.2f}"
+                     + (f" (epoch {best_epoch})" if best_epoch is not None else ""))
+        print(f"done: {best_text} | run folder {run_dir} | {time.perf_counter() - t_start:.1f} s", flush=True)
     return EXIT_OK
 
 
