@@ -12,7 +12,7 @@ import torch
 
 import data_fixtures as fx
 from train.data import DataConfig, DataFormatError, DataNotFoundError, build_data
-from train.data.loader import SparseSequences, TensorLoader, eval_chunks
+from train.data.loader import SparseSequences, StreamLoader, TensorLoader, eval_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_batch_size_must_divide_by_world_size(tmp_path):
 
 def _index_loader(n, b, train, rank=0, world=1, seed=0):
     ids = torch.arange(n)
-    return TensorLoader(lambda idx: ids[idx], ids, batch_size=b, train=train, seed=seed, rank=rank,
+    return TensorLoader(lambda idx, _: ids[idx], ids, batch_size=b, train=train, seed=seed, rank=rank,
                         world_size=world, device="cpu")
 
 
@@ -130,6 +130,142 @@ def test_sparse_sequences_gather_matches_dense():
     seq = SparseSequences.from_dense(dense, 5, 7)
     idx = torch.tensor([4, 2, 0, 4])
     assert torch.equal(seq.gather(idx), torch.stack([dense[i] for i in idx.tolist()]).float())
+
+
+def _random_counts(n, T, F, seed=0):
+    """``n`` integer count tensors ``[T, F]`` of assorted densities; sample 3 is empty."""
+    g = torch.Generator().manual_seed(seed)
+    out = [torch.randint(0, 4, (T, F), generator=g) * (torch.rand(T, F, generator=g) < (i % 5) / 5) for i in range(n)]
+    out[3].zero_()
+    return out
+
+
+def test_sparse_gather_sized_on_the_host():
+    T, F, n = 6, 11, 37
+    dense = _random_counts(n, T, F)
+    seq = SparseSequences.from_dense(dense, T, F)
+    cases = [torch.randperm(n, generator=torch.Generator().manual_seed(1))[:16], torch.tensor([5]),
+             torch.tensor([3, 3]), torch.tensor([8, 3, 8, 0])]  # a batch of one, an all-empty batch, repeats
+    for idx in cases:
+        ref = torch.stack([dense[i] for i in idx.tolist()]).float()
+        assert torch.equal(seq.gather(idx), ref) and torch.equal(seq.gather(idx, idx.clone()), ref)
+    with pytest.raises(ValueError, match="host_idx"):
+        seq.gather(cases[0], cases[0][:3])
+    # On the meta device any read of a device value (.item(), int(), .tolist(), a copy to the CPU)
+    # raises, so this runs only if the step sizes every batch from CPU-side data, as on a GPU
+    # it must to avoid a sync per batch.
+    meta = seq.to("meta")
+    out = meta.gather(cases[0].to("meta"), cases[0])
+    assert out.device.type == "meta" and out.shape == (16, T, F)
+    labels = torch.arange(n) % 7
+    for is_train in (True, False):
+        ld = TensorLoader(meta.gather, labels, batch_size=8, train=is_train, seed=0, rank=0, world_size=1,
+                          device="meta")
+        got = epoch(ld, 1)
+        assert len(got) == len(ld) == (4 if is_train else 5)
+        assert all(x.device.type == "meta" and x.shape[1:] == (T, F) and x.shape[0] == y.shape[0] for x, y in got)
+
+
+def _round_robin_stream(samples, rank, world):
+    """An ``open_stream`` giving rank ``rank`` samples ``rank, rank + world, ...`` (shuffled per epoch)."""
+    def open_stream(epoch):
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(epoch)).tolist()
+        return [samples[i] for i in order][rank::world]
+
+    return open_stream
+
+
+def _stream_loaders(n, b, is_train, world, short_by=0):
+    samples = [(torch.full((2,), float(i)), i) for i in range(n)]
+    loaders = []
+    for r in range(world):
+        opener = _round_robin_stream(samples, r, world)
+        if short_by:
+            opener = (lambda o: lambda e: o(e)[:-short_by])(opener)
+        loaders.append(StreamLoader(opener, n, batch_size=b, train=is_train, seed=0, rank=r, world_size=world,
+                                    device="cpu"))
+    return loaders
+
+
+@pytest.mark.parametrize("n, b, world", [(11, 5, 2), (103, 8, 3), (50, 7, 4), (17, 4, 1), (24, 4, 2)])
+def test_stream_ranks_run_equal_batches(n, b, world):
+    for is_train in (True, False):
+        loaders = _stream_loaders(n, b, is_train, world)
+        runs = [epoch(ld, 2) for ld in loaders]
+        assert len({len(ld) for ld in loaders}) == 1  # every rank the same number of steps
+        assert all(len(run) == len(ld) for run, ld in zip(runs, loaders, strict=True))
+        assert all(0 < y.numel() <= b for run in runs for _, y in run)
+        seen = torch.cat([y for run in runs for _, y in run])
+        assert seen.unique().numel() == seen.numel() == sum(ld.num_samples for ld in loaders)
+        if is_train:
+            assert all(y.numel() == b for run in runs for _, y in run) and len(loaders[0]) == (n // world) // b
+        else:
+            assert sorted(seen.tolist()) == list(range(n))  # every test sample exactly once
+    tail = epoch(loaders[0], 2, start=1)  # resuming from batch 1 gives the tail
+    assert all(torch.equal(a[1], t[1]) for a, t in zip(runs[0][1:], tail, strict=True))
+
+
+def test_stream_shorter_than_its_share_raises():
+    for is_train in (True, False):
+        ld = _stream_loaders(24, 4, is_train, 2, short_by=4)[1]
+        with pytest.raises(DataFormatError, match="rank 1's stream ended after 8 samples.*24 samples over 2"):
+            epoch(ld)
+
+
+_CACHED_WORKER = r"""
+import json, sys
+from datetime import timedelta
+from pathlib import Path
+import torch
+import torch.distributed as dist
+from train.data.loader import DataFormatError, cached
+
+rank, tmp = int(sys.argv[1]), Path(sys.argv[2])
+dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=2,
+                        timeout=timedelta(seconds=20))
+report = {}
+
+def good():
+    if rank != 0:
+        raise AssertionError("only rank 0 builds")
+    return {"x": torch.arange(5)}
+
+def bad():
+    if rank != 0:
+        raise AssertionError("only rank 0 builds")
+    raise DataFormatError("shd_train.h5: no spikes/times")
+
+report["good"] = cached(tmp / "good.pt", good, rank=rank)["x"].tolist()
+try:
+    cached(tmp / "bad.pt", bad, rank=rank)
+    report["bad"] = "returned"
+except Exception as e:
+    report["bad"] = f"{type(e).__name__}: {e}"
+dist.destroy_process_group()
+print(json.dumps(report))
+"""
+
+
+def test_cached_failure_reaches_every_rank(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(_CACHED_WORKER)
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    reports = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=90)
+            assert p.returncode == 0, err[-2000:]
+            reports.append(__import__("json").loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for rep in reports:
+        assert rep["good"] == [0, 1, 2, 3, 4]
+        assert rep["bad"] == "DataFormatError: shd_train.h5: no spikes/times"
+    assert not (tmp_path / "bad.pt").exists()
 
 
 # ---------------------------------------------------------------------------------- images
@@ -252,6 +388,49 @@ def test_augmentation_reproducible(tmp_path):
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert torch.equal(y0, y1) and not torch.equal(x0, x1)  # same order, augmented pixels
     assert not torch.equal(epoch(b1.train, 0, 0)[0][0], epoch(b1.train, 1, 0)[0][0])
+
+
+@needs_datasets
+@needs_augment
+@pytest.mark.parametrize("streaming", [False, True])
+def test_test_split_is_only_normalised(tmp_path, streaming):
+    root = tmp_path / "c10"
+    _cifar_like(root, "cifar10", n_train=8, n_test=6)
+    kw = dict(name="cifar10", root=str(root), batch_size=8, eval_batch_size=4, streaming=streaming)
+    plain = build_data(cfg(tmp_path, **kw), T=1, seed=0)
+    aug = build_data(cfg(tmp_path, crop_pad=2, flip=True, cutout=4, autoaugment=True, **kw), T=1, seed=0)
+    ref = epoch(plain.test)
+    for e in (0, 1):
+        for (xa, ya), (xp, yp) in zip(epoch(aug.test, e), ref, strict=True):
+            assert torch.equal(xa, xp) and torch.equal(ya, yp)
+    assert not torch.equal(epoch(aug.train)[0][0], epoch(plain.train)[0][0])  # while training is augmented
+
+
+@needs_datasets
+def test_streaming_ranks_equal_with_uneven_shards(tmp_path):
+    # Two parquet shards of 30 and 7 rows over two ranks: a split by shard would give rank 0
+    # 30 samples and rank 1 only 7, so the ranks would run different numbers of steps.
+    root = tmp_path / "c10"
+    for split, sizes in (("train", (30, 7)), ("test", (8, 3))):
+        start = 0
+        for j, n in enumerate(sizes):
+            fx.write_hub_parquet(root / "plain_text" / f"{split}-{j:05d}-of-{len(sizes):05d}.parquet",
+                                 fx.id_images(n, 32, 3, start=start, seed=start), {"label": [0] * n})
+            start += n
+    ranks = [build_data(cfg(tmp_path, name="cifar10", root=str(root), batch_size=8, eval_batch_size=4,
+                            streaming=True), T=1, seed=0, rank=r, world_size=2) for r in range(2)]
+
+    def ids(batches):
+        return [fx.image_id(im) for x, _ in batches for im in unnormalise(x, (0.4914, 0.4822, 0.4465),
+                                                                          (0.2470, 0.2435, 0.2616))]
+
+    train_runs = [epoch(d.train, 1) for d in ranks]
+    assert [len(t) for t in train_runs] == [len(d.train) for d in ranks] == [4, 4]  # (37 // 2) // 4
+    ids0, ids1 = ids(train_runs[0]), ids(train_runs[1])
+    assert len(ids0) == len(ids1) == 16 and not set(ids0) & set(ids1) and set(ids0) | set(ids1) <= set(range(37))
+    test_runs = [epoch(d.test) for d in ranks]
+    assert [len(t) for t in test_runs] == [len(d.test) for d in ranks] == [3, 3]  # ceil(ceil(11 / 2) / 2)
+    assert sorted(ids(test_runs[0]) + ids(test_runs[1])) == list(range(11))
 
 
 @needs_datasets
@@ -557,3 +736,32 @@ def test_cuda_batches_match_cpu(tmp_path):
     seq = SparseSequences.from_dense(dense, 5, 7)
     idx = torch.tensor([1, 0, 0])
     assert torch.equal(seq.to("cuda").gather(idx.cuda()).cpu(), seq.gather(idx))
+
+
+@pytest.mark.gpu
+def test_cuda_steps_do_not_sync():
+    # Every per-batch operation of the sequence and stream loaders, run with CUDA's sync debug
+    # mode set to raise: a device→host read or a blocking copy in the step fails here.
+    T, F, n = 9, 13, 41
+    dense = _random_counts(n, T, F, seed=3)
+    seq = SparseSequences.from_dense(dense, T, F)
+    labels = torch.arange(n) % 5
+    samples = [(torch.full((3,), float(i)), i) for i in range(n)]
+    loaders = []
+    for device in ("cpu", "cuda"):
+        gpu_seq = seq.to(device)
+        kw = dict(seed=4, rank=1, world_size=2, device=device)
+        loaders.append([TensorLoader(gpu_seq.gather, labels, batch_size=6, train=t, **kw) for t in (True, False)]
+                       + [StreamLoader(_round_robin_stream(samples, 1, 2), n, batch_size=6, train=t, **kw)
+                          for t in (True, False)])
+    want = [epoch(ld, 2) for ld in loaders[0]]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = [epoch(ld, 2) for ld in loaders[1]]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for w, g in zip(want, got, strict=True):
+        assert len(w) == len(g) > 0
+        for (xw, yw), (xg, yg) in zip(w, g, strict=True):
+            assert xg.is_cuda and torch.equal(xg.cpu(), xw) and torch.equal(yg.cpu(), yw)

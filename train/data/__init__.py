@@ -15,6 +15,8 @@ of the source files and the decoding settings), kept on the training device and 
 | medley_solos | WAV clips + metadata CSV | sequence ``[B, T, 2·n_mels]`` | 8 |
 
 Images come out normalised (``(x/255 - mean)/std``, per data set); the model repeats them over T.
+Augmentation (``crop_pad``/``flip``/``cutout``/``autoaugment`` for images, ``flip``/``roll`` for
+events) applies to the training split only; the test split is only normalised.
 Missing files raise :class:`DataNotFoundError` (a ``FileNotFoundError``) whose message says where
 the files are expected and how to get them; malformed files raise :class:`DataFormatError`.
 """
@@ -159,8 +161,9 @@ def _check_train_size(n: int, b_train: int, world_size: int) -> None:
         raise ValueError(f"data.batch_size must be <= the {n} training samples, got {b_train * world_size}")
 
 
-def _image_transform(cfg: DataConfig, normalise):
-    if not (cfg.crop_pad or cfg.flip or cfg.cutout or cfg.autoaugment):
+def _image_transform(cfg: DataConfig, normalise, *, train: bool):
+    """The batch transform of one split: augment (training only, if any option is set), then normalise."""
+    if not train or not (cfg.crop_pad or cfg.flip or cfg.cutout or cfg.autoaugment):
         return lambda x, gen: normalise(x)
     try:
         from .augment import augment_images
@@ -180,9 +183,10 @@ def _build_images(cfg: DataConfig, b_train: int, b_test: int, common: dict) -> D
 
     source = images.resolve_source(cfg.name, cfg.root, cfg.hub_id, cfg.label_column)
     spec = source.spec
-    transform = _image_transform(cfg, images.normaliser(spec, common["device"]))
+    normalise = images.normaliser(spec, common["device"])
     loaders, sizes = {}, {}
     for split, train, bsz in (("train", True, b_train), ("test", False, b_test)):
+        transform = _image_transform(cfg, normalise, train=train)
         if cfg.streaming:
             n = images.num_rows(source, split, cfg.cache_dir)
 
@@ -205,7 +209,7 @@ def _build_images(cfg: DataConfig, b_train: int, b_test: int, common: dict) -> D
             if train:
                 _check_train_size(n, bsz, common["world_size"])
             _check_labels(data["y"], _num_classes(cfg, spec), f"{cfg.name} {split}")
-            loaders[split] = TensorLoader(lambda idx, x=x: x[idx], data["y"], batch_size=bsz, train=train,
+            loaders[split] = TensorLoader(lambda idx, _, x=x: x[idx], data["y"], batch_size=bsz, train=train,
                                           transform=transform, **common)
         sizes[split] = n
     return DataBundle(loaders["train"], loaders["test"], _num_classes(cfg, spec), spec.channels, "image",
@@ -249,7 +253,7 @@ def _build_events(cfg: DataConfig, frames: int, b_train: int, b_test: int, commo
         x = data["x"].to(common["device"])
         if train:
             _check_train_size(x.shape[0], bsz, common["world_size"])
-        loaders[split] = TensorLoader(lambda idx, x=x: x[idx].float(), data["y"], batch_size=bsz, train=train,
+        loaders[split] = TensorLoader(lambda idx, _, x=x: x[idx].float(), data["y"], batch_size=bsz, train=train,
                                       transform=transform if train else None, **common)
         sizes[split] = int(x.shape[0])
     return DataBundle(loaders["train"], loaders["test"], num_classes, 2, "event", sizes["train"], sizes["test"])

@@ -10,9 +10,9 @@ Sources, in order of precedence: an explicit ``root`` folder; else ``hub_id`` th
 Materialised mode decodes every image once into a uint8 tensor ``[N, C, H, W]``, caches it in
 ``cache_dir`` under a fingerprint of the source files, keeps it on the training device and
 augments there. Streaming mode reads the parquet rows through a ``datasets.IterableDataset``
-(buffer-shuffled per epoch, split between ranks with ``split_dataset_by_node``) and decodes them on
-the fly with the same decoder, so both modes produce the same samples. ``datasets`` is imported
-only here, inside functions: ``import train.data`` works without it.
+(buffer-shuffled per epoch, split round-robin between ranks) and decodes them on the fly with the
+same decoder, so both modes produce the same samples. ``datasets`` is imported only here, inside
+functions: ``import train.data`` works without it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import inspect
 import io
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,9 +228,15 @@ def num_rows(source: ImageSource, split: str, cache_dir: str) -> int:
 
 def open_stream(source: ImageSource, split: str, *, cache_dir: str, epoch: int, shuffle_seed: int | None,
                 buffer_size: int, rank: int, world_size: int):
-    """This rank's stream of ``(uint8 [C, H, W], label)`` for one epoch."""
-    from datasets.distributed import split_dataset_by_node
+    """This rank's stream of ``(uint8 [C, H, W], label)`` for one epoch.
 
+    Rank ``r`` of ``W`` takes rows ``r, r+W, r+2W, ...`` of the epoch's stream (the same on every
+    rank: the shuffle is seeded), the split :class:`~train.data.loader.StreamLoader` counts on.
+    ``datasets.distributed.split_dataset_by_node`` would instead hand out whole shards when their
+    number is a multiple of ``W``, and shards of unequal size would give the ranks different step
+    counts. Every rank reads every row, as ``split_dataset_by_node`` does for single-file sets,
+    but decodes only its own.
+    """
     ds = _open(source, split, streaming=True, cache_dir=cache_dir)
     if shuffle_seed is not None:
         kwargs = {}
@@ -239,12 +246,9 @@ def open_stream(source: ImageSource, split: str, *, cache_dir: str, epoch: int, 
             # it and changes nothing for the single-file data sets here.
             kwargs["max_buffer_input_shards"] = 1
         ds = ds.shuffle(seed=shuffle_seed % (2**32), buffer_size=buffer_size, **kwargs)
-    ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
-    # After the split: split_dataset_by_node returns a copy whose epoch is reset to 0
-    # (datasets 5.2), which would repeat epoch 0's order every epoch.
     ds.set_epoch(epoch)
     spec = source.spec
-    for row in ds:
+    for row in itertools.islice(ds, rank, None, world_size):
         yield decode_image(row[spec.image_column], spec.channels, spec.size), int(row[source.label_column])
 
 

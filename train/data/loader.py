@@ -13,13 +13,19 @@ Order and sharding (``W`` ranks, local batch ``B = batch_size // W``, ``N`` samp
 - augmentation of batch ``k`` draws from a generator on the data's device seeded by
   ``(seed, epoch, rank, k)``, so ``set_epoch(e, start_batch=j)`` reproduces exactly the tail of
   epoch ``e`` from batch ``j`` on, augmentations included.
+- no host syncs per batch: the epoch's indices are copied to the device once per epoch, and a
+  batch whose size depends on the data (a sparse spike train) is sized from CPU-side copies of the
+  indices and offsets, never by reading a device tensor (``.item()``/``int()`` on CUDA waits for
+  every queued kernel and stalls the step).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
+import pickle
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -45,6 +51,17 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (on the CPU) copied to ``device`` without waiting for the device's queued work.
+
+    A copy from pageable memory synchronises the CUDA stream; from pinned memory it does not (the
+    pinned block is not reused before the copy has run).
+    """
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 # Tags keep the permutation stream and the augmentation stream of one (seed, epoch) independent.
@@ -83,6 +100,8 @@ class Loader:
 
 # A batch transform: (raw batch on device, generator on device) -> model inputs.
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# A batch gather: (indices on the device, the same indices on the CPU) -> raw batch on the device.
+Gather = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def train_batches(n: int, batch_size: int, world_size: int) -> int:
@@ -108,13 +127,15 @@ def eval_chunks(n: int, batch_size: int, rank: int, world_size: int) -> list[tup
 class TensorLoader(Loader):
     """Batches gathered from tensors resident on ``device``.
 
-    ``gather(idx)`` maps int64 indices (on ``device``) to the raw batch (e.g. ``x[idx]`` for dense
-    uint8 images, or a densified sparse spike train); ``transform`` then augments/normalises it.
+    ``gather(idx, host_idx)`` maps a batch's int64 indices, given both on ``device`` (``idx``) and
+    on the CPU (``host_idx``, the same values), to the raw batch on ``device``: e.g. ``x[idx]`` for
+    dense uint8 images, or a densified sparse spike train, which needs the host copy to size its
+    buffers without a sync. ``transform`` then augments/normalises it.
     """
 
     def __init__(
         self,
-        gather: Callable[[torch.Tensor], torch.Tensor],
+        gather: Gather,
         labels: torch.Tensor,
         *,
         batch_size: int,
@@ -147,22 +168,27 @@ class TensorLoader(Loader):
     def __len__(self) -> int:
         return self._len
 
-    def batch_indices(self) -> list[torch.Tensor]:
-        """This rank's index tensors (on the loader's device) for the current epoch, from batch 0."""
+    def epoch_indices(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches for the current epoch, from batch 0: ``(idx on the device, idx on the CPU)``."""
         if not self.train:
-            return [torch.arange(a, b, device=self.device) for a, b in self._chunks]
+            return [(torch.arange(a, b, device=self.device), torch.arange(a, b)) for a, b in self._chunks]
         # Drawn on the CPU (bit-identical on every machine and rank), copied once per epoch.
         perm = torch.randperm(self.n, generator=make_generator(derive_seed(self.seed, self.epoch, _PERM_TAG), "cpu"))
-        perm = perm.to(self.device)
+        dev = to_device(perm, self.device)
         gb = self.batch_size * self.world_size
         off = self.rank * self.batch_size
-        return [perm[k * gb + off : k * gb + off + self.batch_size] for k in range(self._len)]
+        cuts = [slice(k * gb + off, k * gb + off + self.batch_size) for k in range(self._len)]
+        return [(dev[c], perm[c]) for c in cuts]
+
+    def batch_indices(self) -> list[torch.Tensor]:
+        """This rank's index tensors (on the loader's device) for the current epoch, from batch 0."""
+        return [idx for idx, _ in self.epoch_indices()]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        batches = self.batch_indices()
+        batches = self.epoch_indices()
         for k in range(self.start_batch, len(batches)):
-            idx = batches[k]
-            x = self.gather(idx)
+            idx, host_idx = batches[k]
+            x = self.gather(idx, host_idx)
             if self.transform is not None:
                 gen = make_generator(derive_seed(self.seed, self.epoch, self.rank, k, _AUG_TAG), self.device)
                 x = self.transform(x, gen)
@@ -172,11 +198,22 @@ class TensorLoader(Loader):
 class StreamLoader(Loader):
     """Batches assembled from a stream of ``(sample, label)`` pairs (CPU tensors).
 
-    ``open_stream(epoch)`` returns this rank's stream for the epoch, already shuffled (train) and
-    split between ranks. ``len`` assumes the round-robin split of ``num_total`` samples that
-    ``datasets.distributed.split_dataset_by_node`` uses when the shard count is not a multiple of
-    ``world_size`` (single-file data sets such as CIFAR): rank ``r`` gets samples ``r, r+W, ...``.
-    Training stops after ``len(self)`` batches so all ranks run the same number of steps.
+    ``open_stream(epoch)`` returns this rank's stream for the epoch: the epoch's stream of all
+    ``num_total`` samples (shuffled for training, identical on every rank) split **round-robin**,
+    rank ``r`` taking samples ``r, r+W, r+2W, ...``, so it holds ``L_r = len(range(r, N, W))``
+    samples, ``floor(N/W)`` or ``ceil(N/W)``. The split must not follow the shards of the source
+    (``datasets.distributed.split_dataset_by_node`` does that when the shard count is a multiple of
+    ``W``): shards of unequal size would give the ranks different step counts and hang DDP.
+
+    From the known total alone every rank then runs the same number of batches:
+
+    - train: ``floor(N/W) // B`` full batches of ``B`` (the rest of the stream is left unread);
+    - test: ``nb = ceil(ceil(N/W) / B)`` batches, rank ``r`` cutting its ``L_r`` samples in order
+      into ``nb`` batches whose sizes differ by at most one (so at most ``B``); every sample is
+      evaluated once.
+
+    A stream shorter than that raises :class:`DataFormatError` rather than silently ending one
+    rank's epoch early. Batches are copied to a CUDA device from pinned memory without blocking.
     """
 
     def __init__(
@@ -194,42 +231,46 @@ class StreamLoader(Loader):
     ) -> None:
         super().__init__()
         self.open_stream = open_stream
+        self.num_total = num_total
         self.batch_size = batch_size
         self.train = train
         self.seed = seed
         self.rank = rank
+        self.world_size = world_size
         self.device = torch.device(device)
         self.transform = transform
-        local = len(range(rank, num_total, world_size))
         if train:
-            self._len = (num_total // world_size) // batch_size
-            self.num_samples = self._len * batch_size
+            self._sizes = [batch_size] * ((num_total // world_size) // batch_size)
         else:
-            self._len = math.ceil(local / batch_size)
-            self.num_samples = local
+            nb = math.ceil(math.ceil(num_total / world_size) / batch_size)
+            base, extra = divmod(len(range(rank, num_total, world_size)), max(nb, 1))
+            # Empty batches (only possible with B = 1) are dropped, as in eval_chunks.
+            self._sizes = [s for s in (base + (k < extra) for k in range(nb)) if s]
+        self._len = len(self._sizes)
+        self.num_samples = sum(self._sizes)
 
     def __len__(self) -> int:
         return self._len
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         stream = iter(self.open_stream(self.epoch))
-        for _ in range(self.start_batch * self.batch_size):
-            if next(stream, None) is None:
-                return
+        skip = sum(self._sizes[: self.start_batch])
+        read = sum(1 for _ in itertools.islice(stream, skip))
         for k in range(self.start_batch, self._len):
-            xs, ys = [], []
-            for sample in stream:
-                xs.append(sample[0])
-                ys.append(sample[1])
-                if len(xs) == self.batch_size:
-                    break
-            if not xs or (self.train and len(xs) < self.batch_size):
-                return
-            x = torch.stack(xs).to(self.device, non_blocking=True)
+            batch = list(itertools.islice(stream, self._sizes[k]))
+            read += len(batch)
+            if len(batch) < self._sizes[k]:
+                raise DataFormatError(
+                    f"rank {self.rank}'s stream ended after {read} samples; a round-robin split of "
+                    f"{self.num_total} samples over {self.world_size} rank(s) gives it "
+                    f"{len(range(self.rank, self.num_total, self.world_size))}"
+                )
+            x = to_device(torch.stack([sample for sample, _ in batch]), self.device)
+            y = to_device(torch.tensor([label for _, label in batch], dtype=torch.int64), self.device)
             if self.transform is not None:
                 gen = make_generator(derive_seed(self.seed, self.epoch, self.rank, k, _AUG_TAG), self.device)
                 x = self.transform(x, gen)
-            yield x, torch.tensor(ys, dtype=torch.int64, device=self.device)
+            yield x, y
 
 
 class SparseSequences:
@@ -238,13 +279,17 @@ class SparseSequences:
     ``offsets`` int64 ``[N+1]``; ``steps``/``channels`` int16 ``[E]`` hold one entry per spike
     (a count of c at one (t, f) is c repeated entries). SHD's 8,156 training samples would take
     5.7 GB as dense float32 ``[N, 250, 700]``; as events they take ~4 B per spike.
+    ``host_offsets`` is a CPU copy of ``offsets`` (8 B per sample) that sizes each batch on the host.
     """
 
-    def __init__(self, offsets: torch.Tensor, steps: torch.Tensor, channels: torch.Tensor, T: int, F: int) -> None:
+    def __init__(self, offsets: torch.Tensor, steps: torch.Tensor, channels: torch.Tensor, T: int, F: int,
+                 *, host_offsets: torch.Tensor | None = None) -> None:
         self.offsets, self.steps, self.channels, self.T, self.F = offsets, steps, channels, T, F
+        self.host_offsets = offsets.cpu() if host_offsets is None else host_offsets
 
     def to(self, device: torch.device | str) -> SparseSequences:
-        return SparseSequences(self.offsets.to(device), self.steps.to(device), self.channels.to(device), self.T, self.F)
+        return SparseSequences(self.offsets.to(device), self.steps.to(device), self.channels.to(device), self.T, self.F,
+                               host_offsets=self.host_offsets)
 
     def state(self) -> dict:
         return {"offsets": self.offsets, "steps": self.steps, "channels": self.channels, "T": self.T, "F": self.F}
@@ -269,19 +314,36 @@ class SparseSequences:
     def __len__(self) -> int:
         return self.offsets.numel() - 1
 
-    def gather(self, idx: torch.Tensor) -> torch.Tensor:
-        """Dense float32 counts ``[len(idx), T, F]`` of the samples ``idx`` (on the data's device)."""
-        start = self.offsets[idx]
-        lengths = self.offsets[idx + 1] - start
-        total = int(lengths.sum())
-        out = torch.zeros(idx.numel() * self.T * self.F, dtype=torch.float32, device=idx.device)
+    def gather(self, idx: torch.Tensor, host_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense float32 counts ``[B, T, F]`` of the samples ``idx`` (int64 ``[B]`` on the data's device).
+
+        With ``s_b = offsets[idx[b]]``, ``n_b = offsets[idx[b] + 1] - s_b`` and ``E = Σ_b n_b``::
+
+            out[b, steps[s_b + j], channels[s_b + j]] += 1        for j < n_b
+
+        ``E`` sizes the event tensors, so it is needed on the host. It is summed from ``host_idx``
+        (the same indices on the CPU) and ``host_offsets``: reading it from the device would wait
+        for every queued kernel, once per batch. Without ``host_idx`` the indices are copied to the
+        CPU, which is such a sync when ``idx`` is on a GPU.
+        """
+        if host_idx is None:
+            host_idx = idx.cpu()
+        if host_idx.device.type != "cpu" or host_idx.shape != idx.shape:
+            raise ValueError(f"host_idx must be a CPU tensor shaped like idx {tuple(idx.shape)}, "
+                             f"got {tuple(host_idx.shape)} on {host_idx.device}")
+        total = int((self.host_offsets[host_idx + 1] - self.host_offsets[host_idx]).sum())
+        B, dev = idx.numel(), idx.device
+        out = torch.zeros(B * self.T * self.F, dtype=torch.float32, device=dev)
         if total:
-            row = torch.repeat_interleave(torch.arange(idx.numel(), device=idx.device), lengths, output_size=total)
-            first = torch.cumsum(lengths, 0) - lengths
-            pos = start[row] + torch.arange(total, device=idx.device) - first[row]
+            start = self.offsets[idx]
+            lengths = self.offsets[idx + 1] - start
+            row = torch.repeat_interleave(lengths, output_size=total)  # [E] batch row of each event
+            # event e of row b sits at start[b] + (e - first[b]), first[b] = Σ_{b' < b} n_b'
+            shift = start - (torch.cumsum(lengths, 0) - lengths)
+            pos = shift[row] + torch.arange(total, device=dev)
             flat = (row * self.T + self.steps[pos].long()) * self.F + self.channels[pos].long()
-            out.index_add_(0, flat, torch.ones(total, dtype=torch.float32, device=idx.device))
-        return out.view(idx.numel(), self.T, self.F)
+            out.index_add_(0, flat, torch.ones(total, dtype=torch.float32, device=dev))
+        return out.view(B, self.T, self.F)
 
 
 def fingerprint_files(paths: Iterable[str | Path], *extra: object) -> str:
@@ -297,20 +359,43 @@ def fingerprint_files(paths: Iterable[str | Path], *extra: object) -> str:
 def cached(path: Path, build: Callable[[], dict], *, rank: int = 0) -> dict:
     """Load ``path`` (a ``torch.save`` dict) or build it and write it atomically.
 
-    With ``torch.distributed`` initialised, rank 0 builds while the other ranks wait, so a data set
-    is decoded once per machine rather than once per rank.
+    With ``torch.distributed`` initialised, rank 0 loads or builds while the other ranks wait, so a
+    data set is decoded once per machine rather than once per rank. Rank 0 then broadcasts whether
+    that worked: if ``build`` raised (a missing or malformed file), every rank raises the same
+    error instead of the others waiting forever for a rank that is gone.
     """
     dist = torch.distributed if torch.distributed.is_available() and torch.distributed.is_initialized() else None
-    if dist is not None and rank != 0:
-        dist.barrier()
+    if dist is None:
+        return _load_or_build(path, build)
+    if rank == 0:
+        try:
+            data = _load_or_build(path, build)
+        except Exception as e:
+            dist.broadcast_object_list([_portable(e, path)], src=0)
+            raise
+        dist.broadcast_object_list([None], src=0)
+        return data
+    status: list[BaseException | None] = [None]
+    dist.broadcast_object_list(status, src=0)
+    if status[0] is not None:
+        raise status[0]
+    return _load_or_build(path, build)
+
+
+def _load_or_build(path: Path, build: Callable[[], dict]) -> dict:
     if path.exists():
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        data = build()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    if dist is not None and rank == 0:
-        dist.barrier()
+        return torch.load(path, map_location="cpu", weights_only=True)
+    data = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
     return data
+
+
+def _portable(e: BaseException, path: Path) -> BaseException:
+    """``e`` itself if it survives pickling (to be raised on the other ranks), else a RuntimeError."""
+    try:
+        return pickle.loads(pickle.dumps(e))
+    except Exception:
+        return RuntimeError(f"rank 0 failed to build {path}: {type(e).__name__}: {e}")
