@@ -16,13 +16,6 @@ from train.data.loader import SparseSequences, StreamLoader, TensorLoader, eval_
 
 REPO = Path(__file__).resolve().parents[1]
 
-try:
-    import train.data.augment  # noqa: F401
-
-    HAS_AUGMENT = True
-except ImportError:
-    HAS_AUGMENT = False
-needs_augment = pytest.mark.skipif(not HAS_AUGMENT, reason="train.data.augment not available")
 needs_datasets = pytest.mark.skipif(
     subprocess.run([sys.executable, "-c", "import datasets"], capture_output=True).returncode != 0,
     reason="datasets not installed",
@@ -364,9 +357,7 @@ def test_streaming_matches_materialised_and_shards(tmp_path):
 def test_resume_yields_the_tail(tmp_path):
     root = tmp_path / "c10"
     _cifar_like(root, "cifar10", n_train=40, n_test=4)
-    kw = dict(name="cifar10", root=str(root), batch_size=8)
-    if HAS_AUGMENT:
-        kw.update(crop_pad=4, flip=True, cutout=8)
+    kw = dict(name="cifar10", root=str(root), batch_size=8, crop_pad=4, flip=True, cutout=8)
     for streaming in (False, True):
         b = build_data(cfg(tmp_path, streaming=streaming, **kw), T=1, seed=5)
         full = epoch(b.train, 2)
@@ -377,7 +368,6 @@ def test_resume_yields_the_tail(tmp_path):
 
 
 @needs_datasets
-@needs_augment
 def test_augmentation_reproducible(tmp_path):
     root = tmp_path / "c10"
     _cifar_like(root, "cifar10", n_train=16, n_test=4)
@@ -391,7 +381,6 @@ def test_augmentation_reproducible(tmp_path):
 
 
 @needs_datasets
-@needs_augment
 @pytest.mark.parametrize("streaming", [False, True])
 def test_test_split_is_only_normalised(tmp_path, streaming):
     root = tmp_path / "c10"
@@ -586,7 +575,6 @@ def test_cifar10_dvs_aedat2(tmp_path):
     assert other.num_test == 10 and not torch.equal(xo, xt)
 
 
-@needs_augment
 def test_event_augmentation(tmp_path):
     from train.data.events import CIFAR10_DVS_CLASSES
 

@@ -24,6 +24,7 @@ the files are expected and how to get them; malformed files raise :class:`DataFo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -226,6 +227,10 @@ def _check_labels(y: torch.Tensor, num_classes: int, what: str) -> None:
         raise DataFormatError(f"{what}: labels span {int(y.min())}..{int(y.max())}, expected 0..{num_classes - 1}")
 
 
+def _augment_events(augment_events, flip: bool, roll: int, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return augment_events(x.float(), flip=flip, roll=roll, generator=gen)
+
+
 def _build_events(cfg: DataConfig, frames: int, b_train: int, b_test: int, common: dict) -> DataBundle:
     from . import events
 
@@ -236,13 +241,9 @@ def _build_events(cfg: DataConfig, frames: int, b_train: int, b_test: int, commo
         items, read, num_classes = events.gesture_samples(root), events.read_aedat3, events.GESTURE_CLASSES
     transform = None
     if cfg.flip or cfg.roll:
-        try:
-            from .augment import augment_events
-        except ImportError as e:
-            raise ImportError("event augmentation (flip/roll) needs train.data.augment") from e
+        from .augment import augment_events
 
-        def transform(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-            return augment_events(x.float(), flip=cfg.flip, roll=cfg.roll, generator=gen)
+        transform = partial(_augment_events, augment_events, cfg.flip, cfg.roll)
     loaders, sizes = {}, {}
     for split, train, bsz in (("train", True, b_train), ("test", False, b_test)):
         files = sorted({str(item[0]) for item in items[split]})
