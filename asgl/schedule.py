@@ -1,4 +1,4 @@
-"""The ASGL noise schedule (``shared/ASGL.md`` §3): ``p`` of every neuron, changed at epoch milestones."""
+"""The ASGL noise schedule (``docs/ASGL.md`` §3): ``p`` of every neuron, changed at epoch milestones."""
 
 from __future__ import annotations
 

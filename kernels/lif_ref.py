@@ -2,7 +2,7 @@
 
 This is the one reference of the op: the ``torch`` backend of :class:`asgl.LIF`, the tests of the
 fused Triton kernel and the benchmarks all call it. It is a loop over time steps, written to read
-like the equations (``shared/ASGL.md`` §1–2), not to be fast.
+like the equations (``docs/ASGL.md`` §1–2), not to be fast.
 
 For t = 0..T-1, with v[-1] = 0::
 

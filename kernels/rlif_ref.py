@@ -7,7 +7,7 @@ For t = 0..T-1, with v[-1] = 0 and o[-1] = 0::
     y[t] = θ·o[t]
 
 ``wx_seq = x_seq @ Wᵀ`` is the input projection for all steps, computed by the caller as one
-matmul. The recurrence feeds back ``o`` (not ``y = θ·o``), as in ``shared/ASGL.md`` and the
+matmul. The recurrence feeds back ``o`` (not ``y = θ·o``), as in ``docs/ASGL.md`` and the
 recurrent-layer issue.
 """
 

@@ -1,6 +1,6 @@
 """SHD training-step benchmark: the recurrent LIF layer fused in Triton vs the reference loop.
 
-The network is the SHD model of ``shared/ASGL.md`` §4 (:class:`asgl.models.shd.SHDRNN`: 700 inputs
+The network is the SHD model of ``docs/ASGL.md`` §4 (:class:`asgl.models.shd.SHDRNN`: 700 inputs
 → 240 recurrent LIF units → 20 linear readout, no biases) at T = 250. One training step is
 ``loss = CE(mean_t logits, label); loss.backward()`` on a batch of Bernoulli(0.05) input spikes
 (the binned SHD spike counts are that sparse). Paths:

@@ -29,8 +29,9 @@ CASES = {
 }
 
 
-def test_registry_lists_every_network():
-    assert list_models() == sorted(CASES)
+def test_registry_has_every_network():
+    # other modules may register more (the registry is open), never fewer
+    assert set(CASES) <= set(list_models())
 
 
 def _input(name, seed=0):

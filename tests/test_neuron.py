@@ -1,7 +1,7 @@
 """The ASGL neuron: the reference (``kernels.lif_ref``) and ``asgl.LIF`` on its torch backend.
 
 Values are checked against hand computations and against a scalar re-derivation of the contract
-(``shared/ASGL.md`` §1–2) written here in plain Python floats. Gradients are checked in float64
+(``docs/ASGL.md`` §1–2) written here in plain Python floats. Gradients are checked in float64
 against central finite differences of the *frozen-offset* form of the neuron: with the mask and the
 straight-through offsets ``m·(S - H)`` held at their values at the base point, the hybrid output is
 ``o = H(z) + offset``, a smooth function whose true derivative is the ASGL gradient.
