@@ -4,9 +4,9 @@ A checkpoint is one ``torch.save`` file (``RUN_DIR/last.pt``, ``RUN_DIR/best.pt`
 
 ======================  ==============================================================
 ``format``              ``"asgl-checkpoint-v1"``
-``model``               ``state_dict`` of the unwrapped model (BN running stats included)
-``optimizer``           weight optimizer ``state_dict``
-``neuron_optimizer``    neuron-parameter Adam ``state_dict`` or ``None``
+``model``               full ``state_dict`` of the unwrapped model (BN running stats included)
+``optimizer``           weight optimizer ``state_dict`` (full, torch's positional parameter ids)
+``neuron_optimizer``    neuron-parameter Adam ``state_dict`` (same form) or ``None``
 ``lr_scheduler``        LR scheduler ``state_dict``
 ``noise``               :class:`asgl.NoiseSchedule` ``state_dict`` (``p``, epochs done)
 ``rng``                 one entry per rank: python / numpy / torch CPU / CUDA generator states
@@ -23,6 +23,13 @@ A checkpoint is one ``torch.save`` file (``RUN_DIR/last.pt``, ``RUN_DIR/best.pt`
 
 Everything is tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(weights_only=True)``: no pickled code runs when a checkpoint is read.
+
+Model and optimizer states go through ``torch.distributed.checkpoint.state_dict`` (see
+:func:`model_state`, :func:`optimizer_state` and their inverses), one code path for a single
+process, DDP, FSDP1 and FSDP2: under FSDP the sharded parameters and optimizer states are gathered
+into full tensors on rank 0, so the file is the same as a single-process run's (the model's keys
+are the unwrapped model's ``state_dict`` keys, the optimizers' are ``Optimizer.state_dict()``) and
+it loads on any world size, each rank taking its own shard.
 """
 
 from __future__ import annotations
@@ -44,6 +51,98 @@ REQUIRED = ("model", "optimizer", "neuron_optimizer", "lr_scheduler", "noise", "
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the run."""
+
+
+def _dcp():
+    """``torch.distributed.checkpoint.state_dict``, imported on first use (it pulls in FSDP: about
+    half a second, which a config error or ``--help`` should not wait for)."""
+    from torch.distributed.checkpoint import state_dict  # noqa: PLC0415
+
+    return state_dict
+
+
+def _save_options(model: torch.nn.Module):
+    """Full (unsharded) tensors. On an accelerator they are copied to the host and, under FSDP,
+    only rank 0 keeps them (the others get empty dicts): all the writer needs, and it spares the
+    other ranks a host copy of the model. On a CPU every rank gathers them where they are: there is
+    nothing to offload, and FSDP1's offload path frees the very CPU storage it would return."""
+    on_accelerator = any(p.device.type not in ("cpu", "meta") for p in model.parameters())
+    return _dcp().StateDictOptions(full_state_dict=True, cpu_offload=on_accelerator)
+
+
+def _load_options(model: torch.nn.Module):
+    """Every rank reads the whole file; a sharded (FSDP) model cuts its own shard out of the full
+    tensors (no broadcast), an unsharded one loads them as they are (full == local; torch's
+    full-state path would also trip over an optimizer holding only 0-dim parameters, like the
+    neuron optimizer with per-layer α). strict: a key missing on either side is an error."""
+    from torch.distributed.fsdp import FullyShardedDataParallel  # noqa: PLC0415
+    from torch.distributed.tensor import DTensor  # noqa: PLC0415
+
+    sharded = (any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+               or any(isinstance(p, DTensor) for p in model.parameters()))
+    return _dcp().StateDictOptions(full_state_dict=sharded, strict=True)
+
+
+def _raw(optimizer):
+    """The ``torch.optim.Optimizer`` inside an Accelerate ``AcceleratedOptimizer`` (or itself)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full model ``state_dict`` on the CPU, keys without wrapper prefixes (``module.``, FSDP's).
+
+    ``model``: the prepared model (plain, DDP, FSDP1 or FSDP2; not a ``torch.compile`` wrapper).
+    Collective under FSDP: every rank must call it; the result is complete on rank 0 (on every rank
+    without FSDP or on a CPU). Without FSDP on a CPU the tensors may share memory with the live
+    parameters: serialize them before the next optimizer step.
+    """
+    return _dcp().get_model_state_dict(model, options=_save_options(model))
+
+
+def _param_fqns(model: torch.nn.Module, optimizer) -> list[str]:
+    """FQNs of the optimizer's parameters in its positional order (groups, then params)."""
+    # A sharded (no gather, no copy) optimizer state dict names the parameters by FQN, in the same
+    # order as the groups hold them; that order defines torch's positional ids.
+    sharded = _dcp().StateDictOptions(full_state_dict=False)
+    groups = _dcp().get_optimizer_state_dict(model, _raw(optimizer), options=sharded)["param_groups"]
+    return [fqn for group in groups for fqn in group["params"]]
+
+
+def optimizer_state(model: torch.nn.Module, optimizer) -> dict[str, Any]:
+    """Full ``optimizer.state_dict()`` as for the unwrapped model: ``{"state": {id: {...}},
+    "param_groups": [{..., "params": [id, ...]}]}`` with ids ``0, 1, …`` in parameter order.
+
+    Under FSDP the sharded states (momentum buffers, Adam moments) are gathered into full tensors
+    (on an accelerator rank 0 only, the other ranks get empty ``state``). Collective: every rank
+    must call it. Like :func:`model_state`, may share memory with the live state on a CPU.
+    """
+    full = _dcp().get_optimizer_state_dict(model, _raw(optimizer), options=_save_options(model))
+    index: dict[str, int] = {}
+    groups = []
+    for group in full.get("param_groups", []):
+        groups.append({**group, "params": [index.setdefault(fqn, len(index)) for fqn in group["params"]]})
+    return {"state": {index[fqn]: s for fqn, s in full.get("state", {}).items()}, "param_groups": groups}
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Inverse of :func:`model_state`: every rank passes the full state and keeps its own shard."""
+    _dcp().set_model_state_dict(model, state, options=_load_options(model))
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_state` (every rank passes the full state; under FSDP each keeps
+    its shard). Raises ``ValueError`` when the state's parameters do not match the optimizer's."""
+    fqns = _param_fqns(model, optimizer)
+    saved = [len(group["params"]) for group in state["param_groups"]]
+    have = [len(group["params"]) for group in _raw(optimizer).param_groups]
+    if saved != have:
+        raise ValueError(f"optimizer parameter groups hold {saved} parameters in the checkpoint, {have} here")
+    ids = [i for group in state["param_groups"] for i in group["params"]]
+    name = dict(zip(ids, fqns))
+    by_fqn = {"state": {name[i]: s for i, s in state["state"].items()},
+              "param_groups": [{**group, "params": [name[i] for i in group["params"]]}
+                               for group in state["param_groups"]]}
+    _dcp().set_optimizer_state_dict(model, _raw(optimizer), by_fqn, options=_load_options(model))
 
 
 def rng_state() -> dict[str, Any]:

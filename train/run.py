@@ -45,6 +45,15 @@ may be shorter) so its position is part of the resumable state. Host syncs happe
 points (every ``train.log_every`` optimizer steps and at epoch end); a non-finite loss is
 detected there. With ``train.compile`` the training forward is compiled and eval runs eager.
 
+FSDP (``accelerate launch --use_fsdp``): checkpoints hold full (gathered) model and optimizer
+states whatever the wrapper, so an FSDP ``last.pt`` resumes on any world size (bit-identical on
+the same one). It needs a GPU (on a CPU Accelerate falls back to DDP, and the trainer says so) and
+no 0-dim learnable parameters (per-layer neuron decay / width / threshold: use
+``model.width_granularity=channel`` or fixed ones; refused with exit code 2); FSDP1 also needs the
+neuron parameters fixed (its optimizer-state gathering takes one optimizer per flattened module;
+FSDP2 has no such limit). Under FSDP the BN running statistics are per rank; checkpoints keep
+rank 0's.
+
 Stopping: the first SIGINT/SIGTERM finishes the current optimizer step (with several ranks: up to
 the next log point, where the ranks agree), writes ``last.pt`` with the position in the epoch, and
 exits. A second signal aborts at once.
@@ -259,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---------------------------------------------------------------- Accelerator
     from accelerate import Accelerator  # noqa: PLC0415  (heavy; after the cheap checks)
-    from accelerate.utils import ProjectConfiguration, gather_object  # noqa: PLC0415
+    from accelerate.utils import DistributedType, ProjectConfiguration, gather_object  # noqa: PLC0415
 
     import asgl  # noqa: PLC0415
     from train.data import build_data  # noqa: PLC0415
@@ -272,10 +281,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as e:  # a mixed precision this device does not support
         return _fail(f"train.mixed_precision={cfg.train.mixed_precision}: {e}", EXIT_USAGE)
+    except RuntimeError as e:
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("1", "true"):
+            raise
+        # Accelerate's FSDP plugin wants a GPU (or another accelerator) to sync module states on.
+        return _fail(f"FSDP (accelerate launch --use_fsdp): {str(e).splitlines()[0]} FSDP needs a GPU; "
+                     "on a CPU use --multi_gpu (DDP)", EXIT_USAGE)
     if cfg.train.mixed_precision == "fp16" and accelerator.scaler is None:
         # On a CPU Accelerate would silently train in fp32 (no fp16 autocast, no loss scaler).
         return _fail(f"train.mixed_precision=fp16 needs a GPU (this run is on {accelerator.device}); "
                      "use bf16 or no", EXIT_USAGE)
+    if (os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+            and accelerator.distributed_type != DistributedType.FSDP and accelerator.is_main_process):
+        # Accelerate's FSDP needs an accelerator (CUDA, XPU, ...); without one it quietly falls back.
+        print(f"warning: FSDP was asked for (--use_fsdp) but Accelerate runs {accelerator.distributed_type.value} "
+              f"on {accelerator.device}: the model is replicated on every rank, not sharded", file=sys.stderr,
+              flush=True)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     main_proc = accelerator.is_main_process
 
@@ -317,6 +338,21 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
     noise = asgl.NoiseSchedule(model, p0=m.p, epochs=o.epochs, gamma=cfg.noise.gamma,
                                milestones=cfg.noise.milestones)
+    scalars = [name for name, param in model.named_parameters() if param.dim() == 0]
+    if accelerator.distributed_type == DistributedType.FSDP and scalars:
+        # torch's FSDP (1 and 2) refuses 0-dim parameters: it shards (FSDP2) or flattens and pads
+        # (FSDP1) along dim 0. Learnable per-layer neuron parameters are 0-dim.
+        return _fail(f"FSDP cannot shard the 0-dim parameters {', '.join(scalars[:3])}"
+                     f"{' ...' if len(scalars) > 3 else ''}: use DDP, or make the neurons' learnable "
+                     "parameters per-channel or fixed (model.width_granularity=channel or model.learn_width=false, "
+                     "model.learn_decay=false, model.learn_thresh=false)", EXIT_USAGE)
+    if (accelerator.distributed_type == DistributedType.FSDP and neuron_optimizer is not None
+            and not getattr(accelerator, "is_fsdp2", False)):
+        # FSDP1 flattens a wrapped module's parameters into one FlatParameter, and its optimizer-state
+        # gathering needs one optimizer per FlatParameter; weights and neurons share them.
+        return _fail("FSDP1 cannot checkpoint two optimizers (weights, learnable neuron parameters) over "
+                     "one flattened module: launch with --fsdp_version 2, or fix the neuron parameters "
+                     "(model.learn_width=false, model.learn_decay=false, model.learn_thresh=false)", EXIT_USAGE)
     if neuron_optimizer is None:
         model, optimizer = accelerator.prepare(model, optimizer)
     else:
@@ -329,12 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     partial = None
     if resume is not None:
         try:
-            core.load_state_dict(resume["model"])
-            optimizer.load_state_dict(resume["optimizer"])
+            # Full tensors in, each rank keeps its own shard (FSDP) or the whole (DDP, one process).
+            ckpt_io.load_model_state(model, resume["model"])
+            ckpt_io.load_optimizer_state(model, optimizer, resume["optimizer"])
             if (neuron_optimizer is None) != (resume["neuron_optimizer"] is None):
                 raise ValueError("the config and the checkpoint disagree on learnable neuron parameters")
             if neuron_optimizer is not None:
-                neuron_optimizer.load_state_dict(resume["neuron_optimizer"])
+                ckpt_io.load_optimizer_state(model, neuron_optimizer, resume["neuron_optimizer"])
             scheduler.load_state_dict(resume["lr_scheduler"])
             # A new optim.lr given on --resume takes effect from here on (same schedule position).
             scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
@@ -447,9 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         """Write the checkpoint ``names`` (e.g. ["last", "best"]); every rank must call it."""
         rngs = gather_object([ckpt_io.rng_state()])
         state = {
-            "model": accelerator.get_state_dict(model if not cfg.train.compile else eval_model),
-            "optimizer": optimizer.state_dict(),
-            "neuron_optimizer": neuron_optimizer.state_dict() if neuron_optimizer is not None else None,
+            # Gathered into full tensors (collectives under FSDP: every rank takes part; rank 0 writes).
+            "model": ckpt_io.model_state(eval_model),
+            "optimizer": ckpt_io.optimizer_state(eval_model, optimizer),
+            "neuron_optimizer": (ckpt_io.optimizer_state(eval_model, neuron_optimizer)
+                                 if neuron_optimizer is not None else None),
             "lr_scheduler": scheduler.state_dict(), "noise": noise.state_dict(), "rng": rngs,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "partial": sums,
@@ -584,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             best, best_epoch = row_test["test_acc"], epoch + 1
 
         # ------------------------------------------------------------ log, schedule, checkpoint
-        widths = {name: lif.width.mean().item() for name, lif in lifs}
+        widths = {name: _full(lif.width.detach()).mean().item() for name, lif in lifs}
         row = {
             "epoch": epoch + 1, "step": global_step, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
             **row_test, "best_test_acc": best if best >= 0 else None,
@@ -597,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.train.debug_ranks:  # after DDP's all-reduce every rank must hold the same parameters
             digest = hashlib.sha256()
             for name, param in core.named_parameters():
-                digest.update(name.encode() + param.detach().cpu().numpy().tobytes())
+                digest.update(name.encode() + _full(param.detach()).cpu().numpy().tobytes())
             with open(run_dir / "ranks" / f"rank{rank}.jsonl", "a") as f:
                 f.write(json.dumps({"epoch_done": epoch, "rank": rank, "params_sha256": digest.hexdigest(),
                                     "noise_probe_sha256": noise_probe_sha256()}) + "\n")
@@ -637,6 +676,12 @@ def main(argv: list[str] | None = None) -> int:
                      + (f" (epoch {best_epoch})" if best_epoch is not None else ""))
         print(f"done: {best_text} | run folder {run_dir} | {time.perf_counter() - t_start:.1f} s", flush=True)
     return EXIT_OK
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind an FSDP2 shard (a ``DTensor``: collective, every rank must call it),
+    or ``t`` itself."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _flat_scalars(tree: dict, prefix: str = "") -> dict:
