@@ -16,8 +16,6 @@ from kernels.lif_ref import RESETS, SURROGATES, slope_from_width_param, width_pa
 from . import functional as F
 
 GRANULARITIES = ("layer", "channel")
-# the smallest sigmoid slope k = 1/α a learnable width may reach (α ≤ 100); see LIF.clamp_
-MIN_SIGMOID_SLOPE = 1e-2
 
 
 class LIF(nn.Module):
@@ -127,24 +125,9 @@ class LIF(nn.Module):
 
     @torch.no_grad()
     def clamp_(self) -> None:
-        """Keep a learnable threshold θ ≥ 0 (ASGL.md §1) and a learnable sigmoid slope
-        k ≥ ``MIN_SIGMOID_SLOPE``; call after each optimizer step.
-
-        The sigmoid stores the raw slope k = 1/α, which nothing else keeps positive: with a large
-        width learning rate it can cross zero, and a negative k flips the relaxation (H decreasing
-        in z) while the spikes stay as they are. The rectangle stores log k and needs no clamp.
-        """
+        """Keep a learnable threshold ≥ 0; call after each optimizer step."""
         if isinstance(self.thresh, nn.Parameter):
             self.thresh.clamp_(min=0.0)
-        if self.surrogate == "sigmoid" and isinstance(self.width_param, nn.Parameter):
-            self.width_param.clamp_(min=MIN_SIGMOID_SLOPE)
-
-    @property
-    def needs_clamp(self) -> bool:
-        """Whether :meth:`clamp_` can change anything (a learnable θ or sigmoid slope)."""
-        return isinstance(self.thresh, nn.Parameter) or (
-            self.surrogate == "sigmoid" and isinstance(self.width_param, nn.Parameter)
-        )
 
     def check_input(self, x_seq: torch.Tensor) -> None:
         if x_seq.dim() < 2:
@@ -219,8 +202,7 @@ def neurons(model: nn.Module):
     return [m for m in model.modules() if isinstance(m, LIF)]
 
 
-def clamp_neuron_params_(model: nn.Module) -> None:
-    """:meth:`LIF.clamp_` on every neuron of ``model``; call after each optimizer step."""
+def clamp_thresholds_(model: nn.Module) -> None:
+    """Keep every learnable threshold ≥ 0 (ASGL.md §1); call after each optimizer step."""
     for m in neurons(model):
-        if m.needs_clamp:
-            m.clamp_()
+        m.clamp_()

@@ -301,7 +301,7 @@ def test_learnable_threshold_is_clamped_non_negative():
     m = asgl.LIF(learn_thresh=True)
     with torch.no_grad():
         m.thresh.fill_(-0.3)
-    asgl.clamp_neuron_params_(torch.nn.Sequential(m))
+    asgl.clamp_thresholds_(torch.nn.Sequential(m))
     assert m.thresh.item() == 0.0
 
 
@@ -410,20 +410,3 @@ def test_packages_import_without_datasets_and_without_touching_cuda():
     )
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], env=env)
-
-
-def test_learnable_sigmoid_slope_is_kept_positive():
-    from asgl.neuron import MIN_SIGMOID_SLOPE
-
-    m = asgl.LIF(surrogate="sigmoid", width_granularity="channel", channels=3)
-    with torch.no_grad():
-        m.width_param.copy_(torch.tensor([-0.5, 0.0, 2.0]))
-    asgl.clamp_neuron_params_(m)
-    assert m.width_param.tolist() == pytest.approx([MIN_SIGMOID_SLOPE, MIN_SIGMOID_SLOPE, 2.0])
-    rect = asgl.LIF(surrogate="rectangle")  # stores log k: any value is a positive slope
-    with torch.no_grad():
-        rect.width_param.fill_(-5.0)
-    assert rect.needs_clamp is False
-    asgl.clamp_neuron_params_(rect)
-    assert rect.width_param.item() == -5.0
-    assert asgl.LIF(learn_width=False).needs_clamp is False

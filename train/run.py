@@ -322,7 +322,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         return _fail(f"model: {e}", EXIT_USAGE)
     lifs = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, asgl.LIF)]
-    clamp_neurons = any(mod.needs_clamp for _, mod in lifs)  # learnable θ or sigmoid slope
     # Each rank draws its own noise masks (seed + rank); the run stays reproducible.
     random.seed(seed + rank)
     np.random.seed(seed + rank)
@@ -547,8 +546,8 @@ def main(argv: list[str] | None = None) -> int:
             if sync:
                 optimizer_step(optimizers, scaler)
                 scheduler.step()
-                if clamp_neurons:
-                    asgl.clamp_neuron_params_(core)
+                if m.learn_thresh:
+                    asgl.clamp_thresholds_(core)
                 global_step += 1
             with torch.no_grad():
                 sums += torch.stack([loss.detach().double() * y.shape[0],
