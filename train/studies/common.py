@@ -66,7 +66,9 @@ def run_training(name: str, overrides: dict[str, Any], *, runs_dir: Path, config
     ``runs_dir/name`` (overwritten). ``extra`` keys are copied into the record (e.g. ``method``).
     A run that ends with a non-zero exit code (e.g. 1 = non-finite loss) is kept with that code and
     the accuracy of its last evaluated epoch (``None`` if it never evaluated); one that raises is
-    kept with ``exit_code = -1`` and the exception in ``error``, so a sweep goes on.
+    kept with ``exit_code = -1`` and the exception in ``error``, so a sweep goes on. A run stopped by
+    SIGINT/SIGTERM (which :func:`train.run.main` turns into exit 130/143 after saving) stops the
+    sweep with ``KeyboardInterrupt``.
     """
     from train.run import main  # noqa: PLC0415  (heavy import; only when training)
 
@@ -83,6 +85,8 @@ def run_training(name: str, overrides: dict[str, Any], *, runs_dir: Path, config
         code, error = -1, f"{type(e).__name__}: {e}"
         print(f"[study] {name}: crashed: {error}", file=sys.stderr, flush=True)
     wall = time.perf_counter() - t0
+    if code in (130, 143):  # the run was stopped by SIGINT / SIGTERM: stop the sweep too
+        raise KeyboardInterrupt(f"run {name} stopped by a signal (exit {code}); the sweep stops")
     rows = read_metrics(runs_dir / name)
     evaluated = [r for r in rows if r.get("test_acc") is not None]
     last = rows[-1] if rows else {}
