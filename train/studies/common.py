@@ -207,3 +207,11 @@ def pyplot():
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write ``path`` (folders created) and close ``fig``."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)

@@ -51,10 +51,7 @@ def plot(summary: list[dict], records: list[dict], path: Path, model: str) -> No
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(f"{model}, initial α = {ALPHA:g} (learnable)")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

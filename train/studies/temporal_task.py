@@ -109,10 +109,7 @@ def plot(summary: list[dict], path: Path) -> None:
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title("row-by-row digits, 2-layer recurrent SNN, T = 8")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

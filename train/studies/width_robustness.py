@@ -165,10 +165,7 @@ def plot(summary: list[dict], records: list[dict], path: Path, title: str) -> No
     bx.set_ylabel("final width α (mean over layers)")
     bx.set_title("learned width at the end of training")
     bx.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
