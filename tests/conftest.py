@@ -29,3 +29,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
+
+
+def nan_poison(monkeypatch, module, name: str) -> None:
+    """Make the allocator ``module.name(like, dtype=None)`` return NaN-filled floating tensors, so an
+    element a kernel never writes fails the test that reads it."""
+    alloc = getattr(module, name)
+
+    def poisoned(like, dtype=None):
+        out = alloc(like, dtype)
+        if out.is_floating_point():
+            out.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(module, name, poisoned)

@@ -28,6 +28,7 @@ import math
 
 import pytest
 import torch
+from conftest import nan_poison
 
 import kernels.lif as lif_mod
 from kernels.lif import lif_fused
@@ -46,15 +47,7 @@ MODES = {"sg": (0.0, True), "mixed": (0.3, True), "analog": (1.0, True), "eval":
 @pytest.fixture(autouse=True)
 def nan_poisoned_outputs(monkeypatch):
     """Outputs the op allocates start as NaN, so an element the kernel never writes fails a test."""
-    alloc = lif_mod._alloc_like
-
-    def poisoned(x, dtype=None):
-        out = alloc(x, dtype)
-        if out.is_floating_point():
-            out.fill_(float("nan"))
-        return out
-
-    monkeypatch.setattr(lif_mod, "_alloc_like", poisoned)
+    nan_poison(monkeypatch, lif_mod, "_alloc_like")
 
 
 def make_params(channels, surrogate, device, *, decay=0.3, width=1.5, thresh=1.0, grad=True):

@@ -20,6 +20,7 @@ import math
 
 import pytest
 import torch
+from conftest import nan_poison
 
 import asgl
 import kernels.rlif as rlif_mod
@@ -32,15 +33,7 @@ from kernels.rlif_ref import recurrent_lif_ref
 @pytest.fixture(autouse=True)
 def nan_poisoned_outputs(monkeypatch):
     """Outputs the op allocates start as NaN, so an element the kernel never writes fails a test."""
-    alloc = rlif_mod._empty
-
-    def poisoned(like, dtype=None):
-        out = alloc(like, dtype)
-        if out.is_floating_point():
-            out.fill_(float("nan"))
-        return out
-
-    monkeypatch.setattr(rlif_mod, "_empty", poisoned)
+    nan_poison(monkeypatch, rlif_mod, "_empty")
 
 
 ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # × the quantity's scale
