@@ -70,16 +70,20 @@ def _save_options(model: torch.nn.Module):
     return _dcp().StateDictOptions(full_state_dict=True, cpu_offload=on_accelerator)
 
 
-def _load_options(model: torch.nn.Module):
+def _load_options(model: torch.nn.Module, optimizer=None):
     """Every rank reads the whole file; a sharded (FSDP) model cuts its own shard out of the full
-    tensors (no broadcast), an unsharded one loads them as they are (full == local; torch's
-    full-state path would also trip over an optimizer holding only 0-dim parameters, like the
-    neuron optimizer with per-layer α). strict: a key missing on either side is an error."""
+    tensors (no broadcast), an unsharded one loads them as they are (full == local). With
+    ``optimizer``, "sharded" is about its parameters: under FSDP2 an optimizer over parameters kept
+    out of sharding (the neurons') loads locally too (torch's full-state path also trips over an
+    optimizer holding only 0-dim parameters, like the neuron optimizer with per-layer α).
+    strict: a key missing on either side is an error."""
     from torch.distributed.fsdp import FullyShardedDataParallel  # noqa: PLC0415
     from torch.distributed.tensor import DTensor  # noqa: PLC0415
 
+    params = (model.parameters() if optimizer is None
+              else (p for group in _raw(optimizer).param_groups for p in group["params"]))
     sharded = (any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
-               or any(isinstance(p, DTensor) for p in model.parameters()))
+               or any(isinstance(p, DTensor) for p in params))
     return _dcp().StateDictOptions(full_state_dict=sharded, strict=True)
 
 
@@ -142,7 +146,7 @@ def load_optimizer_state(model: torch.nn.Module, optimizer, state: dict[str, Any
     by_fqn = {"state": {name[i]: s for i, s in state["state"].items()},
               "param_groups": [{**group, "params": [name[i] for i in group["params"]]}
                                for group in state["param_groups"]]}
-    _dcp().set_optimizer_state_dict(model, _raw(optimizer), by_fqn, options=_load_options(model))
+    _dcp().set_optimizer_state_dict(model, _raw(optimizer), by_fqn, options=_load_options(model, optimizer))
 
 
 def rng_state() -> dict[str, Any]:

@@ -107,6 +107,7 @@ class TrainConfig:
     max_steps: int | None = None    # stop after this many optimizer steps in all (saves `last`)
     stop_after_epochs: int | None = None  # stop once this many epochs are done; schedules still span optim.epochs
     debug_ranks: bool = False       # write RUN_DIR/ranks/rank{r}.jsonl: sample indices, eval counts, hashes
+    deterministic: bool = False     # GPU: deterministic cuDNN/cuBLAS algorithms (bit-reproducible, slower)
 
 
 @dataclass

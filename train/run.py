@@ -45,14 +45,16 @@ may be shorter) so its position is part of the resumable state. Host syncs happe
 points (every ``train.log_every`` optimizer steps and at epoch end); a non-finite loss is
 detected there. With ``train.compile`` the training forward is compiled and eval runs eager.
 
-FSDP (``accelerate launch --use_fsdp``): checkpoints hold full (gathered) model and optimizer
-states whatever the wrapper, so an FSDP ``last.pt`` resumes on any world size (bit-identical on
-the same one). It needs a GPU (on a CPU Accelerate falls back to DDP, and the trainer says so) and
-no 0-dim learnable parameters (per-layer neuron decay / width / threshold: use
-``model.width_granularity=channel`` or fixed ones; refused with exit code 2); FSDP1 also needs the
-neuron parameters fixed (its optimizer-state gathering takes one optimizer per flattened module;
-FSDP2 has no such limit). Under FSDP the BN running statistics are per rank; checkpoints keep
-rank 0's.
+FSDP (``accelerate launch --use_fsdp [--fsdp_version 2]``): the weights are sharded; the neurons
+(every ``asgl.LIF`` / ``RecurrentLIF`` module, with their per-layer, often 0-dim, decays, widths and
+thresholds, and the recurrent layer's own weights) stay whole on every rank, and their gradients
+are averaged here before each optimizer step, as DDP would. FSDP1 and FSDP2 train the same
+parameters as DDP, bit for bit on 2 CPU ranks. Before evaluating, rank 0's buffers (BN running
+statistics) are broadcast, as DDP does, so every rank scores the model the checkpoint holds.
+Checkpoints hold full (gathered) model and optimizer states whatever the wrapper, so a ``last.pt``
+written under FSDP resumes under DDP or on one process and vice versa (bit-identical on the same
+world size). Accelerate enables FSDP on accelerators only: on a CPU it falls back to DDP, and the
+trainer says so.
 
 Stopping: the first SIGINT/SIGTERM finishes the current optimizer step (with several ranks: up to
 the next log point, where the ranks agree), writes ``last.pt`` with the position in the epoch, and
@@ -204,6 +206,22 @@ def optimizer_step(optimizers: list, scaler) -> None:
         opt.zero_grad(set_to_none=True)
 
 
+def all_reduce_mean_(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average the gradients of ``params`` over all ranks, in place, with one all-reduce (what DDP
+    does for every parameter; FSDP leaves the parameters it does not shard to us). A parameter
+    without a gradient on some rank counts as zero there, so every rank joins the same collective."""
+    if world == 1 or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(p).clone()
+        offset += g.numel()
+
+
 def mean_epoch_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, first_step: int, steps: int) -> float:
     """Mean LR of the optimizer steps ``first_step … first_step + steps - 1`` (step ``s`` trains with
     ``base_lr · λ(s)``): what the ``lr`` column of an epoch reports, independent of where a resume cut it."""
@@ -301,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     main_proc = accelerator.is_main_process
 
     # ---------------------------------------------------------------- seeds, data, model
+    if cfg.train.deterministic:
+        # cuDNN/cuBLAS pick nondeterministic algorithms by default (the fused neurons are
+        # deterministic either way). Ops with no deterministic kernel warn instead of failing.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     seed = cfg.train.seed
     random.seed(seed)
     np.random.seed(seed)
@@ -321,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(cfg, data.num_classes, data.in_channels)
     except ValueError as e:
         return _fail(f"model: {e}", EXIT_USAGE)
+    # On its device before the optimizers see it (under FSDP nothing else moves the parameters it
+    # does not shard: the neurons').
+    model.to(device)
     lifs = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, asgl.LIF)]
     # Each rank draws its own noise masks (seed + rank); the run stays reproducible.
     random.seed(seed + rank)
@@ -337,21 +364,20 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
     noise = asgl.NoiseSchedule(model, p0=m.p, epochs=o.epochs, gamma=cfg.noise.gamma,
                                milestones=cfg.noise.milestones)
-    scalars = [name for name, param in model.named_parameters() if param.dim() == 0]
-    if accelerator.distributed_type == DistributedType.FSDP and scalars:
-        # torch's FSDP (1 and 2) refuses 0-dim parameters: it shards (FSDP2) or flattens and pads
-        # (FSDP1) along dim 0. Learnable per-layer neuron parameters are 0-dim.
-        return _fail(f"FSDP cannot shard the 0-dim parameters {', '.join(scalars[:3])}"
-                     f"{' ...' if len(scalars) > 3 else ''}: use DDP, or make the neurons' learnable "
-                     "parameters per-channel or fixed (model.width_granularity=channel or model.learn_width=false, "
-                     "model.learn_decay=false, model.learn_thresh=false)", EXIT_USAGE)
-    if (accelerator.distributed_type == DistributedType.FSDP and neuron_optimizer is not None
-            and not getattr(accelerator, "is_fsdp2", False)):
-        # FSDP1 flattens a wrapped module's parameters into one FlatParameter, and its optimizer-state
-        # gathering needs one optimizer per FlatParameter; weights and neurons share them.
-        return _fail("FSDP1 cannot checkpoint two optimizers (weights, learnable neuron parameters) over "
-                     "one flattened module: launch with --fsdp_version 2, or fix the neuron parameters "
-                     "(model.learn_width=false, model.learn_decay=false, model.learn_thresh=false)", EXIT_USAGE)
+    num_params = sum(p.numel() for p in model.parameters())  # before sharding
+    replicated: list[torch.nn.Parameter] = []  # FSDP: parameters kept whole on every rank
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # The neurons stay out of sharding: their parameters are tiny, often 0-dim (which torch's
+        # FSDP cannot shard), and the neuron optimizer owns them. Every rank holds them whole and
+        # ``all_reduce_mean_`` averages their gradients before each optimizer step, as DDP would.
+        ignored = asgl.neurons(model)
+        plugin = accelerator.state.fsdp_plugin
+        plugin.ignored_modules = ignored
+        # Every rank built the same initial weights from the seed: nothing to load on rank 0 and
+        # broadcast. (That path, on by default in `accelerate launch`, also re-creates the
+        # parameters on the meta device, which would lose track of the ignored ones.)
+        plugin.cpu_ram_efficient_loading = False
+        replicated = [p for mod in ignored for p in mod.parameters() if p.requires_grad]
     if neuron_optimizer is None:
         model, optimizer = accelerator.prepare(model, optimizer)
     else:
@@ -470,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             ckpt_io.write_atomic("".join(r + "\n" for r in rows).encode(), metrics_path)
         print(f"run {run_dir} | {m.name} T={m.T} | {data.num_train} train / {data.num_test} test samples | "
               f"{world} rank(s) on {device} | {batches} batches/epoch/rank | "
-              f"{sum(p.numel() for p in core.parameters()):,} parameters"
+              f"{num_params:,} parameters"
               + (f" | resumed at epoch {start_epoch + 1} batch {start_batch}" if start_batch or start_epoch else ""),
               flush=True)
     if cfg.train.tensorboard:
@@ -544,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                 loss = criterion(logits, y)
                 accelerator.backward(loss / group)
             if sync:
+                all_reduce_mean_(replicated, world)
                 optimizer_step(optimizers, scaler)
                 scheduler.step()
                 if m.learn_thresh:
@@ -598,6 +625,11 @@ def main(argv: list[str] | None = None) -> int:
         fire = {}
         if evaluate:
             eval_model.eval()
+            if accelerator.distributed_type == DistributedType.FSDP and world > 1:
+                # DDP evaluates every rank with rank 0's buffers (BN running statistics); so does
+                # this, and the checkpoint (rank 0's buffers) scores what the log reports.
+                for buffer in core.buffers():
+                    torch.distributed.broadcast(buffer, src=0)
             fire_counts.zero_()
             fire_totals[:] = [0] * len(lifs)
             tsums = torch.zeros(3, device=device, dtype=torch.float64)
@@ -633,11 +665,9 @@ def main(argv: list[str] | None = None) -> int:
         noise.step()
         epoch += 1
         if cfg.train.debug_ranks:  # after DDP's all-reduce every rank must hold the same parameters
-            digest = hashlib.sha256()
-            for name, param in core.named_parameters():
-                digest.update(name.encode() + _full(param.detach()).cpu().numpy().tobytes())
+            digest = params_sha256(eval_model, core)
             with open(run_dir / "ranks" / f"rank{rank}.jsonl", "a") as f:
-                f.write(json.dumps({"epoch_done": epoch, "rank": rank, "params_sha256": digest.hexdigest(),
+                f.write(json.dumps({"epoch_done": epoch, "rank": rank, "params_sha256": digest,
                                     "noise_probe_sha256": noise_probe_sha256()}) + "\n")
         save(["last", "best"] if improved else ["last"], epoch, 0, None)
         if main_proc:
@@ -675,6 +705,23 @@ def main(argv: list[str] | None = None) -> int:
                      + (f" (epoch {best_epoch})" if best_epoch is not None else ""))
         print(f"done: {best_text} | run folder {run_dir} | {time.perf_counter() - t_start:.1f} s", flush=True)
     return EXIT_OK
+
+
+def params_sha256(prepared: torch.nn.Module, core: torch.nn.Module) -> str:
+    """sha256 over the names and full values of every parameter of ``core``, the model inside
+    ``prepared`` (Accelerate's wrapper; collective under FSDP: every rank must call it)."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel  # noqa: PLC0415
+
+    if isinstance(prepared, FSDPModule):  # back to the sharded parameters: an eval pass may have left
+        prepared.reshard()                # the root's unsharded (mixed-precision) compute copies
+    gather = (FullyShardedDataParallel.summon_full_params(prepared, writeback=False)
+              if isinstance(prepared, FullyShardedDataParallel) else contextlib.nullcontext())
+    digest = hashlib.sha256()
+    with gather:
+        for name, param in core.named_parameters():
+            # A copy: numpy() pins a CPU tensor's storage, and FSDP must free its unsharded params.
+            digest.update(name.encode() + _full(param.detach()).to("cpu", copy=True).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
