@@ -311,9 +311,21 @@ def test_trainer_fsdp_on_cpu_ranks_matches_ddp_and_resumes(tmp_path, ddp_referen
     assert "FSDP was asked for" not in r1.stderr  # really FSDP, not the DDP fallback
     run_dir = tmp_path / "runs" / "fsdp"
     assert torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["step_in_epoch"] == 8
+    solo = tmp_path / "runs" / "solo"
+    shutil.copytree(run_dir, solo)
     r2 = _launch_trainer(tmp_path, launcher, ["--resume", str(run_dir)], mode="cpu-fsdp")
     assert r2.returncode == 0, r2.stdout + r2.stderr
     assert "resumed at epoch 1 batch 8" in r2.stdout
+    assert "note: resuming" not in r2.stderr
+
+    # the same sharded checkpoint resumes on one process, which says what a new world size changes
+    from test_trainer import run  # noqa: PLC0415
+
+    r3 = run(["--resume", str(solo)], tmp_path)
+    assert r3.returncode == 0, r3.stdout + r3.stderr
+    assert "resumed at epoch 1 batch 8" in r3.stdout
+    assert "note: resuming a 2-rank run on 1 rank(s)" in r3.stderr
+    assert [row["epoch"] for row in _metrics(solo)] == [1, 2]
 
     reference = _param_hashes(ddp_reference, 0)
     assert len(reference) == 2

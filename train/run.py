@@ -29,12 +29,14 @@ the main process, only when stderr is a terminal.
 Resuming: ``--resume RUN_DIR`` loads RUN_DIR/config.yaml, applies the overrides given, restores
 model, both optimizers, LR and noise schedules, the RNG states of every rank and the data position
 (epoch and batch), and continues in the same folder: the continuation is bit-identical to an
-uninterrupted run (same world size, device type and thread count). Overrides given with --resume
-replace the saved values (a new ``optim.lr`` applies from the current schedule position on);
-``train.max_steps``, ``train.stop_after_epochs`` and ``train.overwrite`` belong to one invocation
-and are not carried over. ``train.stop_after_epochs=N`` ends a run after N epochs with the
-schedules still spanning ``optim.epochs`` (for time-limited jobs); ``train.max_steps`` stops after
-that many optimizer steps, mid-epoch if need be.
+uninterrupted run (same world size, device type and thread count; on another world size the
+global batches and schedules carry on, with fresh data shards and noise streams, and the trainer
+says so). Overrides given with --resume replace the saved values (a new ``optim.lr`` applies
+from the current schedule position on); ``train.max_steps``, ``train.stop_after_epochs`` and
+``train.overwrite`` belong to one invocation and are not carried over.
+``train.stop_after_epochs=N`` ends a run after N epochs with the schedules still spanning
+``optim.epochs`` (for time-limited jobs); ``train.max_steps`` stops after that many optimizer
+steps, mid-epoch if need be.
 
 Accelerate: mixed precision comes from the config (``train.mixed_precision``), not the launcher;
 fp16 needs a GPU (on a CPU it is refused: Accelerate would silently run fp32), and its one loss
@@ -415,6 +417,11 @@ def main(argv: list[str] | None = None) -> int:
                 ckpt_io.set_rng_state(resume["rng"][rank])
             else:  # a new world size cannot replay the old streams; derive fresh ones
                 torch.manual_seed(seed + rank + 1_000_003 * global_step)
+                if main_proc:
+                    print(f"note: resuming a {resume['world_size']}-rank run on {world} rank(s): the same "
+                          "global batches and schedules, but the data shards and noise streams are drawn "
+                          "afresh, so the continuation is not bit-identical to an uninterrupted run",
+                          file=sys.stderr, flush=True)
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
             return _fail(f"checkpoint {run_dir / 'last.pt'} does not fit this run: {str(e).splitlines()[0]}",
                          EXIT_USAGE)
