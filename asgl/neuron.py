@@ -186,9 +186,7 @@ class RecurrentLIF(LIF):
             raise ValueError(
                 f"RecurrentLIF expects x_seq of shape [T, B, {self.in_features}], got {tuple(x_seq.shape)}"
             )
-        # In the input's dtype (a no-op under autocast, which casts both): FSDP2's mixed precision
-        # hands this layer bf16 inputs while its own weights, kept out of sharding, stay fp32.
-        wx_seq = torch.nn.functional.linear(x_seq, self.input_weight.to(x_seq.dtype))
+        wx_seq = torch.nn.functional.linear(x_seq, self.input_weight)
         return F.recurrent_lif(
             wx_seq, self.recurrent_weight, self.decay_logit, self.width_param, self.thresh,
             reset=self.reset, v_reset=self.v_reset, surrogate=self.surrogate, p=self.p,

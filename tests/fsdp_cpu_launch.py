@@ -9,7 +9,9 @@ CPU-only details are adapted:
 * the accelerator state reports ``DistributedType.FSDP`` whenever Accelerate built an FSDP plugin
   (it is re-read from a shared state, so the override is applied on every construction), and
   the plugin gets the run's mixed precision, as Accelerate's own FSDP set-up does;
-* FSDP1 gets ``device_id=cpu`` for Accelerate's ``cpu:0`` (torch's FSDP1 accepts only the former).
+* FSDP1 gets ``device_id=cpu`` for Accelerate's ``cpu:0`` (torch's FSDP1 accepts only the former);
+* the optimizers take their multi-tensor ("foreach") path, their default on CUDA (on a CPU they go
+  tensor by tensor), which cannot mix sharded (DTensor) and whole tensors in one parameter group.
 
 Usage (as the tests do): ``ACCELERATE_USE_CPU=1 accelerate launch --use_fsdp --fsdp_version V
 --fsdp_sync_module_states false --fsdp_cpu_ram_efficient_loading false --num_processes 2
@@ -31,14 +33,15 @@ _state_init = accelerate.state.AcceleratorState.__init__
 
 def _state_init_fsdp_on_cpu(self, *args, **kwargs):
     _state_init(self, *args, **kwargs)
-    if kwargs.get("fsdp_plugin") is not None:
-        self.__dict__["_cpu_fsdp_plugin"] = kwargs["fsdp_plugin"]
+    plugin = kwargs.get("fsdp_plugin")
+    if plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:  # the first construction
+        self.__dict__["_cpu_fsdp_plugin"] = plugin
+        if self._mixed_precision != "no":
+            plugin.set_mixed_precision(self._mixed_precision)  # as Accelerate does for FSDP
     plugin = self.__dict__.get("_cpu_fsdp_plugin")
     if plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
         self.distributed_type = DistributedType.FSDP
         self.fsdp_plugin = plugin
-        if self._mixed_precision != "no" and plugin.mixed_precision_policy is None:
-            plugin.set_mixed_precision(self._mixed_precision)  # as Accelerate does for FSDP
 
 
 _fsdp1_init = FullyShardedDataParallel.__init__
@@ -52,6 +55,7 @@ def _fsdp1_init_on_cpu(self, module, *args, **kwargs):
 
 
 accelerate.state.AcceleratorState.__init__ = _state_init_fsdp_on_cpu
+sys.modules["torch.optim.optimizer"]._get_foreach_kernels_supported_devices = lambda: ["cpu"]
 FullyShardedDataParallel.__init__ = _fsdp1_init_on_cpu
 
 if __name__ == "__main__":

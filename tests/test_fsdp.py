@@ -273,10 +273,10 @@ def _checkpoint_states(run_dir: Path) -> dict:
     return {key: ck[key] for key in ("model", "optimizer", "neuron_optimizer", "epoch", "global_step")}
 
 
-# Learnable per-layer (0-dim) decay, width and threshold, gradient accumulation (no_sync), and
-# deterministic algorithms (the GPU test needs them; on CPU ranks they must change nothing).
+# Learnable per-layer (0-dim) decay, width and threshold, gradient accumulation (no_sync), bf16
+# autocast, and deterministic algorithms (the GPU test needs them; on CPU ranks they change nothing).
 TRAINER_EXTRA = ["--model.learn_decay=true", "--model.learn_thresh=true", "--train.grad_accum=2",
-                 "--train.deterministic=true"]
+                 "--train.mixed_precision=bf16", "--train.deterministic=true"]
 
 
 @pytest.fixture(scope="module")
@@ -336,9 +336,10 @@ def test_trainer_fsdp_on_cpu_ranks_matches_ddp_and_resumes(tmp_path, ddp_referen
 
 @pytest.mark.parametrize("version", ["1", "2"])
 def test_trainer_fsdp_trains_the_recurrent_net_in_bf16(tmp_path, version):
-    """The SHD recurrent net (its RecurrentLIF, with the input and recurrent weights, kept out of
-    sharding) under FSDP with bf16: FSDP2's mixed precision feeds it bf16 while its weights stay
-    fp32. The ranks agree, and the checkpoint holds the full fp32 model."""
+    """The SHD recurrent net under FSDP with bf16: FSDP1 keeps its RecurrentLIF (and the input and
+    recurrent weights) whole, FSDP2 shards those weights and keeps only the neuron parameters whole;
+    the optimizers take their multi-tensor path, as on CUDA. The ranks agree, and the checkpoint
+    holds the full fp32 model."""
     pytest.importorskip("datasets")
     pytest.importorskip("h5py")
     from test_multiprocess import rank_log  # noqa: PLC0415
@@ -405,7 +406,7 @@ def test_trainer_fsdp_on_gpus_resume_is_bit_identical(tmp_path, version):
     write_tiny_digits(tmp_path / "digits")
     n = min(2, GPUS)
     launcher = ["--fsdp_version", version]
-    extra = [*TRAINER_EXTRA, "--train.mixed_precision=bf16"]
+    extra = TRAINER_EXTRA
     r = _launch_trainer(tmp_path, launcher, two_rank_args(tmp_path, "straight", *extra), mode="gpu", processes=n)
     assert r.returncode == 0, r.stdout + r.stderr
     r1 = _launch_trainer(tmp_path, launcher, two_rank_args(tmp_path, "split", *extra, "--train.stop_after_epochs=1"),

@@ -50,8 +50,9 @@ detected there. With ``train.compile`` the training forward is compiled and eval
 FSDP (``accelerate launch --use_fsdp [--fsdp_version 2]``): the weights are sharded; the neurons
 (every ``asgl.LIF`` / ``RecurrentLIF`` module, with their per-layer, often 0-dim, decays, widths and
 thresholds, and the recurrent layer's own weights) stay whole on every rank, and their gradients
-are averaged here before each optimizer step, as DDP would. FSDP1 and FSDP2 train the same
-parameters as DDP, bit for bit on 2 CPU ranks. Before evaluating, rank 0's buffers (BN running
+are averaged here before each optimizer step, as DDP would. Mixed precision is autocast, as
+under DDP: FSDP keeps, gathers and reduces fp32. FSDP1 and FSDP2 train the same parameters as DDP,
+bit for bit on 2 CPU ranks (fp32 and bf16). Before evaluating, rank 0's buffers (BN running
 statistics) are broadcast, as DDP does, so every rank scores the model the checkpoint holds.
 Checkpoints hold full (gathered) model and optimizer states whatever the wrapper, so a ``last.pt``
 written under FSDP resumes under DDP or on one process and vice versa (bit-identical on the same
@@ -224,6 +225,50 @@ def all_reduce_mean_(params: list[torch.nn.Parameter], world: int) -> None:
         offset += g.numel()
 
 
+def keep_neurons_whole(accelerator, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Set up Accelerate's FSDP plugin (before ``prepare``) so the neurons stay out of sharding, and
+    return the parameters every rank will hold whole (their gradients: see ``all_reduce_mean_``).
+
+    The neurons' learnable decays, widths and thresholds are tiny and often 0-dim, which torch's
+    FSDP cannot shard. FSDP2 ignores exactly those parameters: everything else, the recurrent
+    layer's weights included, is sharded, so each optimizer holds only sharded (DTensor) or only
+    whole tensors, as the multi-tensor optimizers and the fp16 scaler need. FSDP1 ignores the
+    neuron modules whole.
+
+    Mixed precision under FSDP is autocast, as under DDP (see ``autocast_fsdp2``): FSDP keeps and
+    gathers fp32 parameters and reduces fp32 gradients. FSDP's own 16-bit parameter policy would
+    also put BatchNorm's weights in 16 bits next to fp32 running statistics (FSDP2; an error on a
+    CPU) or its running statistics in 16 bits (Accelerate's FSDP1 policy).
+    """
+    import asgl  # noqa: PLC0415
+
+    plugin = accelerator.state.fsdp_plugin
+    if accelerator.is_fsdp2:
+        kept = asgl.neuron_parameters(model)
+        # Accelerate takes modules and ignores their parameters: a container of just these.
+        plugin.ignored_modules = [torch.nn.ParameterList(kept)] if kept else None
+    else:
+        neurons = asgl.neurons(model)
+        plugin.ignored_modules = neurons or None
+        kept = [p for mod in neurons for p in mod.parameters() if p.requires_grad]
+    plugin.mixed_precision_policy = None
+    # Every rank built the same initial weights from the seed: nothing to load on rank 0 and
+    # broadcast. (That path, on by default in `accelerate launch`, also re-creates the parameters on
+    # the meta device, which would lose track of the ignored ones.)
+    plugin.cpu_ram_efficient_loading = False
+    return kept
+
+
+def autocast_fsdp2(accelerator, model: torch.nn.Module, mixed_precision: str) -> None:
+    """Accelerate's ``prepare`` runs a DDP or FSDP1 model's forward under autocast with fp32
+    outputs, but not an FSDP2 model's: do the same for it (its hooks stay around the forward)."""
+    from accelerate.utils import convert_outputs_to_fp32  # noqa: PLC0415
+
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    if low is not None:
+        model.forward = convert_outputs_to_fp32(torch.autocast(accelerator.device.type, dtype=low)(model.forward))
+
+
 def mean_epoch_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, first_step: int, steps: int) -> float:
     """Mean LR of the optimizer steps ``first_step … first_step + steps - 1`` (step ``s`` trains with
     ``base_lr · λ(s)``): what the ``lr`` column of an epoch reports, independent of where a resume cut it."""
@@ -289,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------- Accelerator
     from accelerate import Accelerator  # noqa: PLC0415  (heavy; after the cheap checks)
     from accelerate.utils import DistributedType, ProjectConfiguration, gather_object  # noqa: PLC0415
+    from torch.distributed.fsdp import FSDPModule  # noqa: PLC0415
 
     import asgl  # noqa: PLC0415
     from train.data import build_data  # noqa: PLC0415
@@ -369,21 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     num_params = sum(p.numel() for p in model.parameters())  # before sharding
     replicated: list[torch.nn.Parameter] = []  # FSDP: parameters kept whole on every rank
     if accelerator.distributed_type == DistributedType.FSDP:
-        # The neurons stay out of sharding: their parameters are tiny, often 0-dim (which torch's
-        # FSDP cannot shard), and the neuron optimizer owns them. Every rank holds them whole and
-        # ``all_reduce_mean_`` averages their gradients before each optimizer step, as DDP would.
-        ignored = asgl.neurons(model)
-        plugin = accelerator.state.fsdp_plugin
-        plugin.ignored_modules = ignored
-        # Every rank built the same initial weights from the seed: nothing to load on rank 0 and
-        # broadcast. (That path, on by default in `accelerate launch`, also re-creates the
-        # parameters on the meta device, which would lose track of the ignored ones.)
-        plugin.cpu_ram_efficient_loading = False
-        replicated = [p for mod in ignored for p in mod.parameters() if p.requires_grad]
+        replicated = keep_neurons_whole(accelerator, model)
     if neuron_optimizer is None:
         model, optimizer = accelerator.prepare(model, optimizer)
     else:
         model, optimizer, neuron_optimizer = accelerator.prepare(model, optimizer, neuron_optimizer)
+    if accelerator.distributed_type == DistributedType.FSDP and accelerator.is_fsdp2:
+        autocast_fsdp2(accelerator, model, cfg.train.mixed_precision)
     optimizers = [opt for opt in (optimizer, neuron_optimizer) if opt is not None]
     scaler = accelerator.scaler  # fp16 only; one scaler, updated once per step for both optimizers
     core = accelerator.unwrap_model(model)
@@ -462,10 +500,15 @@ def main(argv: list[str] | None = None) -> int:
         shape = (probe_shape[0][0], 1, *probe_shape[0][2:])  # [T, 1, ...]: one sample is enough
         lif, was_training = lifs[0][1], lifs[0][1].training
         fork = [device] if device.type == "cuda" else []
+        sharded = isinstance(eval_model, FSDPModule)  # a recurrent layer's weights are sharded there
         with torch.random.fork_rng(devices=fork), torch.no_grad():
             x_seq = torch.linspace(0.0, 2.0 * float(m.thresh), math.prod(shape), device=device).reshape(shape)
             lif.train()
+            if sharded:
+                eval_model.unshard()  # collective: every rank probes
             y_seq = lif(x_seq)
+            if sharded:
+                eval_model.reshard()
         lif.train(was_training)
         return hashlib.sha256(y_seq.float().cpu().numpy().tobytes()).hexdigest()
 
