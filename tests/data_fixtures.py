@@ -27,7 +27,7 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_hub_parquet(path: str | Path, images: list[np.ndarray], columns: dict[str, list[int]],
+def write_hub_parquet(path: str | Path, images: list[np.ndarray], columns: dict[str, list],
                       image_column: str = "img") -> Path:
     """One parquet file as the hub stores it: an Image column (struct bytes/path with PNG bytes) plus
     int label columns, with the ``huggingface`` schema metadata that ``datasets`` reads features from."""
@@ -37,9 +37,10 @@ def write_hub_parquet(path: str | Path, images: list[np.ndarray], columns: dict[
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     arrays = {image_column: pa.array([{"bytes": png_bytes(im), "path": None} for im in images], type=image_type)}
     features = {image_column: {"_type": "Image"}}
-    for name, values in columns.items():
-        arrays[name] = pa.array(values, type=pa.int64())
-        features[name] = {"dtype": "int64", "_type": "Value"}
+    for name, values in columns.items():  # int columns (str values make a string column, for bad-input tests)
+        dtype = "string" if isinstance(values[0], str) else "int64"
+        arrays[name] = pa.array(values, type=pa.string() if dtype == "string" else pa.int64())
+        features[name] = {"dtype": dtype, "_type": "Value"}
     table = pa.table(arrays).replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

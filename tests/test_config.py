@@ -64,9 +64,9 @@ def test_resolved_yaml_round_trips():
 def load_yaml_keys(text: str) -> dict:
     import yaml
 
-    from train.config import _flatten
+    from train.config import flatten
 
-    return _flatten(yaml.safe_load(text))
+    return flatten(yaml.safe_load(text))
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -467,6 +467,20 @@ def test_wrong_columns_message(tmp_path):
         build_data(cfg(tmp_path, name="cifar10", root=str(root), batch_size=2), T=1, seed=0)
 
 
+@needs_datasets
+@pytest.mark.parametrize("streaming", [False, True])
+def test_non_integer_labels_message(tmp_path, streaming):
+    root = tmp_path / "c10"
+    for split in ("train", "test"):
+        fx.write_hub_parquet(root / "plain_text" / f"{split}-00000-of-00001.parquet", fx.id_images(4, 32, 3),
+                             {"label": ["cat", "dog", "cat", "dog"]})
+    with pytest.raises(DataFormatError, match=r"data set 'cifar10' \(.*train-00000-of-00001.parquet.*\): "
+                                              r"column 'label' holds '(cat|dog)'; expected int labels"):
+        data = build_data(cfg(tmp_path, name="cifar10", root=str(root), batch_size=2, streaming=streaming),
+                          T=1, seed=0)
+        epoch(data.train)
+
+
 def test_missing_images_message(tmp_path):
     with pytest.raises(DataNotFoundError) as err:
         build_data(cfg(tmp_path, name="cifar10", root=str(tmp_path / "nowhere")), T=1, seed=0)

@@ -285,12 +285,40 @@ def test_fp16_step_updates_the_shared_scaler_once_for_both_optimizers():
     ("--model.name=resnet81", "model.name must be one of"),
     ("--train.mixed_precision=fp8", "train.mixed_precision must be one of no, bf16, fp16"),
     ("--model.surrogate=sigmod", "did you mean 'sigmoid'?"),
+    ("--train.seed=-1", "train.seed must be in [0, 2**31)"),
+    ("--train.seed=5000000000", "train.seed must be in [0, 2**31)"),
 ])
 def test_bad_config_exits_2_with_one_clear_message(tmp_path, override, message):
     r = run(tiny_args(tmp_path, "bad", override), tmp_path)
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fused backend is refused only without CUDA")
+def test_triton_backend_without_cuda_is_refused_before_anything_is_written(tmp_path):
+    r = run(tiny_args(tmp_path, "triton", "--model.backend=triton"), tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "model.backend=triton needs a CUDA device" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unusable_out_dir_is_a_clear_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for out_dir in (tmp_path / "afile", tmp_path / "afile" / "deeper"):
+        r = run(tiny_args(tmp_path, "x", f"--train.out_dir={out_dir}"), tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert "is not a folder" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    from train.checkpoint import write_atomic
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_atomic(b"data", tmp_path / "f.bin")
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_frames_not_matching_T_is_a_config_error_before_anything_is_written(tmp_path):
@@ -340,6 +368,10 @@ def test_corrupt_checkpoint_is_refused_and_nothing_overwritten(tmp, straight):
     # a readable checkpoint of another network: refused before anything is written
     (bad / "last.pt").write_bytes((run_dir / "last.pt").read_bytes())
     before = snapshot(bad)
+    # a stop that lies behind the checkpoint: refused, nothing written
+    r = run(["--resume", str(bad), "--train.stop_after_epochs=1"], tmp)
+    assert r.returncode == 2 and "has already finished epoch 2" in r.stderr and "Traceback" not in r.stderr
+    assert snapshot(bad) == before
     r = run(["--resume", str(bad), "--optim.epochs=3", "--model.name=digits_cnn8"], tmp)
     assert r.returncode == 2 and "does not fit this run" in r.stderr and "Traceback" not in r.stderr
     assert snapshot(bad) == before
@@ -355,9 +387,24 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp):
     r2 = run(["--resume", str(run_dir), "--optim.lr=1e38", "--optim.schedule=none"], tmp)
     assert r2.returncode == 1, r2.stderr
     assert "non-finite training loss in epoch 2" in r2.stderr and "Traceback" not in r2.stderr
+    assert f"The last good checkpoint is kept: {run_dir / 'last.pt'}" in r2.stderr
     assert (run_dir / "last.pt").read_bytes() == good
     assert [row["epoch"] for row in rows(run_dir)] == [1]
     assert all(torch.isfinite(v).all() for v in params(run_dir).values() if v.is_floating_point())
+    # config.yaml now holds the failed overrides; a plain resume goes on with the checkpoint's config
+    r3 = run(["--resume", str(run_dir), "--train.stop_after_epochs=2"], tmp)
+    assert r3.returncode == 0, r3.stderr
+    assert [row["epoch"] for row in rows(run_dir)] == [1, 2]
+    assert "lr: 0.1" in (run_dir / "config.yaml").read_text()
+
+
+@needs_datasets
+def test_nonfinite_loss_before_any_checkpoint_says_so(tmp):
+    r = run(tiny_args(tmp, "nan0", "--optim.lr=1e38", "--optim.schedule=none"), tmp)
+    assert r.returncode == 1, r.stderr
+    assert "non-finite training loss in epoch 1" in r.stderr
+    assert "No checkpoint was written yet" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp / "runs" / "nan0" / "last.pt").exists()
 
 
 @pytest.mark.skipif(__import__("importlib.util").util.find_spec("tensorboard") is not None,

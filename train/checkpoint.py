@@ -197,7 +197,10 @@ def write_atomic(data: bytes, path: str | Path) -> None:
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # as open() would create it (mkstemp makes it private)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -251,7 +251,7 @@ def _set(cfg, key: str, value: Any) -> None:
             obj = getattr(obj, part)
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"model": {"T": 4}}`` -> ``{"model.T": 4}``; list values stay whole."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'the config'}: expected a mapping of keys, got {tree!r}")
@@ -259,7 +259,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            flat.update(_flatten(v, key + "."))
+            flat.update(flatten(v, key + "."))
         else:
             flat[key] = v
     return flat
@@ -282,7 +282,7 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for base in [bases] if isinstance(bases, str) else (bases or []):
         flat.update(load_yaml(path.parent / base, _seen + (path.resolve(),)))
-    flat.update(_flatten(tree))
+    flat.update(flatten(tree))
     return flat
 
 
@@ -302,7 +302,7 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
             value = args[i]
         else:
             raise ConfigError(f"--{key} needs a value: --{key}=VALUE or --{key} VALUE")
-        out[key.replace("-", "_")] = value
+        out[key.replace("-", "_")] = value  # a key given twice: the last one counts, as in argparse
         i += 1
     return out
 
@@ -313,7 +313,7 @@ def build_config(path: str | Path | None = None, overrides: dict[str, Any] | Non
     cfg = RunConfig()
     values: dict[str, Any] = {}
     if base is not None:
-        values.update(_flatten(base))
+        values.update(flatten(base))
     if path is not None:
         values.update(load_yaml(path))
     values.update(overrides or {})
@@ -375,6 +375,7 @@ def validate(cfg: RunConfig) -> None:
     _choice(lo.name, "loss.name", LOSSES)
     _check(0 <= lo.tet_lambda <= 1, "loss.tet_lambda", "must be in [0, 1]", lo.tet_lambda)
 
+    _check(0 <= t.seed < 2**31, "train.seed", "must be in [0, 2**31)", t.seed)
     _choice(t.mixed_precision, "train.mixed_precision", MIXED_PRECISION)
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1", t.grad_accum)
     _check(t.log_every >= 1, "train.log_every", "must be >= 1", t.log_every)

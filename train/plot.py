@@ -20,7 +20,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows of ``RUN_DIR/metrics.jsonl`` in order; raises ``FileNotFoundError`` / ``ValueError``."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics.jsonl in {run_dir} (is it a run folder?)")
+        raise FileNotFoundError(f"no metrics.jsonl in {run_dir} (not a run folder, or no epoch has finished yet)")
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():

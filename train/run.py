@@ -26,9 +26,10 @@ steps (the schedule moves every step); ``peak_mem_mb`` is the epoch's peak alloc
 or on a CPU the process's peak resident set size so far. The rich progress bar goes to stderr on
 the main process, only when stderr is a terminal.
 
-Resuming: ``--resume RUN_DIR`` loads RUN_DIR/config.yaml, applies the overrides given, restores
-model, both optimizers, LR and noise schedules, the RNG states of every rank and the data position
-(epoch and batch), and continues in the same folder: the continuation is bit-identical to an
+Resuming: ``--resume RUN_DIR`` takes the config ``RUN_DIR/last.pt`` was trained with (the one
+config.yaml shows, unless a resume with other overrides failed before saving), applies the
+overrides given, restores model, both optimizers, LR and noise schedules, the RNG states of every
+rank and the data position (epoch and batch), and continues in the same folder: the continuation is bit-identical to an
 uninterrupted run (same world size, device type and thread count; on another world size the
 global batches and schedules carry on, with fresh data shards and noise streams, and the trainer
 says so). Overrides given with --resume replace the saved values (a new ``optim.lr`` applies
@@ -47,10 +48,10 @@ may be shorter) so its position is part of the resumable state. Host syncs happe
 points (every ``train.log_every`` optimizer steps and at epoch end); a non-finite loss is
 detected there. With ``train.compile`` the training forward is compiled and eval runs eager.
 
-FSDP (``accelerate launch --use_fsdp [--fsdp_version 2]``): the weights are sharded; the neurons
-(every ``asgl.LIF`` / ``RecurrentLIF`` module, with their per-layer, often 0-dim, decays, widths and
-thresholds, and the recurrent layer's own weights) stay whole on every rank, and their gradients
-are averaged here before each optimizer step, as DDP would. Mixed precision is autocast, as
+FSDP (``accelerate launch --use_fsdp [--fsdp_version 2]``): the weights are sharded; the neurons'
+learnable decays, widths and thresholds (per layer, often 0-dim) stay whole on every rank (FSDP1:
+the whole neuron modules, a recurrent layer's weights included), and their gradients are averaged
+here before each optimizer step, as DDP would (see ``keep_neurons_whole``). Mixed precision is autocast, as
 under DDP: FSDP keeps, gathers and reduces fp32. FSDP1 and FSDP2 train the same parameters as DDP,
 bit for bit on 2 CPU ranks (fp32 and bf16). Before evaluating, rank 0's buffers (BN running
 statistics) are broadcast, as DDP does, so every rank scores the model the checkpoint holds.
@@ -66,6 +67,8 @@ exits. A second signal aborts at once.
 Exit codes: 0 done (or stopped by train.max_steps / train.stop_after_epochs, ``last.pt`` written);
 1 non-finite loss (the last good checkpoint is kept); 2 bad command line, config, data, checkpoint or
 run folder (nothing written); 130 / 143 stopped by SIGINT / SIGTERM after writing ``last.pt``.
+These are the trainer's own (``python train/run.py``); ``accelerate launch`` reports any failure
+of its processes as exit code 1, with a traceback of its own after the trainer's ``error:`` line.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ import torch
 
 from train import checkpoint as ckpt_io
 from train.config import (
-    ConfigError, RunConfig, all_keys, build_config, load_yaml, parse_overrides, to_dict, to_yaml,
+    ConfigError, RunConfig, all_keys, build_config, flatten, load_yaml, parse_overrides, to_dict, to_yaml,
 )
 from train.data import DataNotFoundError
 
@@ -150,6 +153,20 @@ def split_argv(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
             rest.append(arg)
         i += 1
     return config, resume, rest
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Raise :class:`UsageError` unless ``run_dir`` is a folder, or can be made as one, that we
+    may write into (checked on every rank before anything is written)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"run folder {run_dir} exists and is not a folder (train.out_dir / train.run_name)")
+    base = run_dir
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise UsageError(f"run folder {run_dir}: {base} is not a folder (train.out_dir)")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UsageError(f"run folder {run_dir}: {base} is not writable (train.out_dir)")
 
 
 def lr_lambda(cfg: RunConfig, steps_per_epoch: int):
@@ -303,10 +320,17 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = Path(resume_dir)
             if not (run_dir / "config.yaml").is_file():
                 raise UsageError(f"--resume {run_dir}: no config.yaml there (not a run folder?)")
-            # Stop conditions and overwrite belong to one invocation, not to the run.
-            saved = {k: v for k, v in load_yaml(run_dir / "config.yaml").items() if k not in INVOCATION_KEYS}
-            cfg = build_config(None, overrides, base=saved)
             resume = ckpt_io.load(run_dir / "last.pt")
+            # The config the checkpoint was trained with (config.yaml may hold the overrides of a
+            # resume that failed before saving). Stop conditions and overwrite belong to one
+            # invocation, not to the run.
+            saved = {k: v for k, v in flatten(resume.get("config") or load_yaml(run_dir / "config.yaml")).items()
+                     if k not in INVOCATION_KEYS}
+            cfg = build_config(None, overrides, base=saved)
+            done_epochs = int(resume["epoch"])
+            if cfg.train.stop_after_epochs is not None and cfg.train.stop_after_epochs <= done_epochs:
+                raise UsageError(f"train.stop_after_epochs={cfg.train.stop_after_epochs}: {run_dir} has already "
+                                 f"finished epoch {done_epochs}")
             if resume["world_size"] != int(os.environ.get("WORLD_SIZE", "1")) and _is_main_launch_process():
                 print(f"warning: {run_dir}/last.pt was written by {resume['world_size']} ranks; continuing with "
                       f"{os.environ.get('WORLD_SIZE', '1')}: not bit-identical to an uninterrupted run",
@@ -318,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             run_name = cfg.train.run_name or (Path(config_path).stem if config_path else "run")
             cfg.train.run_name = run_name
             run_dir = Path(cfg.train.out_dir) / run_name
+            check_run_dir(run_dir)
             existing = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
             if existing and not cfg.train.overwrite:
                 raise UsageError(f"run folder {run_dir} exists and is not empty; resume it with --resume {run_dir}, "
@@ -364,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
               f"on {accelerator.device}: the model is replicated on every rank, not sharded", file=sys.stderr,
               flush=True)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    if cfg.model.backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return _fail(f"model.backend=triton needs a CUDA device (this run is on {device}); use auto or torch",
+                     EXIT_USAGE)
     main_proc = accelerator.is_main_process
 
     # ---------------------------------------------------------------- seeds, data, model
@@ -455,14 +483,10 @@ def main(argv: list[str] | None = None) -> int:
                 ckpt_io.set_rng_state(resume["rng"][rank])
             else:  # a new world size cannot replay the old streams; derive fresh ones
                 torch.manual_seed(seed + rank + 1_000_003 * global_step)
-                if main_proc:
-                    print(f"note: resuming a {resume['world_size']}-rank run on {world} rank(s): the same "
-                          "global batches and schedules, but the data shards and noise streams are drawn "
-                          "afresh, so the continuation is not bit-identical to an uninterrupted run",
-                          file=sys.stderr, flush=True)
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-            return _fail(f"checkpoint {run_dir / 'last.pt'} does not fit this run: {str(e).splitlines()[0]}",
-                         EXIT_USAGE)
+            detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            return _fail(f"checkpoint {run_dir / 'last.pt'} does not fit this run: "
+                         f"{detail[:400]}{' ...' if len(detail) > 400 else ''}", EXIT_USAGE)
         del resume  # free the CPU copy of the weights
     eval_model = model
     if cfg.train.compile:
@@ -575,6 +599,11 @@ def main(argv: list[str] | None = None) -> int:
                 ckpt_io.write_atomic(blob, run_dir / f"{name}.pt")
         accelerator.wait_for_everyone()
 
+    def kept_checkpoint() -> str:
+        last = run_dir / "last.pt"
+        return (f"The last good checkpoint is kept: {last}" if last.is_file()
+                else "No checkpoint was written yet (none before the first epoch ends).")
+
     progress = None
     if main_proc and sys.stderr.isatty():
         from rich.console import Console  # noqa: PLC0415
@@ -654,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         if exit_code == EXIT_NONFINITE:
             if main_proc:
                 print(f"error: non-finite training loss in epoch {epoch + 1} (by step {global_step}); stopping. "
-                      f"The last good checkpoint is kept: {run_dir / 'last.pt'}", file=sys.stderr, flush=True)
+                      f"{kept_checkpoint()}", file=sys.stderr, flush=True)
             break
         if stopped_at is not None and stopped_at < batches:  # interrupted mid-epoch: save the position
             save(["last"], epoch, stopped_at, totals[:3])
@@ -665,8 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         if not math.isfinite(loss_sum):
             exit_code = EXIT_NONFINITE
             if main_proc:
-                print(f"error: non-finite training loss in epoch {epoch + 1}; stopping. "
-                      f"The last good checkpoint is kept: {run_dir / 'last.pt'}", file=sys.stderr, flush=True)
+                print(f"error: non-finite training loss in epoch {epoch + 1}; stopping. {kept_checkpoint()}",
+                      file=sys.stderr, flush=True)
             break
 
         # ------------------------------------------------------------ eval: the pure SNN
@@ -762,8 +791,8 @@ def params_sha256(prepared: torch.nn.Module, core: torch.nn.Module) -> str:
     ``prepared`` (Accelerate's wrapper; collective under FSDP: every rank must call it)."""
     from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel  # noqa: PLC0415
 
-    if isinstance(prepared, FSDPModule):  # back to the sharded parameters: an eval pass may have left
-        prepared.reshard()                # the root's unsharded (mixed-precision) compute copies
+    if isinstance(prepared, FSDPModule):  # back to the sharded parameters (an eval pass leaves the
+        prepared.reshard()                # root's unsharded ones registered)
     gather = (FullyShardedDataParallel.summon_full_params(prepared, writeback=False)
               if isinstance(prepared, FullyShardedDataParallel) else contextlib.nullcontext())
     digest = hashlib.sha256()

@@ -164,13 +164,25 @@ def _open(source: ImageSource, split: str, *, streaming: bool, cache_dir: str):
     wanted = [source.spec.image_column, source.label_column]
     absent = [c for c in wanted if c not in columns]
     if absent:
-        where = source.files[split] if source.files is not None else source.hub_id
         raise DataFormatError(
-            f"data set {source.name!r} ({where}): missing column(s) {absent}; found {columns}. "
+            f"data set {source.name!r} ({_where(source, split)}): missing column(s) {absent}; found {columns}. "
             f"Expected {source.spec.image_column!r} (Image) and {source.label_column!r} (int label)."
         )
     ds = ds.select_columns(wanted)
     return ds.cast_column(source.spec.image_column, datasets.Image(decode=False))
+
+
+def _where(source: ImageSource, split: str) -> str:
+    """The files (or hub id) a split is read from, for messages."""
+    return ", ".join(map(str, source.files[split])) if source.files is not None else source.hub_id
+
+
+def _label(value, source: ImageSource, split: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DataFormatError(f"data set {source.name!r} ({_where(source, split)}): column {source.label_column!r} "
+                              f"holds {value!r}; expected int labels") from None
 
 
 def decode_image(obj: dict, channels: int, size: int) -> torch.Tensor:
@@ -204,7 +216,7 @@ def materialise(source: ImageSource, split: str, cache_dir: str) -> dict:
     for batch in ds.iter(batch_size=1024):  # column batches: far fewer Python objects than rows
         for cell, label in zip(batch[spec.image_column], batch[source.label_column]):
             x[i] = decode_image(cell, spec.channels, spec.size)
-            y[i] = int(label)
+            y[i] = _label(label, source, split)
             i += 1
     if i != n:
         raise DataFormatError(f"data set {source.name!r} {split}: read {i} rows, expected {n}")
@@ -249,7 +261,8 @@ def open_stream(source: ImageSource, split: str, *, cache_dir: str, epoch: int, 
     ds.set_epoch(epoch)
     spec = source.spec
     for row in itertools.islice(ds, rank, None, world_size):
-        yield decode_image(row[spec.image_column], spec.channels, spec.size), int(row[source.label_column])
+        image = decode_image(row[spec.image_column], spec.channels, spec.size)
+        yield image, _label(row[source.label_column], source, split)
 
 
 def normaliser(spec: ImageSpec, device: torch.device | str):
