@@ -389,7 +389,10 @@ def main(argv: list[str] | None = None) -> int:
               f"on {accelerator.device}: the model is replicated on every rank, not sharded", file=sys.stderr,
               flush=True)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    if cfg.model.backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    try:  # the neurons' own backend check, before anything is written (config has checked the name)
+        asgl.functional.resolve_backend(cfg.model.backend, torch.empty(0, device=device))
+    except ValueError:
         return _fail(f"model.backend=triton needs a CUDA device (this run is on {device}); use auto or torch",
                      EXIT_USAGE)
     main_proc = accelerator.is_main_process
@@ -442,13 +445,13 @@ def main(argv: list[str] | None = None) -> int:
                                milestones=cfg.noise.milestones)
     num_params = sum(p.numel() for p in model.parameters())  # before sharding
     replicated: list[torch.nn.Parameter] = []  # FSDP: parameters kept whole on every rank
-    if accelerator.distributed_type == DistributedType.FSDP:
+    if fsdp:
         replicated = keep_neurons_whole(accelerator, model)
     if neuron_optimizer is None:
         model, optimizer = accelerator.prepare(model, optimizer)
     else:
         model, optimizer, neuron_optimizer = accelerator.prepare(model, optimizer, neuron_optimizer)
-    if accelerator.distributed_type == DistributedType.FSDP and accelerator.is_fsdp2:
+    if fsdp and accelerator.is_fsdp2:
         autocast_fsdp2(accelerator, model, cfg.train.mixed_precision)
     optimizers = [opt for opt in (optimizer, neuron_optimizer) if opt is not None]
     scaler = accelerator.scaler  # fp16 only; one scaler, updated once per step for both optimizers
@@ -704,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         fire = {}
         if evaluate:
             eval_model.eval()
-            if accelerator.distributed_type == DistributedType.FSDP and world > 1:
+            if fsdp and world > 1:
                 # DDP evaluates every rank with rank 0's buffers (BN running statistics); so does
                 # this, and the checkpoint (rank 0's buffers) scores what the log reports.
                 for buffer in core.buffers():
