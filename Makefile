@@ -6,7 +6,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install test test-all quickstart device-check clean
+.PHONY: install test test-all test-triton-min quickstart device-check clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,23 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q tests
 
+# The lowest supported triton, 3.6 (the GPU image's), in a venv of its own with the numpy its
+# interpreter needs (< 2.3): the Triton kernel tests under the interpreter, the ahead-of-time
+# compiles and the static model's budgets. Not part of `make test` (a second venv and the kernel
+# tests again: about 10 more minutes on 2 cores).
+VENV_MIN ?= .venv-triton36
+KERNEL_TESTS := tests/test_lif_kernel.py tests/test_rlif_kernel.py tests/test_perf_regression.py \
+	tests/test_saved_bytes.py tests/test_kernel_aot.py tests/test_rlif_aot.py tests/test_static_model.py
+
+$(VENV_MIN)/.installed:
+	$(PY) -m venv $(VENV_MIN)
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(VENV_MIN)/bin/pip install -q "$(TORCH_CPU)"; fi
+	$(VENV_MIN)/bin/pip install -q "triton==3.6.0" "numpy<2.3" "pytest>=8" rich pyyaml einops
+	@touch $@
+
+test-triton-min: $(VENV_MIN)/.installed
+	PYTHONPATH=$(CURDIR) $(VENV_MIN)/bin/python -m pytest -q -m "not slow" $(KERNEL_TESTS)
+
 quickstart: install
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		train/run.py --config configs/quickstart.yaml --train.overwrite=true
@@ -36,4 +53,4 @@ device-check:
 	bash perf/device_check.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV_MIN) build *.egg-info .pytest_cache

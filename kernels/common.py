@@ -9,37 +9,64 @@ Noise modes (constexpr ``NOISE``):
 
 * ``NOISE_NONE`` (0): ``o = S`` (eval, or training with p = 0): nothing is drawn.
 * ``NOISE_ALL`` (1): ``o = H`` (training with p = 1): nothing is drawn.
-* ``NOISE_DRAW`` (2): ``o = m·S + (1-m)·H`` with ``m = 1[r >= p]``, ``r ~ U[0, 1)`` from Philox.
+* ``NOISE_DRAW`` (2): ``o = m·S + (1-m)·H`` with the spike-mode bit ``m = 1[r >= p16]``, ``r`` a
+  16-bit uniform from Philox.
 
-RNG keying. ``tl.rand4x(key, offsets)`` runs one Philox-4x32 block per offset and returns four
-uniforms, so one call serves four consecutive time steps of an element. The 64-bit key is
-``seed + ((t // 4) << 32)`` (Philox keys are the pair ``(lo, hi) = (seed, t // 4)``), the 32-bit
-counter is the element index ``n`` within one step (``0 <= n < N < 2**31``) and the lane is
-``t % 4``. Distinct ``(t, n)`` therefore map to distinct ``(key, counter, lane)`` triples for any
-``T·N`` (no int32 overflow of ``t·N + n``), and a seed below ``2**31`` never carries into the high
-word. The backward kernel regenerates the same blocks in reverse order.
+RNG keying and resolution. One Philox-4x32 call (``tl.randint4x``) gives 128 bits per element: eight
+16-bit uniforms ``r ∈ {0, …, 65535}``, one for each of 8 consecutive time steps, so the draw runs
+once every ``STEPS_PER_DRAW = 8`` steps (every 4 with float uniforms, as before). The 64-bit key is
+``seed + ((t // 8) << 32)`` (the pair ``(lo, hi) = (seed, t // 8)``), the counter the element index
+``n`` within one step (``0 <= n < N < 2**31``): distinct ``(t, n)`` map to distinct ``(key, counter,
+field)`` for any ``T·N``, and a seed below ``2**31`` never carries into the high word. Step
+``t = 8·b + j`` reads field ``j``: bits ``16·(j % 2) .. 16·(j % 2) + 15`` of word ``j // 2``. The
+analog-mode probability is quantised to ``p16 / 65536`` with ``p16 = round(p·65536)`` clamped to
+``[1, 65535]`` for ``0 < p < 1`` (:func:`p_threshold`): a resolution of 1.5e-5, far below what any
+schedule sets (the annealed p of the recipes stays above 1e-3). The backward kernels redraw the
+same blocks.
+
+Interpreter and GPU. ``INTERPRET`` (set when ``TRITON_INTERPRET=1`` at import) picks exact but
+slower code where the interpreter would not be faithful or cannot run GPU code: the bfloat16
+rounding by bit arithmetic (the interpreter's float32 -> bfloat16 cast truncates; on a GPU the
+native ``cvt.rn`` rounds to nearest even, 2 values per instruction) and the sigmoid from
+``exp``/division (on a GPU ``ex2.approx.ftz`` and ``rcp.approx.ftz``: 2 MUFU instructions and 2
+FP32 ones instead of 11, within 2 ulp like ``div.full``).
 """
+
+import os
 
 import triton
 import triton.language as tl
+
+INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+STEPS_PER_DRAW = tl.constexpr(8)
+LOG2E = tl.constexpr(1.4426950408889634)
 
 NOISE_NONE = 0
 NOISE_ALL = 1
 NOISE_DRAW = 2
 
 
+def p_threshold(p: float) -> int:
+    """``p16``: the 16-bit threshold of the spike-mode draw ``m = 1[r >= p16]`` for ``0 < p < 1``,
+    so that P(analog mode) = p16 / 65536 (both modes stay possible)."""
+    return min(max(round(p * 65536), 1), 65535)
+
+
 @triton.jit
 def round_to(x, DTYPE: tl.constexpr):
     """``x`` (float32) rounded to nearest-even in ``DTYPE``, returned in ``DTYPE``.
 
-    For bfloat16 the rounding is done on the bits: on a GPU this is what ``cvt.rn.bf16.f32`` gives,
-    and it keeps the interpreter (whose float32 -> bfloat16 cast truncates) bit-faithful, since the
-    final cast of an already representable value is exact either way. Finite values only.
+    On a GPU this is the native conversion (``cvt.rn``). Under the interpreter, whose float32 ->
+    bfloat16 cast truncates, bfloat16 is rounded on the bits, which gives the same value (the final
+    cast of an already representable value is exact either way). Finite values only.
     """
-    if DTYPE == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        y = ((bits >> 16) << 16).to(tl.float32, bitcast=True).to(tl.bfloat16)
+    if INTERPRET:
+        if DTYPE == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+            y = ((bits >> 16) << 16).to(tl.float32, bitcast=True).to(tl.bfloat16)
+        else:
+            y = x.to(DTYPE)
     else:
         y = x.to(DTYPE)
     return y
@@ -47,8 +74,15 @@ def round_to(x, DTYPE: tl.constexpr):
 
 @triton.jit
 def sigmoid_f32(x):
-    """``1 / (1 + exp(-x))`` in float32."""
-    return 1.0 / (1.0 + tl.exp(-x))
+    """``1 / (1 + exp(-x))`` in float32 (``ex2.approx.ftz``, ``rcp.approx.ftz`` on a GPU)."""
+    if INTERPRET:
+        y = 1.0 / (1.0 + tl.exp(-x))
+    else:
+        e = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x * -LOG2E], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+        y = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + e], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+    return y
 
 
 @triton.jit
@@ -73,17 +107,85 @@ def load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, 
 
 
 @triton.jit
-def rand_block(seed, t, offs_n):
-    """Four ``U[0, 1)`` blocks for steps ``4·(t // 4) + 0..3`` of elements ``offs_n`` (int32)."""
-    key = tl.cast(seed, tl.int64) + (tl.cast(t // 4, tl.int64) << 32)
-    return tl.rand4x(key, offs_n)
+def layout_anchor(x):
+    """An int32 zero that depends on ``x``, to add to the Philox counters of a block.
+
+    Triton lays out the values that derive from a load like the load (8 neurons per thread) but
+    gives a chain that starts from ``tl.arange`` alone, like the Philox draw, its default layout (a
+    stride across threads); the spike-mode bits then cross between the two through shared memory
+    with a barrier at every step (8 LDS + 2 STS + 2 BAR per thread and step in the sm_90 SASS), and
+    Triton declines to recompute the draw in the other layout because its 4 words serve 8 steps.
+    Deriving the counters from a loaded value puts the whole draw in the load's layout. On a GPU the
+    zero is an opaque ``mov`` (ptxas folds the add and drops the dependency: no instruction left);
+    the interpreter has no layouts.
+    """
+    if INTERPRET:
+        zero = 0
+    else:
+        zero = tl.inline_asm_elementwise("mov.b32 $0, 0;", "=r,r", [x.to(tl.float32).to(tl.int32, bitcast=True)],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    return zero
 
 
 @triton.jit
-def rand_lane(t, r0, r1, r2, r3):
-    """The uniform of step ``t`` out of the block drawn by :func:`rand_block`."""
-    lane = t % 4
-    return tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
+def draw_words(seed, t, offs_key):
+    """The four Philox words (eight 16-bit uniforms) of steps ``8·(t // 8) + 0..7``, elements
+    ``offs_key`` (int32)."""
+    key = tl.cast(seed, tl.int64) + (tl.cast(t // STEPS_PER_DRAW, tl.int64) << 32)
+    return tl.randint4x(key, offs_key)
+
+
+@triton.jit
+def spike_mode(w0, w1, w2, w3, J: tl.constexpr, p_hi):
+    """Spike-mode bit ``1[r_J >= p16]`` of step ``8·b + J`` (``J`` static) from the words of block b.
+
+    ``p_hi = p16 << 16`` (uint32): the high half-word compares as the word itself and the low one as
+    the word shifted up by 16 bits, one instruction each with no extraction (the low bits of a
+    high-half compare cannot turn ``r < p16`` into ``>=``: ``r·2^16 + low < p16·2^16`` when ``r < p16``).
+    """
+    if J // 2 == 0:
+        w = w0
+    elif J // 2 == 1:
+        w = w1
+    elif J // 2 == 2:
+        w = w2
+    else:
+        w = w3
+    if J % 2 == 1:
+        m = w >= p_hi
+    else:
+        m = (w << 16) >= p_hi
+    return m
+
+
+@triton.jit
+def spike_mode_bits(seed, t, offs_key, p_hi):
+    """The 8 spike-mode bits of block ``t // 8`` packed into bits 0..7 of an int32 (bit j: step
+    ``8·(t // 8) + j``), for kernels whose time loop is not unrolled by 8: one register carried
+    instead of four words."""
+    w0, w1, w2, w3 = draw_words(seed, t, offs_key)
+    bits = spike_mode(w0, w1, w2, w3, 0, p_hi).to(tl.int32)
+    bits |= spike_mode(w0, w1, w2, w3, 1, p_hi).to(tl.int32) << 1
+    bits |= spike_mode(w0, w1, w2, w3, 2, p_hi).to(tl.int32) << 2
+    bits |= spike_mode(w0, w1, w2, w3, 3, p_hi).to(tl.int32) << 3
+    bits |= spike_mode(w0, w1, w2, w3, 4, p_hi).to(tl.int32) << 4
+    bits |= spike_mode(w0, w1, w2, w3, 5, p_hi).to(tl.int32) << 5
+    bits |= spike_mode(w0, w1, w2, w3, 6, p_hi).to(tl.int32) << 6
+    bits |= spike_mode(w0, w1, w2, w3, 7, p_hi).to(tl.int32) << 7
+    return bits
+
+
+@triton.jit
+def step_in_block(t):
+    """``t % 8``, the step's field in its Philox block (spelt with ``//``: under the interpreter ``t``
+    is a Python int, and ``int % constexpr`` has no reflected operator)."""
+    return t - (t // STEPS_PER_DRAW) * STEPS_PER_DRAW
+
+
+@triton.jit
+def spike_mode_of_step(bits, t):
+    """Step ``t``'s bit out of :func:`spike_mode_bits` as a boolean."""
+    return ((bits >> step_in_block(t)) & 1) != 0
 
 
 @triton.jit
@@ -116,13 +218,11 @@ def relaxation_grads(z, k, h, SIGMOID: tl.constexpr):
 
 
 @triton.jit
-def lif_step(u, theta, k, v_reset, r, p, NOISE: tl.constexpr, SIGMOID: tl.constexpr,
-             HARD_RESET: tl.constexpr):
+def lif_step(u, theta, k, v_reset, m, NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr):
     """One neuron step after the membrane update: ``u -> (o, v, h, z)``.
 
-    ``z = u - θ``; ``S = 1[z >= 0]``; ``h = H(z)``; ``o`` per ``NOISE`` (``r``/``p`` are read only
-    for ``NOISE_DRAW``: spike mode where ``r >= p``); hard: ``v = u(1-o) + v_r·o``, soft:
-    ``v = u - θ·o``.
+    ``z = u - θ``; ``S = 1[z >= 0]``; ``h = H(z)``; ``o`` per ``NOISE`` (``m``, the spike-mode bit,
+    is read only for ``NOISE_DRAW``); hard: ``v = u(1-o) + v_r·o``, soft: ``v = u - θ·o``.
     """
     z = u - theta
     s = tl.where(z >= 0.0, 1.0, 0.0)
@@ -132,7 +232,7 @@ def lif_step(u, theta, k, v_reset, r, p, NOISE: tl.constexpr, SIGMOID: tl.conste
     elif NOISE == 1:
         o = h
     else:
-        o = tl.where(r >= p, s, h)
+        o = tl.where(m, s, h)
     if HARD_RESET:
         v = u * (1.0 - o) + v_reset * o
     else:

@@ -2,24 +2,32 @@
 
 One program owns ``BLOCK_N`` neurons of the flattened ``[T, N]`` view and loops over time with the
 state in float32 registers; the backward program walks the same neurons from ``t = T-1`` down to 0
-carrying ``dL/dv``. The mask of the noisy hybrid never exists in memory: it is drawn in-kernel from
-Philox (keying in :mod:`kernels.common`) and redrawn bit-identically in the backward.
+carrying ``dL/du[t+1]``. The mask of the noisy hybrid never exists in memory: it is drawn in-kernel
+from Philox, 16 bits per step so that one draw serves 8 steps (keying in :mod:`kernels.common`),
+and redrawn bit-identically in the backward. Both time loops run 8 steps per iteration, unrolled,
+so each step reads its field of the draw with a compile-time shift.
 
 Memory traffic per element and time step (bf16): forward reads x and writes y and u (6 B),
-backward reads u and dy and writes dx (6 B): about 12 B per element-step for a training step,
-against 2 B read + 2 B written for eval (u is neither allocated nor stored). Saving u rather than x
-costs nothing extra and spares the backward the forward recurrence.
+backward reads u and dy and writes dx (6 B): 12 B per element-step for a training step, against
+2 B read + 2 B written for eval (u is neither allocated nor stored). Saving u rather than x costs
+nothing extra and spares the backward the forward recurrence. After the backward, one finalize
+launch sums the per-program parameter-gradient partials and applies the chain rule.
 
-ptxas -v (sm_90, BLOCK_N = 1024, 4 warps, every specialisation): forward 28-128 registers, backward
-72-216 (the most with in-kernel noise: four Philox uniforms and the carried step per neuron stay
-live), no spills, 16-byte loads/stores of the [T, N] streams when N % 16 == 0
-(``tests/test_kernel_aot.py``). Block size and warps are not yet tuned on a GPU.
+Issue, not memory, is what a fused neuron has to watch: the sm_90 SASS of the time loops
+(``perf/static_model.py``; bf16, sigmoid, hard reset, layer width) issues 14.2 (p = 0) and 28.3
+(0 < p < 1) instructions per element-step forward, 30.8 and 40.9 backward, against about 46 at
+which an H200 pass stops being memory bound (22 / 59 / 45 / 76 with 4-step float uniforms and
+per-step layout conversions of the mask through shared memory, the previous design). Registers
+(sm_90, BLOCK_N = 1024, 4 warps): forward 40-96, backward 72-143, no spills in any specialisation
+(``tests/test_kernel_aot.py``); 16-byte loads/stores of the [T, N] streams when N % 16 == 0.
+Launch configuration by N (:func:`_launch_config`); the GPU run is still to confirm it.
 
 The equations are in :func:`lif_fused`; the reference is :func:`kernels.lif_ref.lif_ref`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -31,20 +39,30 @@ from .common import (
     NOISE_ALL,
     NOISE_DRAW,
     NOISE_NONE,
+    STEPS_PER_DRAW,
+    draw_words,
     lif_step,
     load_neuron_params,
-    rand_block,
-    rand_lane,
+    p_threshold,
     relaxation_grads,
     round_to,
+    sigmoid_f32,
+    layout_anchor,
+    spike_mode,
 )
 from .lif_ref import RESETS, SURROGATES
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# 1024 neurons per program and 4 warps: 8 per thread, i.e. one 16-byte load per step in bf16 and
-# two in fp32, with enough independent neurons per SM to hide the latency of the serial T loop.
-BLOCK_N = 1024
-NUM_WARPS = 4
+# Launch configurations ``(BLOCK_N, num_warps)``, largest first: 8 neurons per thread (one 16-byte
+# access per step in bf16, two in fp32) down to BLOCK_N = 256; 128 runs 4 per thread on one warp.
+# :func:`_launch_config` takes the largest that still gives two programs per SM.
+CONFIGS = ((1024, 4), (512, 2), (256, 1), (128, 1))
+# the default SM count where no CUDA device is queried (H100/H200 SXM: 132)
+DEFAULT_SMS = 132
+FINALIZE_BLOCK = 1024
+# Floating-point contraction pinned (triton 3.6-3.9 fuse a·b + c into FMA by default, 3.10 will not):
+# one rounding fewer per update, and every supported triton compiles the same arithmetic.
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
 # the parameter loader under the name kernels.rlif imports it by
 _load_params = load_neuron_params
 
@@ -54,10 +72,36 @@ _load_params = load_neuron_params
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "INNER", "C"])
+@triton.jit
+def _fwd_step(t, x_ptr, y_ptr, u_ptr, mask_ptr, v, m, N, offs_n, in_range, lam, theta, k, v_reset,
+              NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr,
+              STORE_U: tl.constexpr, STORE_MASK: tl.constexpr):
+    """Step ``t`` of the forward: load x[t], update, store y[t] (and u[t], the mask); returns v[t]."""
+    offs = tl.cast(t, tl.int64) * N + offs_n
+    x = tl.load(x_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+    # round u to the storage dtype and continue from the rounded value, so that the backward,
+    # which only sees the stored u, recomputes exactly these decisions
+    u_stored = round_to(lam * v + x, u_ptr.dtype.element_ty)
+    u = u_stored.to(tl.float32)
+    o, v, h, z = lif_step(u, theta, k, v_reset, m, NOISE, SIGMOID, HARD_RESET)
+    tl.store(y_ptr + offs, round_to(theta * o, y_ptr.dtype.element_ty), mask=in_range)
+    if STORE_U:
+        tl.store(u_ptr + offs, u_stored, mask=in_range)
+    if STORE_MASK:
+        if NOISE == 0:
+            mode = tl.full([offs_n.shape[0]], 1, tl.int8)
+        elif NOISE == 1:
+            mode = tl.full([offs_n.shape[0]], 0, tl.int8)
+        else:
+            mode = m.to(tl.int8)
+        tl.store(mask_ptr + offs, mode, mask=in_range)
+    return v
+
+
+@triton.jit(do_not_specialize=["T", "INNER", "C", "p16"])
 def _lif_fwd_kernel(
     x_ptr, y_ptr, u_ptr, mask_ptr, decay_logit_ptr, width_ptr, theta_ptr, seed_ptr,
-    T, N, INNER, C, v_reset, p,
+    T, N, INNER, C, v_reset, p16,
     NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr,
     CHANNEL_WIDTH: tl.constexpr, STORE_U: tl.constexpr, STORE_MASK: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -69,41 +113,30 @@ def _lif_fwd_kernel(
     lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
                                        SIGMOID, CHANNEL_WIDTH)
     seed = tl.load(seed_ptr)
+    p_hi = p16.to(tl.uint32) << 16
 
     v = tl.zeros([BLOCK_N], dtype=tl.float32)
-    r0 = tl.zeros([BLOCK_N], dtype=tl.float32)
-    r1 = r0
-    r2 = r0
-    r3 = r0
-    r = r0
-    for t in range(0, T):
-        offs = tl.cast(t, tl.int64) * N + offs_n
-        x = tl.load(x_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
-        # round u to the storage dtype and continue from the rounded value, so that the backward,
-        # which only sees the stored u, recomputes exactly these decisions
-        u = round_to(lam * v + x, u_ptr.dtype.element_ty).to(tl.float32)
+    # 8 steps per iteration, unrolled: one Philox draw serves all of them and each step reads its
+    # 16-bit field with a compile-time shift (see kernels.common)
+    for t0 in range(0, T, STEPS_PER_DRAW):
         if NOISE == 2:
-            if t % 4 == 0:
-                r0, r1, r2, r3 = rand_block(seed, t, offs_key)
-            r = rand_lane(t, r0, r1, r2, r3)
-        o, v, h, z = lif_step(u, theta, k, v_reset, r, p, NOISE, SIGMOID, HARD_RESET)
-        tl.store(y_ptr + offs, round_to(theta * o, y_ptr.dtype.element_ty), mask=in_range)
-        if STORE_U:
-            tl.store(u_ptr + offs, u.to(u_ptr.dtype.element_ty), mask=in_range)  # exact
-        if STORE_MASK:
-            if NOISE == 0:
-                m = tl.full([BLOCK_N], 1, tl.int8)
-            elif NOISE == 1:
-                m = tl.full([BLOCK_N], 0, tl.int8)
-            else:
-                m = (r >= p).to(tl.int8)
-            tl.store(mask_ptr + offs, m, mask=in_range)
+            # x[t0] again in step t0 (an L1/L2 hit): see layout_anchor
+            x0 = tl.load(x_ptr + tl.cast(t0, tl.int64) * N + offs_n, mask=in_range, other=0.0)
+            w0, w1, w2, w3 = draw_words(seed, t0, offs_key + layout_anchor(x0))
+        for j in tl.static_range(STEPS_PER_DRAW):
+            if t0 + j < T:
+                if NOISE == 2:
+                    m = spike_mode(w0, w1, w2, w3, j, p_hi)
+                else:
+                    m = in_range  # not read
+                v = _fwd_step(t0 + j, x_ptr, y_ptr, u_ptr, mask_ptr, v, m, N, offs_n, in_range, lam, theta,
+                              k, v_reset, NOISE, SIGMOID, HARD_RESET, STORE_U, STORE_MASK)
 
 
-@triton.jit(do_not_specialize=["T", "INNER", "C"])
+@triton.jit(do_not_specialize=["T", "INNER", "C", "p16"])
 def _lif_bwd_kernel(
     dy_ptr, u_ptr, dx_ptr, dk_ptr, partial_ptr, decay_logit_ptr, width_ptr, theta_ptr, seed_ptr,
-    T, N, INNER, C, v_reset, p,
+    T, N, INNER, C, v_reset, p16,
     NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr,
     CHANNEL_WIDTH: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -114,64 +147,56 @@ def _lif_bwd_kernel(
     lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
                                        SIGMOID, CHANNEL_WIDTH)
     seed = tl.load(seed_ptr)
+    p_hi = p16.to(tl.uint32) << 16
 
-    # recompute step T-1; each later iteration recomputes step t-1 and carries it down, so every
-    # stored u is loaded once and every Philox block is drawn once
-    t_last = T - 1
-    u = tl.load(u_ptr + tl.cast(t_last, tl.int64) * N + offs_n, mask=in_range, other=0.0).to(tl.float32)
-    r0 = tl.zeros([BLOCK_N], dtype=tl.float32)
-    r1 = r0
-    r2 = r0
-    r3 = r0
-    r = r0
-    if NOISE == 2:
-        r0, r1, r2, r3 = rand_block(seed, t_last, offs_key)
-        r = rand_lane(t_last, r0, r1, r2, r3)
-    o, v, h, z = lif_step(u, theta, k, v_reset, r, p, NOISE, SIGMOID, HARD_RESET)
-
-    dv = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # Reverse in t, each step recomputed from its stored u alone: the dλ term of step t+1,
+    # du[t+1]·v[t], uses this step's v and the carried du[t+1] (du[T] = 0), so no step is
+    # recomputed twice and every Philox block is drawn once.
+    du_next = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc_lam = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc_theta = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc_k = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for i in range(0, T):
-        t = t_last - i
-        offs = tl.cast(t, tl.int64) * N + offs_n
-        # step t-1 (v[-1] = 0 before the first step)
-        has_prev = tl.full([BLOCK_N], t, tl.int32) > 0
-        u_prev = tl.load(u_ptr + (offs - N), mask=in_range & has_prev, other=0.0).to(tl.float32)
+    n_blocks = tl.cdiv(T, STEPS_PER_DRAW)
+    for ib in range(0, n_blocks):
+        t0 = (n_blocks - 1 - ib) * STEPS_PER_DRAW
         if NOISE == 2:
-            if (t > 0) & ((t - 1) % 4 == 3):
-                r0, r1, r2, r3 = rand_block(seed, t - 1, offs_key)
-            r = rand_lane(t - 1, r0, r1, r2, r3)
-        o_prev, v_prev, h_prev, z_prev = lif_step(u_prev, theta, k, v_reset, r, p, NOISE, SIGMOID, HARD_RESET)
-        v_prev = tl.where(has_prev, v_prev, 0.0)
-
-        dy = tl.load(dy_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
-        dh_dz, dh_dk = relaxation_grads(z, k, h, SIGMOID)
-        if HARD_RESET:
-            do = theta * dy + dv * (v_reset - u)
-            dz = do * dh_dz
-            du = dz + dv * (1.0 - o)
-            acc_theta += dy * o - dz
-        else:
-            do = theta * dy - dv * theta
-            dz = do * dh_dz
-            du = dz + dv
-            acc_theta += dy * o - dz - dv * o
-        tl.store(dx_ptr + offs, round_to(du, dx_ptr.dtype.element_ty), mask=in_range)
-        acc_lam += du * v_prev
-        acc_k += do * dh_dk
-        dv = lam * du
-        u = u_prev
-        o = o_prev
-        h = h_prev
-        z = z_prev
+            # u of the block's first step in this order, loaded again there (an L1/L2 hit): see
+            # layout_anchor
+            t_first = tl.minimum(t0 + STEPS_PER_DRAW - 1, T - 1)
+            u0 = tl.load(u_ptr + tl.cast(t_first, tl.int64) * N + offs_n, mask=in_range, other=0.0)
+            w0, w1, w2, w3 = draw_words(seed, t0, offs_key + layout_anchor(u0))
+        for j in tl.static_range(STEPS_PER_DRAW - 1, -1, -1):
+            if t0 + j < T:
+                if NOISE == 2:
+                    m = spike_mode(w0, w1, w2, w3, j, p_hi)
+                else:
+                    m = in_range  # not read
+                offs = tl.cast(t0 + j, tl.int64) * N + offs_n
+                u = tl.load(u_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+                o, v, h, z = lif_step(u, theta, k, v_reset, m, NOISE, SIGMOID, HARD_RESET)
+                acc_lam += du_next * v
+                dv = lam * du_next  # dL/dv[t]
+                dy = tl.load(dy_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+                dh_dz, dh_dk = relaxation_grads(z, k, h, SIGMOID)
+                if HARD_RESET:
+                    do = theta * dy + dv * (v_reset - u)
+                    dz = do * dh_dz
+                    du = dz + dv * (1.0 - o)
+                    acc_theta += dy * o - dz
+                else:
+                    do = theta * dy - dv * theta
+                    dz = do * dh_dz
+                    du = dz + dv
+                    acc_theta += dy * o - dz - dv * o
+                tl.store(dx_ptr + offs, round_to(du, dx_ptr.dtype.element_ty), mask=in_range)
+                acc_k += do * dh_dk
+                du_next = du
 
     # Parameter gradients, stage 1 of 2: one partial sum per program (and, for channel widths, one
-    # per neuron, summed over T here). Stage 2 is a torch .sum on the host side. Deterministic (no
+    # per neuron, summed over T here); stage 2 is :func:`_finalize_kernel`. Deterministic (no
     # atomics, fixed summation order); the price is 3 floats per program, plus, for channel widths,
-    # 8 B per neuron (written here, read by the .sum) against 12·T B per neuron in the main loops
-    # (bf16): +17% at T = 4, +3% at T = 25. Atomics would save that but make dk run-to-run noisy.
+    # 8 B per neuron (written here, read by the finalize) against 12·T B per neuron in the main
+    # loops (bf16): +17% at T = 4, +3% at T = 25. Atomics would save that but make dk run-to-run noisy.
     nprog = tl.num_programs(0)
     tl.store(partial_ptr + pid, tl.sum(tl.where(in_range, acc_lam, 0.0), axis=0))
     tl.store(partial_ptr + nprog + pid, tl.sum(tl.where(in_range, acc_theta, 0.0), axis=0))
@@ -179,6 +204,45 @@ def _lif_bwd_kernel(
         tl.store(dk_ptr + offs_n, acc_k, mask=in_range)
     else:
         tl.store(partial_ptr + 2 * nprog + pid, tl.sum(tl.where(in_range, acc_k, 0.0), axis=0))
+
+
+@triton.jit
+def _finalize_kernel(
+    partial_ptr, dk_ptr, decay_logit_ptr, width_ptr, d_decay_ptr, d_width_ptr, d_theta_ptr, NPROG, C,
+    SIGMOID: tl.constexpr, CHANNEL_WIDTH: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Stage 2 of the parameter gradients and their chain rule, in one program.
+
+    Sums the backward's per-program partials in a fixed order (``BLOCK``-wide chunks, then a tree
+    sum) and writes ``d decay_logit = dλ·λ(1-λ)``, ``dθ`` and ``d width_param = dk`` (sigmoid) or
+    ``dk·k`` (rectangle, which stores log k), in the parameters' dtypes. For a channel width ``dk``
+    is the ``[C]`` per-channel sum (``dk_ptr``); for a layer width it is the third row of partials.
+    """
+    offs = tl.arange(0, BLOCK)
+    acc_lam = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_theta = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_k = tl.zeros([BLOCK], dtype=tl.float32)
+    for i0 in range(0, NPROG, BLOCK):
+        live = i0 + offs < NPROG
+        acc_lam += tl.load(partial_ptr + i0 + offs, mask=live, other=0.0)
+        acc_theta += tl.load(partial_ptr + NPROG + i0 + offs, mask=live, other=0.0)
+        if not CHANNEL_WIDTH:
+            acc_k += tl.load(partial_ptr + 2 * NPROG + i0 + offs, mask=live, other=0.0)
+    lam = sigmoid_f32(tl.load(decay_logit_ptr).to(tl.float32))
+    tl.store(d_decay_ptr, (tl.sum(acc_lam, axis=0) * (lam * (1.0 - lam))).to(d_decay_ptr.dtype.element_ty))
+    tl.store(d_theta_ptr, tl.sum(acc_theta, axis=0).to(d_theta_ptr.dtype.element_ty))
+    if CHANNEL_WIDTH:
+        for c0 in range(0, C, BLOCK):
+            live_c = c0 + offs < C
+            dk = tl.load(dk_ptr + c0 + offs, mask=live_c, other=0.0)
+            if not SIGMOID:
+                dk = dk * tl.exp(tl.load(width_ptr + c0 + offs, mask=live_c, other=0.0).to(tl.float32))
+            tl.store(d_width_ptr + c0 + offs, dk.to(d_width_ptr.dtype.element_ty), mask=live_c)
+    else:
+        dk = tl.sum(acc_k, axis=0)
+        if not SIGMOID:
+            dk = dk * tl.exp(tl.load(width_ptr).to(tl.float32))
+        tl.store(d_width_ptr, dk.to(d_width_ptr.dtype.element_ty))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,61 +287,93 @@ def _channel_geometry(x: Tensor, perm, channel_width: bool):
     return math.prod(x.shape[3:]), C
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return DEFAULT_SMS
+
+
+def _launch_config(N: int, device: torch.device) -> tuple[int, int]:
+    """``(BLOCK_N, num_warps)``: the largest of :data:`CONFIGS` whose grid still has two programs per
+    SM (the T loop is serial, so neurons in flight are the only latency hiding), else the smallest.
+    On a 132-SM H200: N >= 2^18 takes 1024, N = 2^16 takes 128 (512 programs)."""
+    want = 2 * _sm_count(device)
+    for block_n, num_warps in CONFIGS:
+        if triton.cdiv(N, block_n) >= want:
+            return block_n, num_warps
+    return CONFIGS[-1]
+
+
 def _launch_fwd(x, decay_logit, width_param, thresh, *, hard_reset, v_reset, sigmoid, noise, p, seed,
                 store_u, store_mask):
     y = _alloc_like(x)
     u = _alloc_like(x) if store_u else x.new_empty(0)
-    mask = _alloc_like(x, torch.int8) if store_mask else x.new_empty(0, dtype=torch.int8)
+    # bool in memory, written by the kernel as int8 through a view (no cast kernel afterwards)
+    mask = _alloc_like(x, torch.bool) if store_mask else x.new_empty(0, dtype=torch.bool)
     T = x.shape[0]
     N = x.numel() // T if T else 0
     if x.numel() == 0:
-        return y, u, mask.bool()
+        return y, u, mask
     perm = _kernel_order(x) or tuple(range(x.dim()))
     channel_width = width_param.dim() == 1
     INNER, C = _channel_geometry(x, perm, channel_width)
     x_k = _flat(x, perm)
     y_k = y.permute(perm).view(T, N)
     u_k = u.permute(perm).view(T, N) if store_u else y_k
-    m_k = mask.permute(perm).view(T, N) if store_mask else y_k
-    grid = (triton.cdiv(N, BLOCK_N),)
-    _lif_fwd_kernel[grid](
+    m_k = mask.view(torch.int8).permute(perm).view(T, N) if store_mask else y_k
+    block_n, num_warps = _launch_config(N, x.device)
+    _lif_fwd_kernel[(triton.cdiv(N, block_n),)](
         x_ptr=x_k, y_ptr=y_k, u_ptr=u_k, mask_ptr=m_k, decay_logit_ptr=decay_logit,
         width_ptr=width_param.contiguous(), theta_ptr=thresh, seed_ptr=seed, T=T, N=N, INNER=INNER, C=C,
-        v_reset=v_reset, p=p, NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset,
-        CHANNEL_WIDTH=channel_width, STORE_U=store_u, STORE_MASK=store_mask, BLOCK_N=BLOCK_N,
-        num_warps=NUM_WARPS,
+        v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0, NOISE=noise, SIGMOID=sigmoid,
+        HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width, STORE_U=store_u, STORE_MASK=store_mask,
+        BLOCK_N=block_n, num_warps=num_warps, **COMPILE_OPTIONS,
     )
-    return y, u, mask.bool()
+    return y, u, mask
 
 
 def _launch_bwd(dy, u, decay_logit, width_param, thresh, *, hard_reset, v_reset, sigmoid, noise, p, seed):
-    """``(dx, dλ, dθ, dk)``: dx like u; dλ, dθ scalars and dk (scalar or ``[C]``), float32."""
+    """``(dx, d decay_logit, d width_param, dθ)``: dx like u, the others like their parameters.
+
+    Two launches whatever the options (three for a channel-wise width, whose per-neuron ``dk`` is
+    summed per channel by one torch reduction in between): the backward kernel and
+    :func:`_finalize_kernel`.
+    """
     dx = _alloc_like(u)
+    d_decay = torch.empty_like(decay_logit)
+    d_width = torch.empty_like(width_param, memory_format=torch.contiguous_format)
+    d_theta = torch.empty_like(thresh)
     T = u.shape[0]
     N = u.numel() // T if T else 0
     channel_width = width_param.dim() == 1
-    zeros = torch.zeros((), dtype=torch.float32, device=u.device)
     if u.numel() == 0:
-        dk = torch.zeros(width_param.shape, dtype=torch.float32, device=u.device)
-        return dx, zeros, zeros.clone(), dk
+        return dx, d_decay.zero_(), d_width.zero_(), d_theta.zero_()
     perm = _kernel_order(u) or tuple(range(u.dim()))
     INNER, C = _channel_geometry(u, perm, channel_width)
     u_k = u.permute(perm).view(T, N)
     dy_k = _flat(dy.to(u.dtype), perm)
     dx_k = dx.permute(perm).view(T, N)
-    grid = (triton.cdiv(N, BLOCK_N),)
+    block_n, num_warps = _launch_config(N, u.device)
+    nprog = triton.cdiv(N, block_n)
     # rows: dλ, dθ and (layer width) dk partial sums, one column per program
-    partial = torch.empty((2 if channel_width else 3, grid[0]), dtype=torch.float32, device=u.device)
+    partial = torch.empty((2 if channel_width else 3, nprog), dtype=torch.float32, device=u.device)
     dk_elem = torch.empty(N if channel_width else 0, dtype=torch.float32, device=u.device)
-    _lif_bwd_kernel[grid](
+    width = width_param.contiguous()
+    _lif_bwd_kernel[(nprog,)](
         dy_ptr=dy_k, u_ptr=u_k, dx_ptr=dx_k, dk_ptr=dk_elem if channel_width else partial,
-        partial_ptr=partial, decay_logit_ptr=decay_logit, width_ptr=width_param.contiguous(),
-        theta_ptr=thresh, seed_ptr=seed, T=T, N=N, INNER=INNER, C=C, v_reset=v_reset, p=p, NOISE=noise, SIGMOID=sigmoid,
-        HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS,
+        partial_ptr=partial, decay_logit_ptr=decay_logit, width_ptr=width, theta_ptr=thresh, seed_ptr=seed,
+        T=T, N=N, INNER=INNER, C=C, v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0,
+        NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width, BLOCK_N=block_n,
+        num_warps=num_warps, **COMPILE_OPTIONS,
     )
-    sums = partial.sum(dim=1)
-    dk = dk_elem.view(-1, C, INNER).sum(dim=(0, 2)) if channel_width else sums[2]
-    return dx, sums[0], sums[1], dk
+    dk_channel = dk_elem.view(-1, C, INNER).sum(dim=(0, 2)) if channel_width else partial
+    _finalize_kernel[(1,)](
+        partial_ptr=partial, dk_ptr=dk_channel, decay_logit_ptr=decay_logit, width_ptr=width,
+        d_decay_ptr=d_decay, d_width_ptr=d_width, d_theta_ptr=d_theta, NPROG=nprog, C=C, SIGMOID=sigmoid,
+        CHANNEL_WIDTH=channel_width, BLOCK=FINALIZE_BLOCK, num_warps=4, **COMPILE_OPTIONS,
+    )
+    return dx, d_decay, d_width, d_theta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,28 +405,17 @@ def _lif_bwd_op(
     dy_seq: Tensor, u_seq: Tensor, decay_logit: Tensor, width_param: Tensor, thresh: Tensor,
     hard_reset: bool, v_reset: float, sigmoid: bool, noise: int, p: float, seed: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dx, d_lam, d_theta, d_k = _launch_bwd(
+    return _launch_bwd(
         dy_seq, u_seq, decay_logit, width_param, thresh, hard_reset=hard_reset, v_reset=v_reset,
         sigmoid=sigmoid, noise=noise, p=p, seed=seed,
-    )
-    lam = torch.sigmoid(decay_logit.to(torch.float32))
-    d_decay_logit = d_lam * lam * (1.0 - lam)
-    # rectangle stores log k: d(log k) = dk·k
-    d_width = d_k if sigmoid else d_k * torch.exp(width_param.to(torch.float32))
-    return (
-        dx,
-        d_decay_logit.to(decay_logit.dtype),
-        # copies: the partial sums' views must not alias each other across outputs
-        d_width.to(width_param.dtype, copy=True).reshape(width_param.shape),
-        d_theta.to(thresh.dtype, copy=True),
     )
 
 
 @_lif_bwd_op.register_fake
 def _(dy_seq, u_seq, decay_logit, width_param, thresh, hard_reset, v_reset, sigmoid, noise, p, seed):
     return (
-        _alloc_like(u_seq), torch.empty_like(decay_logit), torch.empty_like(width_param),
-        torch.empty_like(thresh),
+        _alloc_like(u_seq), torch.empty_like(decay_logit),
+        torch.empty_like(width_param, memory_format=torch.contiguous_format), torch.empty_like(thresh),
     )
 
 
@@ -341,10 +426,15 @@ def _setup_context(ctx, inputs, output):
     x_seq, decay_logit, width_param, thresh, hard_reset, v_reset, sigmoid, noise, p, seed, _, _ = inputs
     ctx.save_for_backward(output[1], decay_logit, width_param, thresh, seed)
     ctx.settings = dict(zip(_SETTINGS, (hard_reset, v_reset, sigmoid, noise, p)))
+    # u and the mask carry no gradient: no zero-filled [T, N] gradient for them in every backward
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dy_seq, du_unused, dmask_unused):
     u_seq, decay_logit, width_param, thresh, seed = ctx.saved_tensors
+    if dy_seq is None:
+        return (None,) * 12
     if u_seq.numel() == 0 and dy_seq.numel() != 0:
         raise RuntimeError("lif_fused: backward through a forward that stored no membrane (store_u=False)")
     dx, d_decay_logit, d_width, d_thresh = _lif_bwd_op(
@@ -450,7 +540,7 @@ def lif_fused(
 
         u[t] = round_dtype(λ·v[t-1] + x[t])         stored for backward (the only saved tensor)
         z = u - θ;  S = 1[z >= 0];  H = sigmoid(k·z) | clamp(k·z + 1/2, 0, 1)
-        o = m·S + (1-m)·H,  m = 1[rand(seed, t, n) >= p]      (eval: o = S)
+        o = m·S + (1-m)·H,  m = 1[r16(seed, t, n) >= p16]     (eval: o = S)
         v[t] = u(1-o) + v_r·o  (hard)  |  u - θ·o  (soft);     y[t] = θ·o
 
     Backward (reverse in t, g = dL/dv[t] carried, H' = ∂H/∂z)::
@@ -462,7 +552,9 @@ def lif_fused(
 
     ``u`` is rounded to the input dtype every step and the recurrence continues from the rounded
     value, so the backward (which only sees the stored u) recomputes the forward's spike decisions
-    exactly; for float32 the rounding is a no-op.
+    exactly; for float32 the rounding is a no-op. ``r16`` is a 16-bit Philox uniform and
+    ``p16 = round(p·65536)`` (clamped to [1, 65535] for 0 < p < 1): the analog-mode probability
+    has a resolution of 1.5e-5 (:mod:`kernels.common`).
 
     Args:
         x_seq: ``[T, B, ...]`` float32/float16/bfloat16 (channels-last memory runs without a copy).

@@ -50,13 +50,18 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
+    NOISE_DRAW,
+    STEPS_PER_DRAW,
     lif_step,
     load_neuron_params,
-    rand_block,
+    p_threshold,
     relaxation_grads,
     round_to,
+    spike_mode_bits,
+    spike_mode_of_step,
+    step_in_block,
 )
-from .lif import _check_input, _check_param, _neuron_args
+from .lif import COMPILE_OPTIONS, _check_input, _check_param, _neuron_args
 
 # tl.dot needs at least 16 rows; one program per 16 batch rows keeps B = 32 on 2 SMs (the
 # recurrence is serial in T, so batch tiles are the only parallelism that needs no grid-wide sync).
@@ -88,30 +93,10 @@ def _recurrent_matmul(a_ptr, w_ptr, H, offs_bl, offs_h, BLOCK_B: tl.constexpr, B
     return acc
 
 
-@triton.jit
-def _draw_modes(seed, t, key, p):
-    """Spike-mode bits ``m = 1[r >= p]`` of the Philox block of step ``t``, packed in bits 0..3.
-
-    :func:`kernels.common.rand_block` draws the uniforms of steps ``4·(t//4) + 0..3`` at once;
-    carrying 4 bits instead of 4 floats through the T loop saves 3 registers per element (48 per
-    thread at [16, 256] and 8 warps), which is what keeps these kernels free of spills.
-    """
-    r0, r1, r2, r3 = rand_block(seed, t, key)
-    return ((r0 >= p).to(tl.int32) | ((r1 >= p).to(tl.int32) << 1) | ((r2 >= p).to(tl.int32) << 2)
-            | ((r3 >= p).to(tl.int32) << 3))
-
-
-@triton.jit
-def _mode_of_step(bits, t):
-    """Step ``t``'s spike-mode bit as 1.0 / 0.0: fed to ``lif_step`` as ``r`` with ``p = 0.5``, it
-    selects exactly what ``r >= p`` selected on the original uniform."""
-    return ((bits >> (t % 4)) & 1).to(tl.float32)
-
-
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "p16"])
 def _rlif_fwd_kernel(
     wx_ptr, rt_ptr, y_ptr, u_ptr, mask_ptr, scratch_ptr, decay_logit_ptr, width_ptr, theta_ptr, seed_ptr,
-    T, B, H, v_reset, p,
+    T, B, H, v_reset, p16,
     NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr,
     CHANNEL_WIDTH: tl.constexpr, STORE_U: tl.constexpr, STORE_MASK: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -127,6 +112,7 @@ def _rlif_fwd_kernel(
     lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_h, in_h, 1, H,
                                        SIGMOID, CHANNEL_WIDTH)
     seed = tl.load(seed_ptr)
+    p_hi = p16.to(tl.uint32) << 16
     if CHANNEL_WIDTH:
         k = k[None, :]
     # o[t-1] lives in buffer (t+1) % 2 (buffer 1 holds o[-1] = 0, zeroed by the launcher)
@@ -134,43 +120,44 @@ def _rlif_fwd_kernel(
     offs_s = offs_bl[:, None] * BLOCK_H + offs_h[None, :]
 
     v = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-    r = v
+    m = in_range  # not read unless NOISE == 2
     bits = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.int32)
     for t in range(0, T):
         # Philox first, while the fewest tiles are live (its temporaries are the register peak)
         if NOISE == 2:
-            if t % 4 == 0:
-                bits = _draw_modes(seed, t, (row0 + offs_l).to(tl.int32), p)
-            r = _mode_of_step(bits, t)
+            if step_in_block(t) == 0:
+                bits = spike_mode_bits(seed, t, (row0 + offs_l).to(tl.int32), p_hi)
+            m = spike_mode_of_step(bits, t)
         rec = _recurrent_matmul(scratch + ((t + 1) % 2) * (BLOCK_B * BLOCK_H), rt_ptr, H, offs_bl, offs_h,
                                 BLOCK_B, BLOCK_H, BLOCK_K)
         base = tl.cast(t, tl.int64) * B * H + row0
         wx = tl.load(wx_ptr + base + offs_l, mask=in_range, other=0.0).to(tl.float32)
         # the reference's order, (λ·v + wx) + o@Rᵀ; then round u to the storage dtype and go on from
         # the rounded value, so the backward (which only sees the stored u) recomputes these decisions
-        u = round_to(lam * v + wx + rec, u_ptr.dtype.element_ty).to(tl.float32)
-        o, v, h, z = lif_step(u, theta, k, v_reset, r, 0.5, NOISE, SIGMOID, HARD_RESET)
+        u_stored = round_to(lam * v + wx + rec, u_ptr.dtype.element_ty)
+        u = u_stored.to(tl.float32)
+        o, v, h, z = lif_step(u, theta, k, v_reset, m, NOISE, SIGMOID, HARD_RESET)
         tl.store(y_ptr + base + offs_l, round_to(theta * o, y_ptr.dtype.element_ty), mask=in_range)
         if STORE_U:
-            tl.store(u_ptr + base + offs_l, u.to(u_ptr.dtype.element_ty), mask=in_range)  # exact
+            tl.store(u_ptr + base + offs_l, u_stored, mask=in_range)
         if STORE_MASK:
             if NOISE == 0:
-                m = tl.full([BLOCK_B, BLOCK_H], 1, tl.int8)
+                mode = tl.full([BLOCK_B, BLOCK_H], 1, tl.int8)
             elif NOISE == 1:
-                m = tl.full([BLOCK_B, BLOCK_H], 0, tl.int8)
+                mode = tl.full([BLOCK_B, BLOCK_H], 0, tl.int8)
             else:
-                m = r.to(tl.int8)
-            tl.store(mask_ptr + base + offs_l, m, mask=in_range)
+                mode = m.to(tl.int8)
+            tl.store(mask_ptr + base + offs_l, mode, mask=in_range)
         # padded rows/units feed 0 into the next step's dot
         o_next = round_to(tl.where(in_range, o, 0.0), scratch_ptr.dtype.element_ty)
         tl.store(scratch + (t % 2) * (BLOCK_B * BLOCK_H) + offs_s, o_next)
         tl.debug_barrier()
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "p16"])
 def _rlif_bwd_kernel(
     dy_ptr, u_ptr, r_ptr, dwx_ptr, o_ptr, scratch_ptr, partial_ptr, decay_logit_ptr, width_ptr, theta_ptr,
-    seed_ptr, T, B, H, v_reset, p,
+    seed_ptr, T, B, H, v_reset, p16,
     NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr,
     CHANNEL_WIDTH: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -185,13 +172,14 @@ def _rlif_bwd_kernel(
     lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_h, in_h, 1, H,
                                        SIGMOID, CHANNEL_WIDTH)
     seed = tl.load(seed_ptr)
+    p_hi = p16.to(tl.uint32) << 16
     if CHANNEL_WIDTH:
         k = k[None, :]
     # du[t+1] lives in buffer (t+1) % 2 (buffer T % 2 holds du[T] = 0, zeroed by the launcher)
     scratch = scratch_ptr + pid * (2 * BLOCK_B * BLOCK_H)
     offs_s = offs_bl[:, None] * BLOCK_H + offs_h[None, :]
 
-    r = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+    m = in_range  # not read unless NOISE == 2
     bits = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.int32)
     du_next = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)  # du[t+1]; du[T] = 0
     # parameter-gradient accumulators, summed over the batch rows every step: [BLOCK_H] vectors
@@ -206,14 +194,14 @@ def _rlif_bwd_kernel(
         # recompute step t from the stored u[t] (each Philox block redrawn once, in reverse; drawn
         # first, while the fewest tiles are live)
         if NOISE == 2:
-            if (t == T - 1) | (t % 4 == 3):
-                bits = _draw_modes(seed, t, (row0 + offs_l).to(tl.int32), p)
-            r = _mode_of_step(bits, t)
+            if (t == T - 1) | (step_in_block(t) == STEPS_PER_DRAW - 1):
+                bits = spike_mode_bits(seed, t, (row0 + offs_l).to(tl.int32), p_hi)
+            m = spike_mode_of_step(bits, t)
         # dL/do[t] through u[t+1] = ... + o[t] @ Rᵀ
         do_rec = _recurrent_matmul(scratch + ((t + 1) % 2) * (BLOCK_B * BLOCK_H), r_ptr, H, offs_bl, offs_h,
                                    BLOCK_B, BLOCK_H, BLOCK_K)
         u = tl.load(u_ptr + base + offs_l, mask=in_range, other=0.0).to(tl.float32)
-        o, v, h, z = lif_step(u, theta, k, v_reset, r, 0.5, NOISE, SIGMOID, HARD_RESET)
+        o, v, h, z = lif_step(u, theta, k, v_reset, m, NOISE, SIGMOID, HARD_RESET)
         # u[t+1] = λ·v[t] + ...: the dλ term of step t+1 and g = dL/dv[t]; carrying du[t+1] instead
         # of recomputing v[t-1] spares a second lif_step per step (and its registers)
         acc_lam += tl.sum(du_next * v, axis=0)
@@ -287,10 +275,10 @@ def _launch_fwd(wx, rec, decay_logit, width_param, thresh, *, hard_reset, v_rese
         wx_ptr=wx.contiguous(), rt_ptr=rec.t().to(dot_dtype).contiguous(), y_ptr=y,
         u_ptr=u if store_u else y, mask_ptr=mask if store_mask else y, scratch_ptr=scratch,
         decay_logit_ptr=decay_logit, width_ptr=width_param.contiguous(), theta_ptr=thresh, seed_ptr=seed,
-        T=T, B=B, H=H, v_reset=v_reset, p=p, NOISE=noise, SIGMOID=sigmoid,
-        HARD_RESET=hard_reset, CHANNEL_WIDTH=width_param.dim() == 1, STORE_U=store_u,
+        T=T, B=B, H=H, v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0, NOISE=noise,
+        SIGMOID=sigmoid, HARD_RESET=hard_reset, CHANNEL_WIDTH=width_param.dim() == 1, STORE_U=store_u,
         STORE_MASK=store_mask, BLOCK_B=BLOCK_B, BLOCK_H=block_h, BLOCK_K=block_k,
-        num_warps=num_warps,
+        num_warps=num_warps, **COMPILE_OPTIONS,
     )
     return y, u, mask.bool()
 
@@ -312,9 +300,10 @@ def _launch_bwd(dy, u, rec, decay_logit, width_param, thresh, *, hard_reset, v_r
     _rlif_bwd_kernel[grid](
         dy_ptr=dy.to(u.dtype).contiguous(), u_ptr=u, r_ptr=rec.to(torch.float32).contiguous(), dwx_ptr=dwx,
         o_ptr=o_seq, scratch_ptr=scratch, partial_ptr=partial, decay_logit_ptr=decay_logit,
-        width_ptr=width_param.contiguous(), theta_ptr=thresh, seed_ptr=seed, T=T, B=B, H=H, v_reset=v_reset, p=p,
+        width_ptr=width_param.contiguous(), theta_ptr=thresh, seed_ptr=seed, T=T, B=B, H=H, v_reset=v_reset,
+        p16=p_threshold(p) if noise == NOISE_DRAW else 0,
         NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width,
-        BLOCK_B=BLOCK_B, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=num_warps,
+        BLOCK_B=BLOCK_B, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=num_warps, **COMPILE_OPTIONS,
     )
     # dR = Σ_t du[t]ᵀ·o[t-1]: one fp32 GEMM over the T-1 shifted steps (o[-1] = 0)
     d_rec = dwx[1:].reshape(-1, H).to(torch.float32).t() @ o_seq[:-1].reshape(-1, H).to(torch.float32)
@@ -386,10 +375,15 @@ def _setup_context(ctx, inputs, output):
     wx_seq, rec, decay_logit, width_param, thresh, hard_reset, v_reset, sigmoid, noise, p, seed, _, _ = inputs
     ctx.save_for_backward(output[1], rec, decay_logit, width_param, thresh, seed)
     ctx.settings = dict(zip(_SETTINGS, (hard_reset, v_reset, sigmoid, noise, p)))
+    # u and the mask carry no gradient: no zero-filled [T, N] gradient for them in every backward
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dy_seq, du_unused, dmask_unused):
     u_seq, rec, decay_logit, width_param, thresh, seed = ctx.saved_tensors
+    if dy_seq is None:
+        return (None,) * 13
     if u_seq.numel() == 0 and dy_seq.numel() != 0:
         raise RuntimeError("recurrent_lif_fused: backward through a forward that stored no membrane (store_u=False)")
     grads = _rlif_bwd_op(dy_seq, u_seq, rec, decay_logit, width_param, thresh, seed, **ctx.settings)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import sys
 import time
@@ -102,7 +103,9 @@ def parse_args(argv=None):
     ap.add_argument("--N", type=str, default=None, help="comma list of elements per step (overrides N)")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"comma list of {PATHS}")
     ap.add_argument("--passes", default=",".join(PASSES), help=f"comma list of {PASSES}")
-    ap.add_argument("--p", type=float, default=0.0, help="analog-mode probability (default 0: plain SG)")
+    ap.add_argument("--p", type=str, default="0",
+                    help="comma list of analog-mode probabilities (default 0: plain SG; the recipes train "
+                         "with 0.1-0.2, e.g. --p 0,0.2)")
     ap.add_argument("--compile-max-t", type=int, default=32,
                     help="skip torch.compile above this T (compile time grows with the unrolled loop)")
     ap.add_argument("--max-elems", type=int, default=GPU_MAX_ELEMS, help="skip shapes with T·N above this")
@@ -126,8 +129,15 @@ def parse_args(argv=None):
     for p in args.passes:
         if p not in PASSES:
             ap.error(f"--passes: unknown pass {p!r}; choose from {PASSES}")
-    if not 0.0 <= args.p <= 1.0:
-        ap.error(f"--p must be in [0, 1], got {args.p}")
+    try:
+        args.ps = [float(p) for p in args.p.split(",") if p.strip()]
+    except ValueError:
+        ap.error(f"--p takes a comma list of numbers in [0, 1], got {args.p!r}")
+    for p in args.ps:
+        if not 0.0 <= p <= 1.0:
+            ap.error(f"--p must be in [0, 1], got {p}")
+    if not args.ps:
+        ap.error("--p: no probability given")
     return args
 
 
@@ -277,7 +287,7 @@ def main(argv=None) -> int:
     stamp = run_stamp(device)
     print_header(stamp)
     threads = "" if on_gpu else f"; {torch.get_num_threads()} CPU thread(s)"
-    print(f"timer: {timer_name(device)}{threads}; p = {args.p}; layer-wide width k = {SLOPE}, λ = 0.5, "
+    print(f"timer: {timer_name(device)}{threads}; p in {args.ps}; layer-wide width k = {SLOPE}, λ = 0.5, "
           f"θ = {THRESH}, hard reset")
     if not on_gpu:
         print("NO CUDA: only the eager reference and torch.compile of it run, at small CPU sizes. "
@@ -286,37 +296,45 @@ def main(argv=None) -> int:
             print("--interpret-smoke: the fused rows run under the Triton INTERPRETER; their times "
                   "are meaningless (script check only)")
     shapes = sweep(args, on_gpu)
+    if on_gpu and "fused" in args.paths:
+        try:  # the static model's kernels for every (dtype, p), compiled at once on the CPU
+            from perf.static_model import prepare_neuron_predictions
+
+            prepare_neuron_predictions(args.dtypes, args.ps, jobs=max(1, min(8, (os.cpu_count() or 2) - 1)))
+        except Exception as e:
+            print(f"static model unavailable: {short_error(e)}")
     start = time.perf_counter()
     rows, skipped, notes = [], [], set()
     units_measured = None
-    for T, N in shapes:
-        for dname in args.dtypes:
-            if args.time_budget is not None and time.perf_counter() - start > args.time_budget:
-                skipped.append(f"T={T} N={N} {dname}")
-                continue
-            dtype = DTYPES[dname]
-            try:
-                new_rows, units = measure_config(args, T, N, dname, dtype, device, stamp, notes)
-            except Exception as e:  # out of memory, a baseline that breaks: report, go on
-                notes.add(f"T={T} N={N} {dname}: {short_error(e)}")
-                new_rows, units = [], None
-            units_measured = units or units_measured
-            rows += new_rows
-            gc.collect()
-            if on_gpu:
-                torch.cuda.empty_cache()
+    for (T, N), p, dname in itertools.product(shapes, args.ps, args.dtypes):
+        if args.time_budget is not None and time.perf_counter() - start > args.time_budget:
+            skipped.append(f"T={T} N={N} p={p:g} {dname}")
+            continue
+        dtype = DTYPES[dname]
+        try:
+            new_rows, units = measure_config(args, T, N, dname, dtype, device, stamp, notes, p)
+        except Exception as e:  # out of memory, a baseline that breaks: report, go on
+            notes.add(f"T={T} N={N} {dname}: {short_error(e)}")
+            new_rows, units = [], None
+        units_measured = units or units_measured
+        rows += new_rows
+        gc.collect()
+        if on_gpu:
+            torch.cuda.empty_cache()
     units = units_measured or DESIGN_UNITS
     source = "measured on the fused path" if units_measured else "the fused design, not measured here: no GPU"
     caption = (
         f"bytes per element-step, s = dtype size: fwd {units['fwd']:g}s, bwd {units['bwd']:g}s ({source}); "
         "every path's GB/s = those bytes / its time. %copy: of empty_like(x).copy_(x) GB/s on T·N elements, "
-        "same run. ×eager = eager ms / path ms; fused× = path ms / fused ms."
+        "same run. model %copy: perf/static_model.py's prediction for the fused kernels on this GPU (H100/H200 "
+        "only). ×eager = eager ms / path ms; fused× = path ms / fused ms."
     )
     print_table(
         f"LIF neuron, {stamp['device']}, commit {stamp['commit']}",
-        ("T", "N", "dtype", "pass", "path", "ms", "GB/s", "%copy", "×eager", "fused×"),
-        [(r["T"], r["N"], r["dtype"], r["pass"], r["path"] + (" (interp.)" if r.get("interpreted") else ""),
-          r["ms"], r["gbps"], r["pct_copy"], r["ratio_vs_eager"], r["fused_speedup"]) for r in rows],
+        ("T", "N", "p", "dtype", "pass", "path", "ms", "GB/s", "%copy", "model %copy", "×eager", "fused×"),
+        [(r["T"], r["N"], r["p"], r["dtype"], r["pass"], r["path"] + (" (interp.)" if r.get("interpreted") else ""),
+          r["ms"], r["gbps"], r["pct_copy"], r.get("model_pct_copy"), r["ratio_vs_eager"], r["fused_speedup"])
+         for r in rows],
         caption=caption,
     )
     for note in sorted(notes):
@@ -327,7 +345,22 @@ def main(argv=None) -> int:
     return 0
 
 
-def measure_config(args, T, N, dname, dtype, device, stamp, notes):
+def model_pct_copy(dname: str, p: float, pas: str, device: str, notes: set) -> float | None:
+    """The static model's predicted % of copy bandwidth for a fused row, on an H100 or H200."""
+    name = torch.cuda.get_device_name() if device == "cuda" else ""
+    model_device = next((d for d in ("H200", "H100") if d in name), None)
+    if model_device is None:
+        return None
+    try:
+        from perf.static_model import neuron_prediction
+
+        return neuron_prediction(dname, p, pas, model_device)["pct_of_copy_bw"]
+    except Exception as e:  # the model compiles the kernels on the CPU: report, go on
+        notes.add(f"static model: {short_error(e)}")
+        return None
+
+
+def measure_config(args, T, N, dname, dtype, device, stamp, notes, p):
     """All paths and passes for one ``(T, N, dtype)``; appends its JSON lines at once."""
     params = make_params(device)
     x = make_input(T, N, dtype, device)
@@ -335,7 +368,7 @@ def measure_config(args, T, N, dname, dtype, device, stamp, notes):
     copy_ms, copy_gbps = copy_bandwidth(T * N, dtype, device)
     fns, backend_note = {}, {}
     for path in args.paths:
-        fn, reason = make_path(path, device=device, p=args.p, T=T, compile_max_t=args.compile_max_t, params=params,
+        fn, reason = make_path(path, device=device, p=p, T=T, compile_max_t=args.compile_max_t, params=params,
                                interpret=args.interpret_smoke)
         if fn is None:
             notes.add(f"{path}: {reason}")
@@ -354,7 +387,7 @@ def measure_config(args, T, N, dname, dtype, device, stamp, notes):
     # the same function? (outputs are 0 or θ; a membrane within rounding of θ may flip a spike)
     reference = make_path("eager", device=device, p=0.0, T=T, compile_max_t=0, params=params)[0]
     for path in ("fused", "spikingjelly"):
-        if path not in fns or (path == "fused" and args.p > 0):  # p > 0: the masks differ by design
+        if path not in fns or (path == "fused" and p > 0):  # p > 0: the masks differ by design
             continue
         label = f"{path} ({backend_note[path]} backend)" if path in backend_note else path
         try:
@@ -380,13 +413,14 @@ def measure_config(args, T, N, dname, dtype, device, stamp, notes):
         fused = ms.get(("fused", pas))
         row = {
             **stamp, "bench": "neuron", "T": T, "N": N, "dtype": dname, "pass": pas, "path": path,
-            "p": args.p, "ms": t, "gbps": bw, "pct_copy": 100.0 * bw / copy_gbps, "copy_gbps": copy_gbps,
+            "p": p, "ms": t, "gbps": bw, "pct_copy": 100.0 * bw / copy_gbps, "copy_gbps": copy_gbps,
             "copy_ms": copy_ms, "bytes": nbytes[pas], "bytes_per_elem_step": nbytes[pas] / (T * N),
             "timer": timer_name(device),
             "ratio_vs_eager": eager / t if eager else None,
             "fused_speedup": t / fused if fused else None,
         }
         if path == "fused":
+            row["model_pct_copy"] = None if args.interpret_smoke else model_pct_copy(dname, p, pas, device, notes)
             for base in ("eager", "compile", "spikingjelly"):
                 b = ms.get((base, pas))
                 row[f"ratio_vs_{base}"] = b / t if b else None

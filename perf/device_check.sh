@@ -6,13 +6,18 @@
 #
 # Stages, each under `timeout` so a hang cannot eat the budget; a failing stage is reported and the
 # next one still runs:
-#   1. env     versions and nvidia-smi                                     (into summary.txt)
-#   2. pytest  python -m pytest -q -m gpu tests   (the GPU tier)           pytest.log
-#   3. neuron  perf/bench_neuron.py, bf16 + fp32, T in {4, 32, 250}        neuron.log, neuron.jsonl
-#   4. train   perf/bench_train.py --device-check: ResNet-18 T=4 batch 256
-#              (fused bf16 vs reference fp32), VGGSNN T=10, SHD T=250      train.log, train.jsonl
-#   5. shd     perf/bench_shd.py, if that file exists                      shd.log, shd.jsonl
+#   1. env      versions and nvidia-smi                                    (into summary.txt)
+#   2. kernels  every `interpret`-marked kernel test, compiled on CUDA: the fused-vs-reference
+#               matrix, the recurrent sweeps, launch counts, saved bytes, torch.compile   kernels.log
+#               (with -s: the diverged-neuron rates of the low-precision tests are collected)
+#   3. pytest   python -m pytest -q -m gpu tests   (the GPU tier)          pytest.log
+#   4. neuron   perf/bench_neuron.py, bf16 + fp32, p = 0 and 0.2, T in {4, 32, 250}, with the
+#               static model's predicted % of copy bandwidth beside each fused row   neuron.log/.jsonl
+#   5. train    perf/bench_train.py --device-check: ResNet-18 T=4 batch 256
+#               (fused bf16 vs reference fp32), VGGSNN T=10, SHD T=250     train.log, train.jsonl
+#   6. shd      perf/bench_shd.py, if that file exists                     shd.log, shd.jsonl
 # then prints a short summary table (also in summary.txt). At most 8 files, none in subfolders.
+# Stage limits add up to 455 s (+ the summary): the whole check fits in 8 minutes with cold compiles.
 #
 # Needs only what the GPU box has (torch, triton, rich, numpy); the repository is not installed
 # there, so everything runs with PYTHONPATH set to the repository root. Never pip-installs.
@@ -60,15 +65,18 @@ stage() {
     timeout 10 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,power.limit,driver_version --format=csv 2>&1 || echo "nvidia-smi: not available"
 } | tee "$SUMMARY"
 
-stage pytest 100 "$OUT/pytest.log" \
-    "$PY" -m pytest -q -m gpu --continue-on-collection-errors -p no:cacheprovider tests
-stage neuron 140 "$OUT/neuron.log" \
-    "$PY" perf/bench_neuron.py --quick --dtypes bf16,fp32 --compile-max-t 4 --time-budget 100 \
+stage kernels 150 "$OUT/kernels.log" \
+    "$PY" -m pytest -q -s -m interpret -p no:cacheprovider -rf tests/test_lif_kernel.py tests/test_rlif_kernel.py \
+    tests/test_perf_regression.py tests/test_saved_bytes.py tests/test_shd_end_to_end.py
+stage pytest 75 "$OUT/pytest.log" \
+    "$PY" -m pytest -q -s -m gpu --continue-on-collection-errors -p no:cacheprovider tests
+stage neuron 100 "$OUT/neuron.log" \
+    "$PY" perf/bench_neuron.py --quick --dtypes bf16,fp32 --p 0,0.2 --compile-max-t 4 --time-budget 70 \
     --out "$OUT/neuron.jsonl"
-stage train 130 "$OUT/train.log" \
-    "$PY" perf/bench_train.py --device-check --warmup 2 --iters 5 --time-budget 90 --out "$OUT/train.jsonl"
+stage train 95 "$OUT/train.log" \
+    "$PY" perf/bench_train.py --device-check --warmup 2 --iters 5 --time-budget 65 --out "$OUT/train.jsonl"
 if [ -f perf/bench_shd.py ]; then
-    stage shd 45 "$OUT/shd.log" "$PY" perf/bench_shd.py --out "$OUT/shd.jsonl"
+    stage shd 35 "$OUT/shd.log" "$PY" perf/bench_shd.py --out "$OUT/shd.jsonl"
 else
     STATUS+=("$(printf '%-8s %-22s' shd 'skipped: no perf/bench_shd.py')")
 fi
@@ -77,7 +85,13 @@ fi
     echo
     echo "stages (total $(( $(date +%s) - START ))s):"
     printf '  %s\n' "${STATUS[@]}"
+    [ -f "$OUT/kernels.log" ] && echo "  kernels: $(tail -n 1 "$OUT/kernels.log")"
     [ -f "$OUT/pytest.log" ] && echo "  pytest: $(tail -n 1 "$OUT/pytest.log")"
+    if [ -f "$OUT/kernels.log" ]; then
+        grep -h "^diverged neurons:" "$OUT/kernels.log" | awk '{if (n == 0 || $3 + 0 > max) {max = $3 + 0; line = $0}; n++}
+            END {if (n) print "  low-precision tests: " n " diverged-neuron checks, highest: " line; else print "  low-precision tests: no diverged-neuron lines"}'
+    fi
+    grep -h "predicted by perf/static_model.py" "$OUT/pytest.log" 2>/dev/null | sed 's/^/  /'
     timeout 30 "$PY" - "$OUT" <<'EOF' 2>&1
 import json, sys
 from pathlib import Path
@@ -93,9 +107,10 @@ def load(name):
 
 neuron = [r for r in load("neuron.jsonl") if r["pass"] == "fwd+bwd" and r["path"] == "fused"]
 if neuron:
-    print_table("fused LIF, forward+backward", ("T", "N", "dtype", "ms", "GB/s", "%copy", "×eager", "×compile", "×SJ"),
-                [(r["T"], r["N"], r["dtype"], r["ms"], r["gbps"], r["pct_copy"], r.get("ratio_vs_eager"),
-                  r.get("ratio_vs_compile"), r.get("ratio_vs_spikingjelly")) for r in neuron])
+    print_table("fused LIF, forward+backward", ("T", "N", "p", "dtype", "ms", "GB/s", "%copy", "model %copy",
+                                                "×eager", "×compile", "×SJ"),
+                [(r["T"], r["N"], r.get("p"), r["dtype"], r["ms"], r["gbps"], r["pct_copy"], r.get("model_pct_copy"),
+                  r.get("ratio_vs_eager"), r.get("ratio_vs_compile"), r.get("ratio_vs_spikingjelly")) for r in neuron])
 else:
     print("no fused neuron rows (see neuron.log)")
 train = load("train.jsonl")

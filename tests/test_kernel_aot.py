@@ -2,44 +2,23 @@
 
 Each compile must succeed, must not spill to local memory, and must keep the per-step global loads
 and stores of the [T, N] tensors 16 bytes wide (``.v4.b32``: 4 fp32 or 8 fp16/bf16 per thread) when
-N is a multiple of 16, which is the case the JIT specialises. The default run compiles a covering
-subset (every dtype, every value of every constexpr, both kernels, both archs), and a second test
-compiles every specialisation ``kernels.lif`` can launch (about 2-3 minutes cold on 2 cores; part
-of the normal run). Compiles are cached by triton, so reruns only pay for ``ptxas -v``.
+N is a multiple of 16, which is the case the JIT specialises; the one configuration with 4 neurons
+per thread (BLOCK_N = 128) keeps them 8 bytes wide in 16-bit dtypes. The default run compiles a
+covering subset (every dtype, every value of every constexpr, both kernels, both archs), every
+launch configuration :func:`kernels.lif._launch_config` can choose, and the finalize kernel; a
+second test compiles every specialisation ``kernels.lif`` can launch at the default configuration
+(about 2-3 minutes cold on 2 cores; part of the normal run). Compiles are cached by triton, so
+reruns only pay for ``ptxas -v``.
 """
 
 from __future__ import annotations
 
-from aot_util import (
-    KernelSpec, all_specs, compile_kernels, compile_problems, covering_specs, register_table,
-)
+import itertools
 
-PARAMS = {"decay_logit_ptr": "*fp32", "width_ptr": "*fp32", "theta_ptr": "*fp32", "seed_ptr": "*i64"}
-SIZES = {"T": "i32", "N": "i32", "INNER": "i32", "C": "i32", "v_reset": "fp32", "p": "fp32"}
-# the JIT's view of ordinary launches: torch allocations are 16-byte aligned, N % 16 == 0
-DIVISIBLE_FWD = ("x_ptr", "y_ptr", "u_ptr", "mask_ptr", *PARAMS, "N")
-DIVISIBLE_BWD = ("dy_ptr", "u_ptr", "dx_ptr", "dk_ptr", "partial_ptr", *PARAMS, "N")
+import pytest
 
-
-def fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STORE_U, STORE_MASK=False):
-    signature = {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "u_ptr": f"*{dtype}", "mask_ptr": "*i8",
-                 **PARAMS, **SIZES}
-    constexprs = dict(NOISE=NOISE, SIGMOID=bool(SIGMOID), HARD_RESET=bool(HARD_RESET),
-                      CHANNEL_WIDTH=bool(CHANNEL_WIDTH), STORE_U=bool(STORE_U), STORE_MASK=bool(STORE_MASK),
-                      BLOCK_N=1024)
-    signature.update({k: "constexpr" for k in constexprs})
-    label = f"fwd sm_{arch} {dtype} " + " ".join(f"{k}={int(v)}" for k, v in constexprs.items() if k != "BLOCK_N")
-    return KernelSpec("kernels.lif:_lif_fwd_kernel", signature, constexprs, DIVISIBLE_FWD, arch, 4, label)
-
-
-def bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH):
-    signature = {"dy_ptr": f"*{dtype}", "u_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}", "dk_ptr": "*fp32",
-                 "partial_ptr": "*fp32", **PARAMS, **SIZES}
-    constexprs = dict(NOISE=NOISE, SIGMOID=bool(SIGMOID), HARD_RESET=bool(HARD_RESET),
-                      CHANNEL_WIDTH=bool(CHANNEL_WIDTH), BLOCK_N=1024)
-    signature.update({k: "constexpr" for k in constexprs})
-    label = f"bwd sm_{arch} {dtype} " + " ".join(f"{k}={int(v)}" for k, v in constexprs.items() if k != "BLOCK_N")
-    return KernelSpec("kernels.lif:_lif_bwd_kernel", signature, constexprs, DIVISIBLE_BWD, arch, 4, label)
+from aot_util import all_specs, compile_kernels, compile_problems, config_specs, covering_specs, register_table
+from perf.aot import lif_bwd_spec, lif_finalize_spec, lif_fwd_spec
 
 
 def check(results):
@@ -48,21 +27,50 @@ def check(results):
         problems += compile_problems(r)
         if r.error:
             continue
-        # the [T, N] streams: fwd x -> y (+u), bwd u, dy -> dx; all 16-byte vectors
-        if 4 not in r.vector_widths("ld.global"):
-            problems.append(f"{r.spec.label}: no 16-byte global loads {r.vector_widths('ld.global')}")
-        if 4 not in r.vector_widths("st.global"):
-            problems.append(f"{r.spec.label}: no 16-byte global stores {r.vector_widths('st.global')}")
+        s = r.spec
+        # the [T, N] streams: fwd x -> y (+u), bwd u, dy -> dx; 16-byte vectors (8 bytes at 4
+        # neurons per thread in 16-bit dtypes)
+        width = 4 if s.elements_per_thread * {"fp32": 4, "fp16": 2, "bf16": 2}[s.dtype] >= 16 else 2
+        if width not in r.vector_widths("ld.global"):
+            problems.append(f"{s.label}: no {4 * width}-byte global loads {r.vector_widths('ld.global')}")
+        if width not in r.vector_widths("st.global"):
+            problems.append(f"{s.label}: no {4 * width}-byte global stores {r.vector_widths('st.global')}")
     assert not problems, "\n".join(problems)
 
 
-def test_aot_covering_specialisations():
-    results = compile_kernels(covering_specs(fwd_spec, bwd_spec))
+def test_aot_covering_specialisations_and_configurations():
+    specs = covering_specs(lif_fwd_spec, lif_bwd_spec) + config_specs()
+    results = compile_kernels(specs, jobs=2)
     check(results)
     register_table(results)
+
+
+def test_aot_finalize():
+    specs = [lif_finalize_spec(arch, SIGMOID=s, CHANNEL_WIDTH=c) for arch, s, c in
+             itertools.product((80, 90), (0, 1), (0, 1))]
+    results = compile_kernels(specs, jobs=2)
+    problems = [p for r in results for p in compile_problems(r)]
+    assert not problems, "\n".join(problems)
 
 
 def test_aot_every_specialisation():
-    results = compile_kernels(all_specs(fwd_spec, bwd_spec))
+    results = compile_kernels(all_specs(lif_fwd_spec, lif_bwd_spec), jobs=2)
     check(results)
     register_table(results)
+
+
+@pytest.mark.parametrize("N", [2**16, 2**18, 2**20, 2**24, 1000])
+def test_launch_configuration_two_programs_per_sm(N):
+    import torch
+    import triton
+
+    from kernels.lif import CONFIGS, DEFAULT_SMS, _launch_config
+
+    block_n, num_warps = _launch_config(N, torch.device("cpu"))
+    assert (block_n, num_warps) in CONFIGS
+    programs = triton.cdiv(N, block_n)
+    if N >= 2**16:  # two waves of one program per SM down to N = 2^16
+        assert programs >= 2 * DEFAULT_SMS, (N, block_n, programs)
+    if block_n != CONFIGS[0][0]:  # never smaller than needed
+        bigger = CONFIGS[[c[0] for c in CONFIGS].index(block_n) - 1][0]
+        assert triton.cdiv(N, bigger) < 2 * DEFAULT_SMS
