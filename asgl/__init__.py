@@ -6,6 +6,7 @@ from .layers import (
 )
 from .models import create_model, list_models, register_model
 from .neuron import LIF, RecurrentLIF, clamp_thresholds_, neurons
+from .nir import to_nir
 from .optim import build_optimizers, neuron_parameters, weight_param_groups
 from .schedule import NoiseSchedule
 
@@ -13,5 +14,5 @@ __all__ = [
     "LIF", "NoiseSchedule", "RecurrentLIF", "SeqToANN", "TimeBatchNorm1d", "TimeBatchNorm2d", "build_optimizers",
     "clamp_thresholds_", "create_model", "fold_time", "functional", "layers", "list_models", "mean_ce_loss",
     "mean_over_time", "models", "neuron_parameters", "neurons", "optim", "register_model", "tet_loss",
-    "unfold_time", "weight_param_groups",
+    "to_nir", "unfold_time", "weight_param_groups",
 ]
