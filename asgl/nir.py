@@ -74,6 +74,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .export import check_exportable
 from .neuron import LIF, RecurrentLIF
 
 __all__ = ["DEFAULT_DT", "NIRExportError", "to_nir"]
@@ -260,16 +261,10 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Node], int, torch.T
 
 
 def _check_model(model: nn.Module) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
-    if training:
-        raise NIRExportError(f"model is in training mode ({training[0]!r}): call model.eval() first; the NIR "
-                             "graph is the evaluation network (pure spikes, batch norm from running statistics)")
-    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
-        for name, t in items:
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                raise NIRExportError(f"{kind} {name!r} holds non-finite values (NaN or inf): nothing to export")
+    try:
+        check_exportable(model)
+    except ValueError as e:
+        raise NIRExportError(str(e)) from None
     for name, m in model.named_modules():
         if isinstance(m, LIF):
             if m.reset != "hard":
