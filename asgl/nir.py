@@ -43,7 +43,8 @@ NIR's LIF is continuous, ``τ·dv/dt = (v_leak − v) + R·I``, spiking when ``v
     τ = dt / (1 − λ),   R = τ / dt = 1 / (1 − λ),   v_leak = 0,   v_threshold = θ,   v_reset = v_reset
 
 (R chosen so the input enters unscaled, as here). ``dt`` defaults to 1e-4 s, the step that
-snnTorch's NIR importer assumes. The NIR neuron emits the spike ``s``; the factor θ of
+snnTorch's NIR importer assumes. NIR spikes on ``v > v_threshold``, this project on ``u ≥ θ``:
+they differ only when the membrane lands exactly on the threshold. The NIR neuron emits the spike ``s``; the factor θ of
 ``y = θ·s`` is folded into the weights of the next convolution or linear layer (through any
 pooling or flattening in between; recurrent weights act on ``s`` already). Where θ cannot be
 folded (an identity shortcut of a residual block summed with a branch that does not carry it, or
@@ -55,6 +56,13 @@ What each network of the registry becomes: ``digits_cnn``, ``digits_cnn8``, ``vg
 with residual sums as edges (plus ``Scale`` nodes on the identity shortcuts when θ ≠ 1);
 ``shd_rnn`` as Linear → LIF with a recurrent Linear, and a Linear readout. Any of them with
 ``reset="soft"`` is refused.
+
+Checked (``tests/test_nir.py``, float64, spike for spike and logits): snnTorch 1.0's
+``import_from_nir`` runs the digits network and ResNet-18 (θ = 1); its importer feeds a recurrent
+subgraph's input through the recurrent weights and resets to 0 whatever ``v_reset`` says, so the
+SHD network, v_reset ≠ 0 and the ``Scale`` nodes (which it does not map) are checked against a
+reference simulator of NIR's equations. Norse 1.1's importer was read, not run: it ignores ``R``
+(assumes R = 1) and maps no ``AvgPool2d``.
 
 Inputs and outputs of the graph are per time step and per sample: an image network's input is one
 image ``[C, H, W]`` given at every step (the network repeats it over T), an event network's is
@@ -88,6 +96,7 @@ _LAYOUT_OPS = {
     torch.Tensor.reshape, torch.reshape, torch.Tensor.view, torch.Tensor.permute, torch.permute,
     torch.Tensor.transpose, torch.transpose, torch.Tensor.expand, torch.Tensor.unsqueeze, torch.unsqueeze,
     torch.Tensor.squeeze, torch.squeeze, torch.Tensor.contiguous, torch.Tensor.clone, torch.Tensor.detach,
+    torch.Tensor.to, torch.Tensor.float,
 }
 _ADD_OPS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__,
             torch.Tensor.add_}

@@ -56,6 +56,11 @@ def test_safetensors_round_trip(tmp_path, capsys):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+    # The fused neurons (under TRITON_INTERPRET=1 on a CPU, see conftest.py) read the same folder.
+    fused = asgl.load_pretrained(out, backend="triton")
+    assert {m.backend for m in asgl.neurons(fused)} == {"triton"}
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_nir_format(tmp_path):
