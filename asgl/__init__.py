@@ -13,7 +13,7 @@ from .schedule import NoiseSchedule
 
 __all__ = [
     "LIF", "NoiseSchedule", "RecurrentLIF", "SeqToANN", "TimeBatchNorm1d", "TimeBatchNorm2d", "build_optimizers",
-    "clamp_thresholds_", "create_model", "fold_time", "functional", "layers", "list_models", "load_pretrained", "mean_ce_loss",
-    "mean_over_time", "models", "neuron_parameters", "neurons", "optim", "register_model", "tet_loss",
+    "clamp_thresholds_", "create_model", "fold_time", "functional", "layers", "list_models", "load_pretrained",
+    "mean_ce_loss", "mean_over_time", "models", "neuron_parameters", "neurons", "optim", "register_model", "tet_loss",
     "to_nir", "unfold_time", "weight_param_groups",
 ]

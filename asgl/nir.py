@@ -44,12 +44,13 @@ NIR's LIF is continuous, ``τ·dv/dt = (v_leak − v) + R·I``, spiking when ``v
 
 (R chosen so the input enters unscaled, as here). ``dt`` defaults to 1e-4 s, the step that
 snnTorch's NIR importer assumes. NIR spikes on ``v > v_threshold``, this project on ``u ≥ θ``:
-they differ only when the membrane lands exactly on the threshold. The NIR neuron emits the spike ``s``; the factor θ of
-``y = θ·s`` is folded into the weights of the next convolution or linear layer (through any
-pooling or flattening in between; recurrent weights act on ``s`` already). Where θ cannot be
-folded (an identity shortcut of a residual block summed with a branch that does not carry it, or
-a neuron feeding the output) a NIR ``Scale`` node carries it; with θ = 1, the default, there is
-none. Soft reset (``v[t] = u[t] − θ·s[t]``) has no NIR counterpart and is refused.
+they differ only when the membrane lands exactly on the threshold. The NIR neuron emits the
+spike ``s``; the factor θ of ``y = θ·s`` is folded into the weights of the next convolution or
+linear layer (through any pooling or flattening in between; recurrent weights act on ``s``
+already). Where θ cannot be folded (an identity shortcut of a residual block summed with a
+branch that does not carry it, or a neuron feeding the output) a NIR ``Scale`` node carries it;
+with θ = 1, the default, there is none. Soft reset (``v[t] = u[t] − θ·s[t]``) has no NIR
+counterpart and is refused.
 
 What each network of the registry becomes: ``digits_cnn``, ``digits_cnn8``, ``vgg11/13/16`` and
 ``vggsnn`` export as Conv2d/LIF/AvgPool2d/Flatten/Affine chains; ``resnet18/19/34`` as the same
@@ -74,7 +75,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -289,7 +289,8 @@ def _step_shape(shape: tuple[int, ...], T: int, B: int, what: str) -> tuple[int,
         return shape[2:]
     if len(shape) >= 1 and shape[0] == T * B:
         return shape[1:]
-    raise NIRExportError(f"{what} sees a tensor of shape {shape}, neither [T, B, ...] nor [T·B, ...] with T={T}, B={B}")
+    raise NIRExportError(f"{what} sees a tensor of shape {shape}, neither [T, B, ...] nor [T·B, ...] "
+                         f"with T={T}, B={B}")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -311,7 +312,8 @@ def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module, nam
     beta = bn.bias.to(dtype) if bn.affine else torch.zeros_like(std)
     scale = gamma / std * float(getattr(bn, "threshold_scale", None) or 1.0)
     if weight.shape[0] != scale.shape[0]:
-        raise NIRExportError(f"batch norm {name!r} has {scale.shape[0]} channels, the layer before it {weight.shape[0]}")
+        raise NIRExportError(f"batch norm {name!r} has {scale.shape[0]} channels, "
+                             f"the layer before it {weight.shape[0]}")
     b = bias.to(dtype) if bias is not None else torch.zeros_like(std)
     w = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
     return w, (b - bn.running_mean.to(dtype)) * scale + beta

@@ -335,3 +335,16 @@ def test_refuses_soft_reset_and_non_finite_parameters():
         to_nir(model, torch.randn(2, 1, 8, 8))
     with pytest.raises(ValueError, match="dt"):
         to_nir(asgl.create_model("digits_cnn", T=2).eval(), torch.randn(2, 1, 8, 8), dt=0)
+
+
+@pytest.mark.parametrize("name,shape", [("digits_cnn8", (2, 1, 8, 8)), ("vgg11", (2, 3, 32, 32)),
+                                        ("resnet19", (2, 3, 8, 8))])
+def test_every_kind_of_network_exports(name, shape):
+    """More of the registry (VGGSNN is VGG-11's kind at 48×48): one NIR LIF per neuron, and
+    nothing but the supported node types."""
+    model = asgl.create_model(name, T=2).eval()
+    graph = to_nir(model, torch.rand(shape))
+    lifs = [n for n, node in graph.nodes.items() if isinstance(node, nir.LIF)]
+    assert sorted(lifs) == sorted(n for n, m in model.named_modules() if isinstance(m, asgl.LIF))
+    assert {type(n).__name__ for n in graph.nodes.values()} <= {
+        "Input", "Output", "Conv2d", "LIF", "AvgPool2d", "Flatten", "Affine", "Linear"}
