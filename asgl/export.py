@@ -66,7 +66,10 @@ def write_folder(out_dir: str | Path, write) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         write(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())
+        mask = _umask()  # as open() and mkdir() would create them (mkdtemp and safetensors make them private)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
         os.rename(tmp, out_dir)  # fails, leaving nothing, if out_dir appeared meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

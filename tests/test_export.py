@@ -4,6 +4,7 @@ same logits, and bad inputs refused with one error line and nothing written."""
 from __future__ import annotations
 
 import json
+import os
 
 import nir
 import pytest
@@ -44,6 +45,9 @@ def test_safetensors_round_trip(tmp_path, capsys):
     out = tmp_path / "export"
     assert main([str(run), str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}  # as open() creates files
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "digits_cnn" and config["T"] == 2 and config["neuron"]["thresh"] == 0.8
     loaded = asgl.load_pretrained(out, backend="torch")
