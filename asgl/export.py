@@ -139,7 +139,10 @@ def load_pretrained(path: str | Path, *, backend: str = "auto", device: str | to
         raise ValueError(f"{config_path} is not valid JSON ({e})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{config_path} is not an {FORMAT} config")
-    neuron = dict(config.get("neuron") or {}, backend=backend)
+    missing = [k for k in ("model", "num_classes", "T", "in_channels", "neuron") if k not in config]
+    if missing:
+        raise ValueError(f"{config_path} lacks {', '.join(missing)}")
+    neuron = dict(config["neuron"], backend=backend)
     model = create_model(config["model"], num_classes=config["num_classes"], T=config["T"],
                          in_channels=config["in_channels"], **neuron)
     try:

@@ -124,3 +124,12 @@ def test_save_pretrained_refuses_training_mode_and_load_checks_the_folder(tmp_pa
         save_pretrained(model.eval(), tmp_path / "x", name="digits_cnn8")
     with pytest.raises(FileNotFoundError, match="not a pretrained folder"):
         asgl.load_pretrained(tmp_path)
+    folder = save_pretrained(model.eval(), tmp_path / "y", name="digits_cnn")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "T"}))
+    with pytest.raises(ValueError, match="lacks T"):
+        asgl.load_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        asgl.load_pretrained(folder)
