@@ -59,11 +59,13 @@ with residual sums as edges (plus ``Scale`` nodes on the identity shortcuts when
 ``reset="soft"`` is refused.
 
 Checked (``tests/test_nir.py``, float64, spike for spike and logits): snnTorch 1.0's
-``import_from_nir`` runs the digits network and ResNet-18 (θ = 1); its importer feeds a recurrent
-subgraph's input through the recurrent weights and resets to 0 whatever ``v_reset`` says, so the
-SHD network, v_reset ≠ 0 and the ``Scale`` nodes (which it does not map) are checked against a
-reference simulator of NIR's equations. Norse 1.1's importer was read, not run: it ignores ``R``
-(assumes R = 1) and maps no ``AvgPool2d``.
+``import_from_nir`` runs the digits network and ResNet-18 (θ = 1). Its importer rewrites a
+recurrent cycle into a subgraph that feeds the input through the recurrent weights, so the SHD
+network runs on snnTorch's neurons wired by NIR's own interpreter (``nirtorch.nir_to_torch``).
+snnTorch resets to 0 whatever ``v_reset`` says and maps no ``Scale``: v_reset ≠ 0 and θ ≠ 1 on
+ResNet shortcuts are checked against a reference simulator of NIR's equations (all cases run on
+it too). Norse 1.1's importer was read, not run: it ignores ``R`` (assumes R = 1) and maps no
+``AvgPool2d``.
 
 Inputs and outputs of the graph are per time step and per sample: an image network's input is one
 image ``[C, H, W]`` given at every step (the network repeats it over T), an event network's is

@@ -1,6 +1,7 @@
 """NIR export (asgl.to_nir): graphs written with nir.write, read back with nir.read and run by
-snnTorch's NIR importer (an independent simulator) and by a small reference simulator of NIR's
-own equations written here; both must reproduce model.eval() spike for spike.
+snnTorch (its NIR importer, or its neurons wired by nirtorch for the recurrent network) and by a
+small reference simulator of NIR's own equations written here; each must reproduce model.eval()
+spike for spike.
 
 Everything runs in float64, so a membrane lands within rounding of its threshold essentially
 never and spikes are compared exactly (ASGL's ``u ≥ θ`` and NIR's ``v > θ`` differ only at
@@ -14,12 +15,13 @@ import copy
 import io
 
 import nir
+import nirtorch
 import numpy as np
 import pytest
 import snntorch
 import torch
 import torch.nn.functional as F
-from snntorch.import_nir import import_from_nir
+from snntorch.import_nir import _nir_to_snntorch_module, import_from_nir
 from torch import nn
 
 import asgl
@@ -83,11 +85,19 @@ def _node_name(module_name: str, recurrent: bool) -> str:
 # ----------------------------------------------------------------------------- the two simulators
 
 
-def _run_snntorch(graph, steps: list[torch.Tensor]):
+def _run_snntorch(graph, steps: list[torch.Tensor], via_nirtorch: bool = False):
     """snnTorch's importer, one sample at a time (NIR's shapes are per sample: its Flatten dims
-    count from the first per-sample dim), float64 throughout."""
-    with contextlib.redirect_stdout(io.StringIO()):  # the importer prints progress
-        net = import_from_nir(graph)
+    count from the first per-sample dim), float64 throughout.
+
+    ``via_nirtorch``: snnTorch's node mappings (LIF -> Leaky, Linear, Affine) wired by NIR's own
+    PyTorch interpreter, ``nirtorch.nir_to_torch``, without the importer's rewrite of recurrent
+    cycles into subgraphs (which routes the input through the recurrent weights)."""
+    if via_nirtorch:
+        to_module = lambda node: _nir_to_snntorch_module(node, init_hidden=True)  # noqa: E731
+        net = nirtorch.nir_to_torch(graph, {nir.LIF: to_module, nir.Linear: to_module, nir.Affine: to_module})
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):  # the importer prints progress
+            net = import_from_nir(graph)
     net = net.double()
     leaky = {n.rsplit(".", 1)[-1]: m for n, m in net.named_modules() if isinstance(m, snntorch.Leaky)}
     for m in leaky.values():
@@ -181,13 +191,16 @@ def _simulate(graph, steps: list[torch.Tensor], dt: float = DT):
 
 # ------------------------------------------------------------------------------------------ cases
 
-# name, T, input, input kind, neuron settings, simulators. snnTorch 1.0's importer wires a recurrent
-# NIR subgraph as LIF(R·(x + s[t-1])) (its input edge enters the recurrent weights), not the
-# LIF(W·x + R·s[t-1]) that the graph states, so the SHD network runs on the reference simulator
-# only; so does v_reset ≠ 0, which that importer ignores (it always resets to 0).
+# name, T, input, input kind, neuron settings, simulators. snnTorch 1.0's importer rewrites a
+# recurrent cycle into a subgraph that computes LIF(R·(W·x + s[t-1])) (its input edge enters the
+# recurrent weights), not the LIF(W·x + R·s[t-1]) that the graph states, so the SHD network runs
+# on snnTorch's neurons wired by nirtorch ("nirtorch") instead. v_reset ≠ 0 runs on the reference
+# simulator only: snnTorch's neurons always reset to 0.
 CASES = [
     ("digits_cnn", 4, lambda g: torch.randn(3, 1, 8, 8, generator=g) * 2.0, "image",
      dict(thresh=0.7), ("snntorch", "reference")),
+    ("shd_rnn", 8, lambda g: (torch.rand(3, 8, 700, generator=g) < 0.15).double(), "sequence",
+     dict(thresh=0.8), ("nirtorch", "reference")),
     ("shd_rnn", 8, lambda g: (torch.rand(3, 8, 700, generator=g) < 0.15).double(), "sequence",
      dict(thresh=0.8, v_reset=-0.2), ("reference",)),
 ]
@@ -199,20 +212,23 @@ def _check(model, x, T, kind, simulators, graph):
         assert 0.05 <= rate <= 0.5, f"{layer} fires {rate:.1%} of the time; the check needs 5-50 %"
     recurrent = {n: isinstance(m, asgl.RecurrentLIF) for n, m in model.named_modules() if isinstance(m, asgl.LIF)}
     for simulator in simulators:
-        run = _run_snntorch if simulator == "snntorch" else _simulate
-        out, their_counts = run(graph, _steps(x, T, kind))
+        if simulator == "reference":
+            out, their_counts = _simulate(graph, _steps(x, T, kind))
+        else:
+            out, their_counts = _run_snntorch(graph, _steps(x, T, kind), via_nirtorch=simulator == "nirtorch")
         for layer, n in counts.items():
             key = _node_name(layer, recurrent[layer])
-            key = key.replace(".", "_") if simulator == "snntorch" else key
+            key = key if simulator == "reference" else key.replace(".", "_")
             assert their_counts[key].tolist() == n.tolist(), f"{simulator}: spike counts of {layer} differ"
         # snnTorch's importer builds its layers with torch.Tensor(weight): float32 weights, so its
         # logits carry float32 rounding (~1e-7 relative); the reference simulator stays in float64.
-        tol = 1e-5 if simulator == "snntorch" else 1e-9
+        tol = 1e-9 if simulator == "reference" else 1e-5
         err = (out - logits).abs().max().item()
         assert err <= tol * (1 + logits.abs().max().item()), f"{simulator}: logits differ by {err:.3g}"
 
 
-@pytest.mark.parametrize("name,T,make_x,kind,neuron_kwargs,simulators", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name,T,make_x,kind,neuron_kwargs,simulators", CASES,
+                         ids=[f"{c[0]}-{'-'.join(f'{k}{v}' for k, v in c[4].items())}" for c in CASES])
 def test_exported_graph_reproduces_the_model(tmp_path, name, T, make_x, kind, neuron_kwargs, simulators):
     x = make_x(torch.Generator().manual_seed(3)).double()
     model = _make(name, T, x, **neuron_kwargs)
