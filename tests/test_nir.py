@@ -242,22 +242,24 @@ def test_exported_graph_reproduces_the_model(tmp_path, name, T, make_x, kind, ne
 
 @pytest.fixture(scope="module")
 def resnet():
+    """ResNet-18, its input and its exported graph (shared: one export takes seconds on 2 cores)."""
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)).double()
-    return _make("resnet18", 2, x), x
+    model = _make("resnet18", 2, x)
+    return model, x, to_nir(model, x, dt=DT)
 
 
 def test_resnet18_through_a_file_and_snntorch(tmp_path, resnet):
-    model, x = resnet
+    model, x, graph = resnet
     path = tmp_path / "resnet18.nir"
     # Uncompressed: gzip of 11 M float64 weights takes ~10 s on 2 cores (the small networks above
     # go through nir.write's default gzip).
-    nir.write(path, to_nir(model, x, dt=DT), compression=None)
+    nir.write(path, graph, compression=None)
     _check(model, x, 2, "image", ("snntorch", "reference"), nir.read(path))
 
 
 def test_resnet18_threshold_needs_scale_nodes(resnet):
     """θ ≠ 1: the identity shortcuts carry θ·s, the branch convs have it folded: Scale nodes."""
-    model, x = resnet
+    model, x, _ = resnet
     model = copy.deepcopy(model)
     for m in model.modules():
         if isinstance(m, asgl.LIF):
@@ -269,8 +271,7 @@ def test_resnet18_threshold_needs_scale_nodes(resnet):
 
 def test_graph_structure(resnet):
     """BN folded away, residual sums as edges, the recurrence as a cycle, θ = 1 needs no Scale."""
-    model, x = resnet
-    graph = to_nir(model, x)
+    model, _, graph = resnet
     types = {type(n).__name__ for n in graph.nodes.values()}
     assert types == {"Input", "Output", "Conv2d", "LIF", "AvgPool2d", "Flatten", "Affine"}
     incoming = {}
