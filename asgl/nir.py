@@ -85,6 +85,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .export import check_exportable
+from .layers import TimeBatchNorm2d
 from .neuron import LIF, RecurrentLIF
 
 __all__ = ["DEFAULT_DT", "NIRExportError", "to_nir"]
@@ -93,12 +94,14 @@ DEFAULT_DT = 1e-4  # seconds; the step snnTorch's importer assumes when it turns
 
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
 _IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-# Operations that move data between the time, batch and feature axes without changing any value.
+# Operations that move data between the time, batch and feature axes without changing any value;
+# after the trace each one's per-step shape is checked to be unchanged (only time/batch moved).
 _LAYOUT_OPS = {
     torch.Tensor.reshape, torch.reshape, torch.Tensor.view, torch.Tensor.permute, torch.permute,
     torch.Tensor.transpose, torch.transpose, torch.Tensor.expand, torch.Tensor.unsqueeze, torch.unsqueeze,
     torch.Tensor.squeeze, torch.squeeze, torch.Tensor.contiguous, torch.Tensor.clone, torch.Tensor.detach,
-    torch.Tensor.to, torch.Tensor.float,
+    torch.Tensor.to, torch.Tensor.float, torch.Tensor.flatten, torch.flatten, torch.Tensor.unflatten,
+    torch.Tensor.view_as, torch.Tensor.reshape_as, torch.Tensor.movedim, torch.movedim, torch.Tensor.repeat,
 }
 _ADD_OPS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__,
             torch.Tensor.add_}
@@ -131,24 +134,25 @@ class _Node:
     layout_checks: list[tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
 
 
+_KINDS = (
+    (RecurrentLIF, "rnn"), (LIF, "lif"), (nn.Conv2d, "conv"), (nn.Linear, "linear"), (_BATCH_NORMS, "bn"),
+    ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), "pool"), (nn.Flatten, "flatten"), (_IDENTITIES, "identity"),
+)
+# The forwards whose computation the mapping above describes (TimeBatchNorm*'s included).
+_KNOWN_FORWARDS = {c.forward for c in (RecurrentLIF, LIF, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm,
+                                       TimeBatchNorm2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, *_IDENTITIES)}
+
+
 def _kind(module: nn.Module) -> str | None:
-    """The node kind of a module, ``"identity"`` for pass-through ones, None for containers."""
-    if isinstance(module, RecurrentLIF):
-        return "rnn"
-    if isinstance(module, LIF):
-        return "lif"
-    if isinstance(module, nn.Conv2d):
-        return "conv"
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, _BATCH_NORMS):
-        return "bn"
-    if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-        return "pool"
-    if isinstance(module, nn.Flatten):
-        return "flatten"
-    if isinstance(module, _IDENTITIES):
-        return "identity"
+    """The node kind of a module, ``"identity"`` for pass-through ones, None for containers.
+
+    A subclass or an instance that replaces the forward of a supported type (another neuron model
+    derived from LIF, say) is ``"unsupported"``: its operations are not traced, so nothing would
+    show that it computes something else."""
+    for types, kind in _KINDS:
+        if isinstance(module, types):
+            known = type(module).forward in _KNOWN_FORWARDS and "forward" not in vars(module)
+            return kind if known else "unsupported"
     if next(module.children(), None) is None:
         return "unsupported"
     return None

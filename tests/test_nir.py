@@ -323,6 +323,39 @@ class _Tiny(nn.Module):
         return self.head(self.lif(self.middle(h)))
 
 
+class _FlattenFolding(nn.Module):
+    """Time folded with flatten/unflatten instead of SeqToANN, and a pool between neuron and conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.lif, self.pool = nn.Conv2d(1, 4, 3, padding=1, bias=True), asgl.LIF(thresh=0.5), nn.AvgPool2d(2)
+        self.flat, self.fc, self.T = nn.Flatten(), nn.Linear(4 * 4 * 4, 3), 3
+        self.tensor_flatten = False
+
+    def forward(self, x):
+        x_seq = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+        h = self.lif(self.conv(x_seq.flatten(0, 1)).unflatten(0, (self.T, -1)))
+        h = self.pool(h.flatten(0, 1))
+        h = h.flatten(1) if self.tensor_flatten else self.flat(h)
+        return self.fc(h).unflatten(0, (self.T, -1))
+
+
+def test_other_ways_to_fold_time():
+    model = _FlattenFolding().double().eval()
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64) * 3
+    graph = to_nir(model, x)
+    with torch.no_grad():
+        expected = model(x)
+    out, _ = _simulate(graph, _steps(x, 3, "image"))
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    # θ = 0.5 is folded through the pool and the flatten into the linear layer's weights.
+    np.testing.assert_allclose(graph.nodes["fc"].weight, 0.5 * model.fc.weight.detach().numpy())
+    # Flattening features with a tensor method instead of nn.Flatten is refused, not guessed at.
+    model.tensor_flatten = True
+    with pytest.raises(NIRExportError, match="use an nn.Flatten layer"):
+        to_nir(model, x)
+
+
 def test_a_small_custom_network_exports():
     graph = to_nir(_Tiny().eval(), torch.randn(3, 1, 8, 8))
     assert [type(graph.nodes[n]).__name__ for n in ("conv.module", "lif", "head.module.0", "head.module.1")] == [
@@ -330,8 +363,14 @@ def test_a_small_custom_network_exports():
     assert graph.nodes["head.module.0"].output_type["output"].tolist() == [256]
 
 
+class _Conv(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(x).relu()
+
+
 @pytest.mark.parametrize("model,match", [
     (_Tiny(), "training mode"),
+    (_Tiny(middle=asgl.layers.SeqToANN(_Conv(4, 4, 1))).eval(), "_Conv"),  # a layer type with its own forward
     (_Tiny(middle=asgl.layers.SeqToANN(nn.ReLU())).eval(), "ReLU"),
     (_Tiny(middle=asgl.layers.SeqToANN(nn.MaxPool2d(1))).eval(), "MaxPool2d"),
     (_Tiny(add_constant=True).eval(), "adding a constant"),
