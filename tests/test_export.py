@@ -1,0 +1,135 @@
+"""Export of a run's checkpoint (python -m train.export) and asgl.load_pretrained: round trip to the
+same logits, and bad inputs refused with one error line and nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nir
+import pytest
+import torch
+
+import asgl
+from asgl.export import save_pretrained
+from train import checkpoint as ckpt_io
+from train.config import build_config, to_dict
+from train.export import main
+from train.run import build_model
+
+
+def _run_dir(tmp_path, name: str = "digits_cnn", T: int = 2, state_from=None, **model_keys):
+    """A run folder as train/run.py leaves it: config.yaml and best.pt (trained-looking weights:
+    random, with non-trivial BN statistics)."""
+    cfg = build_config(None, {"model.name": name, "model.T": T, **{f"model.{k}": v for k, v in model_keys.items()}})
+    torch.manual_seed(0)
+    model = state_from or build_model(cfg, num_classes=10, in_channels=1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.uniform_(0.0, 0.5)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model:\n  name: " + name + "\n")
+    state = {"model": model.state_dict(), "optimizer": {}, "neuron_optimizer": None, "lr_scheduler": {},
+             "noise": {}, "rng": [], "epoch": 1, "step_in_epoch": 0, "global_step": 1, "best_metric": 50.0,
+             "world_size": 1, "config": to_dict(cfg)}
+    ckpt_io.write_atomic(ckpt_io.serialize(state), run / "best.pt")
+    return run, model
+
+
+def test_safetensors_round_trip(tmp_path, capsys):
+    run, model = _run_dir(tmp_path, thresh=0.8, reset="hard")
+    out = tmp_path / "export"
+    assert main([str(run), str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}  # as open() creates files
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "digits_cnn" and config["T"] == 2 and config["neuron"]["thresh"] == 0.8
+    loaded = asgl.load_pretrained(out, backend="torch")
+    assert not loaded.training
+    x = torch.randn(5, 1, 8, 8) * 2
+    with torch.no_grad():
+        expected = model.eval()(x)
+        got = loaded(x)
+    assert (expected != 0).any()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    # The fused neurons (under TRITON_INTERPRET=1 on a CPU, see conftest.py) read the same folder.
+    fused = asgl.load_pretrained(out, backend="triton")
+    assert {m.backend for m in asgl.neurons(fused)} == {"triton"}
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_nir_format(tmp_path):
+    run, model = _run_dir(tmp_path)
+    out = tmp_path / "digits.nir"
+    assert main([str(run), str(out), "--format", "nir", "--dt", "1e-3"]) == 0
+    graph = nir.read(out)
+    assert {"input", "output", "features.1", "head.module.1"} <= set(graph.nodes)
+    assert graph.nodes["input"].input_type["input"].tolist() == [1, 8, 8]
+    assert sorted(tmp_path.iterdir()) == sorted([run, out])  # no temporary file left behind
+
+
+def _refused(capsys, argv, match: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err, err
+    assert err.count("\n") == 1, err
+
+
+def test_bad_inputs_write_nothing(tmp_path, capsys):
+    run, model = _run_dir(tmp_path)
+    out = tmp_path / "export"
+    out.mkdir()
+    _refused(capsys, [str(run), str(out)], "already exists")
+    assert list(out.iterdir()) == []
+
+    _refused(capsys, [str(tmp_path / "nowhere"), str(tmp_path / "a")], "no checkpoint")
+
+    # A checkpoint of another model: the config says digits_cnn8, the weights are digits_cnn's.
+    other = tmp_path / "other"
+    other.mkdir()
+    foreign, _ = _run_dir(other, name="digits_cnn8", state_from=asgl.create_model("digits_cnn", T=2))
+    _refused(capsys, [str(foreign), str(tmp_path / "b")], "model.name=digits_cnn8")
+
+    soft = tmp_path / "soft"
+    soft.mkdir()
+    soft_run, _ = _run_dir(soft, reset="soft")
+    _refused(capsys, [str(soft_run), str(tmp_path / "c.nir"), "--format", "nir"], "reset='soft'")
+
+    nan = tmp_path / "nan"
+    nan.mkdir()
+    bad = asgl.create_model("digits_cnn", T=2)
+    with torch.no_grad():
+        bad.head.module[1].bias[0] = float("inf")
+    nan_run, _ = _run_dir(nan, state_from=bad)
+    _refused(capsys, [str(nan_run), str(tmp_path / "d")], "non-finite")
+    assert not any((tmp_path / n).exists() for n in "abcd") and not (tmp_path / "c.nir").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_save_pretrained_refuses_training_mode_and_load_checks_the_folder(tmp_path):
+    model = asgl.create_model("digits_cnn", T=2)
+    with pytest.raises(ValueError, match="training mode"):
+        save_pretrained(model, tmp_path / "x", name="digits_cnn")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="does not fit"):
+        save_pretrained(model.eval(), tmp_path / "x", name="digits_cnn8")
+    with pytest.raises(FileNotFoundError, match="not a pretrained folder"):
+        asgl.load_pretrained(tmp_path)
+    folder = save_pretrained(model.eval(), tmp_path / "y", name="digits_cnn")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "T"}))
+    with pytest.raises(ValueError, match="lacks T"):
+        asgl.load_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        asgl.load_pretrained(folder)
