@@ -406,6 +406,36 @@ def test_same_seed_same_output_other_seed_differs():
     assert not torch.equal(ea, A.augment_events(e, flip=True, roll=2, generator=_gen(9)))
 
 
+def test_order_is_crop_flip_autoaugment_cutout():
+    """The authors' CIFAR order, replayed from the same draws: crop (pad 4) -> flip ->
+    AutoAugment -> Cutout. AutoAugment sees the crop's zero border, and Cutout's square stays
+    zero whatever AutoAugment did (Invert would turn an earlier square white)."""
+    B, pad, L = 100, 4, 8
+    x = _images(B, H=16, W=16, lo=0, seed=21)
+    out = A.augment_images(x, crop_pad=pad, flip=True, autoaugment=True, cutout=L, generator=_gen(22))
+    g = _gen(22)  # the draws, in the order augment_images makes them
+    d = torch.randint(-pad, pad + 1, (2, B), generator=g)
+    flip = torch.rand(B, generator=g) < 0.5
+    policy, u, sign = A.draw_autoaugment_params(B, "cpu", g)
+    cy, cx = torch.randint(16, (B,), generator=g), torch.randint(16, (B,), generator=g)
+
+    def crop_flip(img):
+        img = torch.stack([_shift_ref(img[b], int(d[0, b]), int(d[1, b])) for b in range(B)])
+        return torch.where(flip.view(B, 1, 1, 1), img.flip(-1), img)
+
+    def cutout(img):
+        img = img.clone()
+        for b in range(B):
+            y0, x0 = max(int(cy[b]) - L // 2, 0), max(int(cx[b]) - L // 2, 0)
+            img[b, :, y0:max(int(cy[b]) - L // 2 + L, 0), x0:max(int(cx[b]) - L // 2 + L, 0)] = 0
+        return img
+
+    assert torch.equal(out, cutout(A.apply_autoaugment(crop_flip(x), policy, u, sign)))
+    # the order matters for these draws: AutoAugment first, or Cutout before it, gives another batch
+    assert not torch.equal(out, cutout(crop_flip(A.apply_autoaugment(x, policy, u, sign))))
+    assert not torch.equal(out, A.apply_autoaugment(cutout(crop_flip(x)), policy, u, sign))
+
+
 def test_no_augmentation_is_identity():
     x = _images(3)
     assert torch.equal(A.augment_images(x), x)

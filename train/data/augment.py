@@ -580,11 +580,12 @@ def augment_images(
 ) -> torch.Tensor:
     """Training augmentation for a batch of uint8 images ``[B, C, H, W]`` -> uint8 ``[B, C, H, W]``.
 
-    Order: AutoAugment (CIFAR-10 policy, if ``autoaugment``) -> random crop of the image padded
-    with ``crop_pad`` zeros -> horizontal flip with p = 1/2 (if ``flip``) -> Cutout of side
-    ``cutout`` (if > 0). The input is never modified (with nothing enabled it is returned as
-    is). All randomness comes from ``generator`` (on
-    the device of ``x``; None = torch's default generator for that device).
+    Order (the ASGL authors' CIFAR pipeline): random crop of the image padded with ``crop_pad``
+    zeros -> horizontal flip with p = 1/2 (if ``flip``) -> AutoAugment (CIFAR-10 policy, if
+    ``autoaugment``) -> Cutout of side ``cutout`` (if > 0). AutoAugment therefore also sees the
+    crop's zero border (Invert turns it white, Equalize counts it). The input is never modified
+    (with nothing enabled it is returned as is). All randomness comes from ``generator`` (on the
+    device of ``x``; None = torch's default generator for that device).
     """
     _check_uint8_images("x", x)
     _check_nonneg_int("crop_pad", crop_pad)
@@ -595,12 +596,12 @@ def augment_images(
         raise ValueError(f"autoaugment must be a bool, got {autoaugment!r}")
     _check_generator(generator, x)
     out = x
-    if autoaugment:
-        out = auto_augment(out, generator=generator)
     if crop_pad > 0:
         out = random_crop(out, crop_pad, generator=generator)
     if flip:
         out = random_flip(out, generator=generator)
+    if autoaugment:
+        out = auto_augment(out, generator=generator)
     if cutout > 0:
         out = cutout_(out.clone() if out is x else out, cutout, generator=generator)
     return out
