@@ -274,3 +274,26 @@ def normaliser(spec: ImageSpec, device: torch.device | str):
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1) * 255.0
     inv = 1.0 / (torch.tensor(spec.std, device=device).view(1, -1, 1, 1) * 255.0)
     return lambda x: (x.float() - mean) * inv
+
+
+def synthetic_train_loader(cfg, num_samples: int, *, seed: int = 0, device: torch.device | str = "cpu"):
+    """A training :class:`~train.data.loader.TensorLoader` over ``num_samples`` random uint8 images
+    of ``cfg.name``'s shape, served exactly as the trainer serves the real set (materialised on
+    ``device``, ``cfg``'s augmentation, the data set's normalisation): for benchmarks and the step
+    counter, which need the trainer's data path without the files. ``cfg``: a ``DataConfig``."""
+    from . import _image_transform
+    from .loader import TensorLoader
+
+    if cfg.name not in IMAGE_SPECS:
+        raise ValueError(f"data.name must be an image data set ({', '.join(IMAGE_SPECS)}) for synthetic "
+                         f"images, got {cfg.name!r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < cfg.batch_size:
+        raise ValueError(f"num_samples must be an int >= data.batch_size ({cfg.batch_size}), got {num_samples!r}")
+    spec = IMAGE_SPECS[cfg.name]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (num_samples, spec.channels, spec.size, spec.size), dtype=torch.uint8,
+                      generator=gen).to(device)
+    y = torch.randint(0, spec.num_classes, (num_samples,), generator=gen)
+    transform = _image_transform(cfg, normaliser(spec, device), train=True)
+    return TensorLoader(lambda idx, _, x=x: x[idx], y, batch_size=cfg.batch_size, train=True,
+                        transform=transform, seed=seed, rank=0, world_size=1, device=device)

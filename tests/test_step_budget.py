@@ -1,0 +1,103 @@
+"""The step budgets, counted on the CPU by perf/step_budget.py (launches and host syncs per phase).
+
+The CIFAR ResNet-18 T = 4 recipe step is counted once (batch 2: counts do not depend on the batch,
+which a quickstart-sized count checks) and shared by the budget tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perf import step_budget as sb
+from train.config import build_config
+
+RECIPE = "configs/cifar10_resnet18_t4.yaml"
+
+
+@pytest.fixture(scope="module")
+def recipe_step():
+    cfg = build_config(RECIPE, {})
+    return cfg, sb.count_step(cfg, batch=2)
+
+
+def _rows(counter):
+    return {r["phase"]: r for r in counter.rows()}
+
+
+def test_no_host_sync_inside_a_step_only_at_the_log_point(recipe_step):
+    _, counter = recipe_step
+    rows = _rows(counter)
+    for phase in sb.STEP_PHASES:
+        assert rows[phase]["syncs"] == 0, (phase, rows[phase]["sync_sites"])
+    assert [s.split(" @ ")[0] for s in rows["log"]["sync_sites"]] == ["Tensor.tolist"]
+
+
+def test_every_phase_launches_something(recipe_step):
+    _, counter = recipe_step
+    rows = _rows(counter)
+    for phase in ("data", "augment", "forward", "backward", "optimizer", "metrics"):
+        assert rows[phase]["launches"] > 0, phase
+
+
+def test_neuron_share_is_the_fused_ops_launch_counts(recipe_step):
+    cfg, counter = recipe_step
+    import asgl
+    from train.run import build_model
+
+    lifs = sum(isinstance(m, asgl.LIF) for m in build_model(cfg, 10, 3).modules())
+    assert lifs == 17
+    assert counter.ops["forward"]["asgl.lif_fwd"] == lifs
+    assert counter.ops["backward"]["asgl.lif_bwd"] == lifs
+    assert counter.launches["forward"]["asgl.lif_fwd"] == lifs * sb.FUSED_OP_LAUNCHES["asgl::lif_fwd"]
+    assert counter.launches["backward"]["asgl.lif_bwd"] == lifs * sb.FUSED_OP_LAUNCHES["asgl::lif_bwd"]
+
+
+def test_optimizer_step_uses_multi_tensor_kernels(recipe_step):
+    # SGD over 62 weight tensors and Adam over the 17 neurons' widths: a per-parameter loop would
+    # launch hundreds of kernels; the foreach kernels a GPU run picks launch a few dozen
+    _, counter = recipe_step
+    assert _rows(counter)["optimizer"]["launches"] <= 40
+
+
+def test_counts_do_not_depend_on_the_batch_size():
+    cfg = build_config("configs/quickstart.yaml", {"data.crop_pad": 1, "data.flip": True, "data.cutout": 2})
+    small = _rows(sb.count_step(cfg, batch=3))
+    cfg = build_config("configs/quickstart.yaml", {"data.crop_pad": 1, "data.flip": True, "data.cutout": 2})
+    large = _rows(sb.count_step(cfg, batch=16))
+    assert {p: r["launches"] for p, r in small.items()} == {p: r["launches"] for p, r in large.items()}
+    assert small["augment"]["launches"] > 0
+
+
+def test_counter_reports_a_sync_and_its_line():
+    x = torch.arange(6.0)
+    counter = sb.StepCounter()
+    with counter, sb._count_host_reads(counter):
+        with counter.counting("forward"):
+            y = x * 2
+            n = int(y.sum())  # a sync
+            m = x[x > 2]  # data-dependent shape
+            host = y.tolist()
+        z = y + 1  # outside any phase: not counted
+    assert n == 30 and len(m) == 3 and len(host) == 6 and z.shape == x.shape
+    sites = counter.syncs["forward"]
+    assert len(sites) == 3 and all("test_step_budget.py:" in s for s in sites)
+    assert counter.launches["forward"]["aten.mul"] == 1 and sum(counter.launches["backward"].values()) == 0
+
+
+def test_cli_table_and_json(capsys):
+    assert sb.main(["--config", "configs/quickstart.yaml", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    import json
+
+    assert [json.loads(line)["phase"] for line in out] == list(sb.PHASES)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "configs/shd_rnn_t250.yaml"], "image data set"),
+    (["--config", "configs/quickstart.yaml", "--batch", "0"], "batch must be"),
+    (["--config", "configs/nope.yaml"], "nope.yaml"),
+])
+def test_cli_bad_input(args, message, capsys):
+    assert sb.main(args) == 2
+    assert message in capsys.readouterr().err
