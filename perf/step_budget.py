@@ -2,7 +2,7 @@
 
     python perf/step_budget.py --config configs/cifar10_resnet18_t4.yaml
     python perf/step_budget.py --config configs/cifar10_resnet18_t4.yaml --batch 8 --json
-    python perf/step_budget.py --config configs/quickstart.yaml --neuron torch --data.autoaugment=true
+    python perf/step_budget.py --config configs/quickstart.yaml --backend torch --data.autoaugment=true
 
 At a 15 ms step every launch from Python (≈ 4-6 µs) counts, and a host sync stalls the launch
 queue. Both can be counted exactly without a GPU: a ``TorchDispatchMode`` sees every aten op the
@@ -20,11 +20,12 @@ GPU; views, ``empty`` allocations and host reads launch nothing and are left out
 every dispatched op). The count does not depend on the batch size (no per-sample Python loops), so
 the CPU run uses a small batch (``--batch``, default 8).
 
-Neurons (``--neuron fused``, the default): the network runs the fused custom ops' Python path
-(``asgl.functional`` with ``backend=triton``) and each ``asgl::*`` custom op counts the launches
-its implementation issues on a GPU, from :data:`FUSED_OP_LAUNCHES` (the one place to update when
-the kernels change); on the CPU their values come from the reference (the forward) or are zeros
-(the backward), which changes no count. ``--neuron torch`` counts the reference neuron's ops.
+Backends (``--backend fused``, the default): the neurons and the augmentation run the Python path
+of their fused custom ops (``backend=triton``, as on a GPU) and each ``asgl::*`` custom op counts
+the launches its implementation issues on a GPU, from :data:`FUSED_OP_LAUNCHES` (the one place to
+update when the kernels change); on the CPU the counter computes their values with the references
+(the neuron's backward gives zeros), which changes no count. ``--backend torch`` counts the eager
+references' ops instead.
 
 Host syncs: ``_local_scalar_dense`` (``.item()``, ``int()``, ``float()``, ``bool()`` of a tensor),
 ops whose output shape depends on the data (``nonzero``, boolean-mask indexing, ``masked_select``,
@@ -66,6 +67,7 @@ STEP_PHASES = ("data", "augment", "forward", "backward", "optimizer", "metrics")
 # rlif_fwd: the kernel; rlif_bwd: the kernel, the recurrent-weight gradient matmul, the partial
 # sums (2), the chain rule and copies as in lif_bwd (7) = 11.
 FUSED_OP_LAUNCHES = {
+    "asgl::augment_images": 1,  # train/data/augment_triton.py: one kernel (scratch rows are torch.empty)
     "asgl::lif_fwd": 1,
     "asgl::lif_bwd": 10,
     "asgl::rlif_fwd": 1,
@@ -103,9 +105,8 @@ def _site() -> str:
 class StepCounter(TorchDispatchMode):
     """Counts dispatched aten ops, launches and host syncs per phase (see the module docstring)."""
 
-    def __init__(self, *, fused_neurons: bool = True) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.fused_neurons = fused_neurons
         self.phase: str | None = None
         self.ops = {p: Counter() for p in PHASES}  # phase -> op name -> dispatches
         self.launches = {p: Counter() for p in PHASES}  # phase -> op name -> launches
@@ -176,6 +177,11 @@ def _stand_in(opname: str, args):
                         surrogate="sigmoid" if sigmoid else "rectangle", p=p, training=noise != NOISE_NONE)
         u = x.clone() if store_u else x.new_empty(0)
         return y, u, torch.zeros(x.shape if store_mask else (0,), dtype=torch.bool)
+    if opname == "augment_images":
+        from train.data.augment import AugmentDraws, apply_augment_ref
+
+        x, shift, flip, policy, u, sign, cut_y, cut_x, _table, cutout = args
+        return apply_augment_ref(x, AugmentDraws(shift, flip, policy, u, sign, cut_y, cut_x, cutout))
     if opname == "lif_bwd":
         dy, u, decay_logit, width, thresh = args[:5]
         return (torch.zeros_like(u), torch.zeros_like(decay_logit), torch.zeros_like(width),
@@ -204,9 +210,9 @@ def _count_host_reads(counter: StepCounter):
 
 
 @contextlib.contextmanager
-def _fused_neurons():
-    """The neurons take the fused path (``backend=triton``) on CPU tensors; the counter stands in
-    for the custom ops themselves."""
+def _fused_backends():
+    """The neurons and the augmentation take their fused paths (``backend=triton``) on CPU
+    tensors; the counter stands in for the custom ops themselves."""
     import asgl.functional as F
 
     saved = F.resolve_backend
@@ -217,15 +223,15 @@ def _fused_neurons():
         F.resolve_backend = saved
 
 
-def count_step(cfg, *, batch: int = 8, neuron: str = "fused", seed: int = 0) -> StepCounter:
+def count_step(cfg, *, batch: int = 8, backend: str = "fused", seed: int = 0) -> StepCounter:
     """Run one warm-up and one counted training step of ``cfg`` (a ``RunConfig``) on the CPU."""
     import asgl
     from train.data import augment as augment_mod
     from train.data.images import IMAGE_SPECS, synthetic_train_loader
     from train.run import build_model, optimizer_step
 
-    if neuron not in ("fused", "torch"):
-        raise ValueError(f"neuron must be 'fused' or 'torch', got {neuron!r}")
+    if backend not in ("fused", "torch"):
+        raise ValueError(f"backend must be 'fused' or 'torch', got {backend!r}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     if cfg.train.mixed_precision == "fp16":
@@ -235,10 +241,12 @@ def count_step(cfg, *, batch: int = 8, neuron: str = "fused", seed: int = 0) -> 
     if cfg.data.name not in IMAGE_SPECS:
         raise ValueError(f"data.name must be an image data set ({', '.join(IMAGE_SPECS)}), got {cfg.data.name!r}")
     spec = IMAGE_SPECS[cfg.data.name]
-    counter = StepCounter(fused_neurons=neuron == "fused")
+    counter = StepCounter()
     real_augment = augment_mod.augment_images
 
     def augment(*args, **kwargs):
+        if counter.phase is None:  # the warm-up step
+            return real_augment(*args, **kwargs)
         with counter.counting("augment"):
             return real_augment(*args, **kwargs)
 
@@ -292,8 +300,8 @@ def count_step(cfg, *, batch: int = 8, neuron: str = "fused", seed: int = 0) -> 
             host = torch.tensor([float(batch), 0.0], dtype=torch.float64)
             torch.cat([sums, host]).tolist()
 
-    neurons = _fused_neurons() if neuron == "fused" else contextlib.nullcontext()
-    with neurons, counter, _count_host_reads(counter):
+    backends = _fused_backends() if backend == "fused" else contextlib.nullcontext()
+    with backends, counter, _count_host_reads(counter):
         step(count=False)
         # Adam's step counts stay on the CPU on a GPU run (unless capturable or fused)
         counter.host_tensors = {id(state["step"]) for opt in optimizers for group in opt.param_groups
@@ -310,23 +318,24 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="a trainer config (an image recipe)")
     ap.add_argument("--batch", type=int, default=8, help="batch size of the counted step (counts do not depend on it)")
-    ap.add_argument("--neuron", choices=("fused", "torch"), default="fused",
-                    help="fused: the custom ops' launch counts (a GPU run); torch: the reference neuron's ops")
+    ap.add_argument("--backend", choices=("fused", "torch"), default="fused",
+                    help="fused: neurons and augmentation as a GPU run takes them (their custom ops' launch "
+                         "counts); torch: the eager references' ops")
     ap.add_argument("--json", action="store_true", help="print one JSON row per phase instead of the table")
     args, rest = ap.parse_known_args(argv)
     try:
         cfg = build_config(args.config, parse_overrides(rest))
-        counter = count_step(cfg, batch=args.batch, neuron=args.neuron)
+        counter = count_step(cfg, batch=args.batch, backend=args.backend)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rows = counter.rows()
     if args.json:
         for row in rows:
-            print(json.dumps({"config": args.config, "neuron": args.neuron, **row}))
+            print(json.dumps({"config": args.config, "backend": args.backend, **row}))
         return 0
     step = [r for r in rows if r["phase"] in STEP_PHASES]
-    print(f"{args.config}: one training step, neurons {args.neuron}, {cfg.train.mixed_precision} "
+    print(f"{args.config}: one training step, backend {args.backend}, {cfg.train.mixed_precision} "
           f"(launches = ops a GPU runs a kernel for)")
     print(f"{'phase':<10} {'ops':>6} {'launches':>9} {'syncs':>6}  top launches")
     for r in rows:

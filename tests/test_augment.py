@@ -436,6 +436,58 @@ def test_order_is_crop_flip_autoaugment_cutout():
     assert not torch.equal(out, A.apply_autoaugment(cutout(crop_flip(x)), policy, u, sign))
 
 
+# --------------------------------------------------------------------------------------------
+# The fused augmentation (one Triton launch): equal to the reference bit for bit
+# (CPU: TRITON_INTERPRET=1 from conftest; with CUDA on the GPU)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("C, H, W", [(3, 8, 6), (1, 7, 5)])
+def test_fused_equals_reference_for_every_sub_policy(C, H, W, device):
+    B = 25  # every sub-policy once, both steps applied (u = 0), so every op runs
+    x = _images(B, C=C, H=H, W=W, lo=0, seed=31).to(device)
+    g = _gen(32)
+    d = A.AugmentDraws(
+        shift=torch.randint(-2, 3, (2, B), generator=g).to(device), flip=(torch.rand(B, generator=g) < 0.5).to(device),
+        policy=torch.arange(B, device=device), u=torch.zeros(B, 2, device=device),
+        sign=(torch.randint(2, (B, 2), generator=g).float() * 2 - 1).to(device),
+        cut_y=torch.randint(H, (B,), generator=g).to(device), cut_x=torch.randint(W, (B,), generator=g).to(device),
+        cutout=3,
+    )
+    ref = A.apply_augment_ref(x, d)
+    out = A.apply_augment_fused(x, d)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    bad = (out != ref).flatten(1).any(1).nonzero().flatten().tolist()
+    assert not bad, f"sub-policies {bad} differ from the reference"
+    assert torch.equal(x, _images(B, C=C, H=H, W=W, lo=0, seed=31).to(device))  # input untouched
+
+
+def test_fused_backend_equals_torch_backend_from_one_generator(device):
+    x = _images(20, H=6, W=6, lo=0, seed=33).to(device)
+    kw = dict(crop_pad=2, flip=True, autoaugment=True, cutout=3)
+    gen = torch.Generator(device=device)
+    ref = A.augment_images(x, generator=gen.manual_seed(5), backend="torch", **kw)
+    out = A.augment_images(x, generator=gen.manual_seed(5), backend="triton", **kw)
+    assert torch.equal(out, ref)
+    only_crop = A.augment_images(x, crop_pad=1, generator=gen.manual_seed(6), backend="triton")
+    assert torch.equal(only_crop, A.augment_images(x, crop_pad=1, generator=gen.manual_seed(6), backend="torch"))
+
+
+def test_backend_must_be_known():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        A.augment_images(_images(2), flip=True, backend="cuda")
+
+
+@pytest.mark.gpu
+def test_fused_equals_reference_on_cifar_batches():
+    x = _images(256, H=32, W=32, lo=0, seed=34).cuda()
+    kw = dict(crop_pad=4, flip=True, autoaugment=True, cutout=16)
+    for seed in range(4):
+        g = torch.Generator(device="cuda")
+        ref = A.augment_images(x, generator=g.manual_seed(seed), backend="torch", **kw)
+        assert torch.equal(A.augment_images(x, generator=g.manual_seed(seed), **kw), ref)  # auto = triton
+
+
 def test_no_augmentation_is_identity():
     x = _images(3)
     assert torch.equal(A.augment_images(x), x)

@@ -33,6 +33,15 @@ def test_no_host_sync_inside_a_step_only_at_the_log_point(recipe_step):
     assert [s.split(" @ ")[0] for s in rows["log"]["sync_sites"]] == ["Tensor.tolist"]
 
 
+def test_augmentation_launches_at_most_40_per_batch(recipe_step):
+    # crop + flip + AutoAugment + Cutout: the draws (~10 launches) and one fused kernel; the
+    # eager reference launches ~480 (every op of every sub-policy for the whole batch)
+    _, counter = recipe_step
+    rows = _rows(counter)
+    assert rows["augment"]["launches"] <= 40
+    assert counter.ops["augment"]["asgl.augment_images"] == 1
+
+
 def test_every_phase_launches_something(recipe_step):
     _, counter = recipe_step
     rows = _rows(counter)
