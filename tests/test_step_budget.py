@@ -110,3 +110,36 @@ def test_cli_table_and_json(capsys):
 def test_cli_bad_input(args, message, capsys):
     assert sb.main(args) == 2
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ bench_train: the trainer's data path
+
+
+def test_bench_train_trainer_data_path_cpu(tmp_path):
+    from test_perf_scripts import read_jsonl, run_script
+
+    out = tmp_path / "train.jsonl"
+    stdout = run_script("perf/bench_train.py", "--models", "resnet18", "--T", "2", "--data", "tensor,trainer",
+                        "--warmup", "0", "--iters", "2", "--out", str(out), timeout=300)
+    assert "data=trainer" in stdout
+    rows = read_jsonl(out)
+    assert [(r["model"], r["data"], r["status"]) for r in rows] == [("resnet18", "tensor", "ok"),
+                                                                    ("resnet18", "trainer", "ok")]
+    assert all(r["samples_s"] > 0 for r in rows)
+
+
+def test_bench_train_trainer_data_path_needs_an_image_model():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "perf/bench_train.py", "--models", "shd_rnn", "--data", "trainer"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--data trainer" in proc.stderr and "shd_rnn" in proc.stderr
+
+
+def test_device_check_measures_the_trainer_step_beside_the_model():
+    from perf.bench_train import device_check_configs
+
+    resnet = [(c.data, c.compile) for c in device_check_configs() if c.model == "resnet18" and c.backend == "triton"]
+    assert resnet[:2] == [("tensor", "none"), ("trainer", "none")]
+    assert {("trainer", comp) for comp in ("none", "default", "reduce-overhead")} <= set(resnet)
