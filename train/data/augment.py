@@ -7,6 +7,12 @@ host synchronisation happens inside: an op that a sample did not draw is still c
 whole batch and discarded by ``torch.where``, which for 32x32 images is cheaper than a
 ``mask.any()`` sync per op.
 
+:func:`augment_images` draws all of a batch's parameters first (:func:`draw_augment`, 11
+launches) and then applies them either eagerly (:func:`apply_augment_ref`, the reference: 481
+launches per batch for crop + flip + AutoAugment + Cutout) or in one Triton launch
+(:func:`apply_augment_fused`, ``train/data/augment_triton.py``; the default on CUDA), with the same
+result bit for bit.
+
 Image layout ``[B, C, H, W]`` (uint8 for :func:`augment_images`); event layout
 ``[B, T, C, H, W]`` (float, for :func:`augment_events`).
 
