@@ -59,20 +59,27 @@ from torch.utils._python_dispatch import TorchDispatchMode
 PHASES = ("data", "augment", "forward", "backward", "optimizer", "metrics", "log")
 STEP_PHASES = ("data", "augment", "forward", "backward", "optimizer", "metrics")
 
-# Launches per call of each fused custom op on a GPU, read off its implementation (kernels/lif.py,
-# kernels/rlif.py); update here when the kernels change. lif_fwd: the kernel (the int8->bool mask
-# copy is empty unless a test asks for the mask). lif_bwd: zeros for dθ's empty case (1), the
-# kernel (1), the partial-sum reduction (1), the per-channel dk reduction (1, channel widths
-# only; counted), σ(decay_logit) and dλ·λ·(1-λ) (4), the copies of d_width and dθ (2) = 10.
-# rlif_fwd: the kernel; rlif_bwd: the kernel, the recurrent-weight gradient matmul, the partial
-# sums (2), the chain rule and copies as in lif_bwd (7) = 11.
+# Launches per call of each fused custom op on a GPU, read off its implementation; update here when
+# a launcher changes (an op missing here stops the count with its name). augment_images
+# (train/data/augment_triton.py): the kernel (its scratch rows are torch.empty). lif_fwd
+# (kernels/lif.py): the kernel (the int8->bool mask copy is empty unless a test asks for the
+# mask). lif_bwd: the zeros for dθ's empty case (1), the kernel (1), the partial-sum reduction
+# (1), σ(decay_logit) and dλ·λ·(1-λ) (4), the copies of d_width and dθ (2) = 9, and with
+# per-channel widths the dk reduction (+1, see fused_launches).
 FUSED_OP_LAUNCHES = {
-    "asgl::augment_images": 1,  # train/data/augment_triton.py: one kernel (scratch rows are torch.empty)
+    "asgl::augment_images": 1,
     "asgl::lif_fwd": 1,
-    "asgl::lif_bwd": 10,
-    "asgl::rlif_fwd": 1,
-    "asgl::rlif_bwd": 11,
+    "asgl::lif_bwd": 9,
 }
+
+
+def fused_launches(key: str, args) -> int:
+    """Launches of one call of the fused custom op ``key`` with arguments ``args``."""
+    if key not in FUSED_OP_LAUNCHES:
+        raise KeyError(f"{key}: no launch count in FUSED_OP_LAUNCHES (perf/step_budget.py)")
+    channel_width = key == "asgl::lif_bwd" and args[3].dim() == 1  # width_param [C]
+    return FUSED_OP_LAUNCHES[key] + channel_width
+
 
 # Ops that launch no kernel: allocation, metadata, and host reads (counted as syncs instead).
 _NO_LAUNCH = {
@@ -132,12 +139,10 @@ class StepCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         name = f"{func.namespace}.{func._opname}"
         if func.namespace == "asgl":
-            key = f"asgl::{func._opname}"
-            if key not in FUSED_OP_LAUNCHES:
-                raise KeyError(f"{key}: no launch count in FUSED_OP_LAUNCHES (perf/step_budget.py)")
+            launches = fused_launches(f"asgl::{func._opname}", args)
             if self.phase is not None:
                 self.ops[self.phase][name] += 1
-                self.launches[self.phase][name] += FUSED_OP_LAUNCHES[key]
+                self.launches[self.phase][name] += launches
             return _stand_in(func._opname, args)
         if self.phase is None:
             return func(*args, **kwargs)

@@ -62,6 +62,15 @@ def test_neuron_share_is_the_fused_ops_launch_counts(recipe_step):
     assert counter.launches["backward"]["asgl.lif_bwd"] == lifs * sb.FUSED_OP_LAUNCHES["asgl::lif_bwd"]
 
 
+def test_fused_launches_per_call():
+    layer, channel = torch.zeros(()), torch.zeros(8)
+    args = lambda width: (None, None, None, width)  # noqa: E731  (dy, u, decay_logit, width_param)
+    assert sb.fused_launches("asgl::lif_bwd", args(layer)) == sb.FUSED_OP_LAUNCHES["asgl::lif_bwd"]
+    assert sb.fused_launches("asgl::lif_bwd", args(channel)) == sb.FUSED_OP_LAUNCHES["asgl::lif_bwd"] + 1
+    with pytest.raises(KeyError, match="asgl::rlif_bwd: no launch count"):
+        sb.fused_launches("asgl::rlif_bwd", ())
+
+
 def test_optimizer_step_uses_multi_tensor_kernels(recipe_step):
     # SGD over 62 weight tensors and Adam over the 17 neurons' widths: a per-parameter loop would
     # launch hundreds of kernels; the foreach kernels a GPU run picks launch a few dozen
