@@ -1,8 +1,11 @@
 """``train.compile``: none | default | reduce-overhead in the trainer.
 
-On the CPU: ``default`` trains through ``torch.compile`` (fused-neuron custom ops traced, noise on,
-gradient accumulation, both optimizers) to the eager run's losses; ``reduce-overhead`` is refused
-with a clear message (CUDA graphs). On a GPU (``gpu``): ``reduce-overhead`` trains and resumes.
+On the CPU: ``default`` trains through ``torch.compile`` (gradient accumulation, both optimizers:
+the widths are learnt) to the eager run's loss, without noise so that only rounding differs (with
+noise the compiled graph draws its masks from inductor's generator: the same law, other draws);
+``reduce-overhead`` is refused with a clear message (CUDA graphs). On a GPU (``gpu``):
+``reduce-overhead`` trains with the fused neurons (noise on) and the fused augmentation.
+One compiled run costs about a minute of inductor compiles on 2 idle cores.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ def tmp(tmp_path_factory):
     return t
 
 
-def _train(tmp, name, *extra, timeout=600):
+def _train(tmp, name, *extra, timeout=900):
     r = run(tiny_args(tmp, name, "--optim.epochs=1", "--train.grad_accum=2", *extra), tmp, timeout=timeout)
     assert r.returncode == 0, r.stderr[-2000:]
     return rows(tmp / "runs" / name)
@@ -34,9 +37,6 @@ def test_compile_default_trains_like_eager(tmp):
     assert len(compiled) == len(eager) == 1
     a, b = eager[0]["train_loss"], compiled[0]["train_loss"]
     assert abs(a - b) <= 1e-3 * abs(a), (a, b)
-    # with noise the compiled graph draws its masks with inductor's generator: same law, other draws
-    noisy = _train(tmp, "compiled_noise", "--train.compile=default")
-    assert math.isfinite(noisy[0]["train_loss"]) and noisy[0]["train_loss"] < math.log(10) + 0.1
 
 
 @needs_datasets

@@ -153,7 +153,8 @@ def _autoaugment_step(v0, v1, v2, b, s, policy_ptr, u_ptr, sign_ptr, table_ptr, 
         gray = _gray(v0, v1, v2)
     else:
         gray = v0
-    mean = tl.sum(tl.where(live, gray, 0).to(tl.float32), axis=0) / HW
+    # an exact integer sum, divided correctly rounded (plain fp32 `/` is approximate on the GPU)
+    mean = tl.math.div_rn(tl.sum(tl.where(live, gray, 0).to(tl.float32), axis=0), HW.to(tl.float32))
     out0 = tl.where(is_geo, _gather(scratch, ii, jj, H, W, live, BLOCK),
                     _pixel_op(sel, m, v0, gray, mean, scratch, lut, i, j, H, W, live, C == 3, BLOCK))
     out1 = out0
