@@ -378,6 +378,8 @@ def validate(cfg: RunConfig) -> None:
 
     _check(0 <= t.seed < 2**31, "train.seed", "must be in [0, 2**31)", t.seed)
     _choice(t.mixed_precision, "train.mixed_precision", MIXED_PRECISION)
+    if isinstance(t.compile, str) and t.compile.strip().lower() in _TRUE + _FALSE:
+        t.compile = t.compile.strip().lower() in _TRUE
     if isinstance(t.compile, bool):  # the former on/off switch (configs and checkpoints written before)
         t.compile = "default" if t.compile else "none"
     _choice(t.compile, "train.compile", COMPILE_MODES)
