@@ -17,6 +17,8 @@ cosines and sines come from the same torch calls the reference makes.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -231,8 +233,6 @@ def _augment_kernel(x_ptr, out_ptr, scratch_ptr, lut_ptr, shift_ptr, flip_ptr, p
 
 
 def _interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
