@@ -1,4 +1,4 @@
-"""Training-step throughput of the paper's networks on synthetic tensors (no data set needed).
+"""Training-step throughput of the paper's networks on synthetic data (no data set needed).
 
 One step = ``zero_grad`` → forward (per-step logits ``[T, B, K]``) → ``mean_ce_loss`` → backward →
 SGD (momentum 0.9, weight decay 5e-4) step. Reported per configuration: median step time,
@@ -10,6 +10,11 @@ MFU = (FLOPs of one forward+backward counted once per model/T/batch with
 elementwise work is not counted) / step time / the datasheet peak of the GPU (``perf.common.
 PEAK_FLOPS``: bf16 tensor cores for bf16 autocast; for fp32 the TF32 peak when cuDNN/cuBLAS may
 use TF32 for that network's layers — PyTorch's default for convolutions — else plain fp32).
+
+Inputs (``--data``): ``tensor`` times the model alone on one synthetic batch; ``trainer`` draws every
+step's batch through the trainer's own data path (``train.data``: cached uint8 images of CIFAR
+shape on the device, the recipe's crop + flip + AutoAugment + Cutout, normalisation), so its
+samples/s is that of the step a user trains. ``--device-check`` reports both for ResNet-18 T = 4.
 
 Configurations (GPU): models × T, the neuron backend (``triton`` = fused kernel, ``torch`` = the
 reference loop), precision (``bf16`` autocast or ``fp32``), compilation (``none``,
@@ -67,7 +72,13 @@ MODELS = {
 BACKENDS = ("triton", "torch")
 PRECISIONS = ("bf16", "fp32")
 COMPILES = ("none", "default", "reduce-overhead", "graph")
+DATA_PATHS = ("tensor", "trainer")
 CPU_BATCH = 2
+# The trainer's data path for the CIFAR networks: the recipe's augmentation over this many cached
+# synthetic uint8 images on the device (configs/cifar10_resnet18_t4.yaml: crop 4, flip, AutoAugment,
+# Cutout 16)
+TRAINER_DATA = {"resnet18": "cifar10", "resnet19": "cifar10"}
+TRAINER_IMAGES = 8192
 
 
 @dataclass(frozen=True)
@@ -79,15 +90,22 @@ class Config:
     precision: str
     compile: str
     channels_last: bool
+    data: str = "tensor"  # tensor: one synthetic batch; trainer: the trainer's data path every step
 
 
 def device_check_configs() -> list[Config]:
-    """The reduced set of ``perf/device_check.sh``: the ResNet-18 target pair, VGGSNN, SHD."""
-    out = []
+    """The reduced set of ``perf/device_check.sh``: the ResNet-18 target pair with the model-only and
+    the trainer's data path, VGGSNN, SHD, then (as the time budget allows) the ResNet-18 step
+    compiled with CUDA graphs and with ``torch.compile``, on both inputs."""
+    out = [Config("resnet18", 4, 256, "triton", "bf16", "none", True),
+           Config("resnet18", 4, 256, "triton", "bf16", "none", True, "trainer")]
     for model, T, batch in (("resnet18", 4, 256), ("vggsnn", 10, 32), ("shd_rnn", 250, 256)):
         cl = MODELS[model][4]
-        out += [Config(model, T, batch, "triton", "bf16", "none", cl),
-                Config(model, T, batch, "torch", "fp32", "none", cl)]
+        if model != "resnet18":
+            out.append(Config(model, T, batch, "triton", "bf16", "none", cl))
+        out.append(Config(model, T, batch, "torch", "fp32", "none", cl))
+    for comp in ("reduce-overhead", "default"):
+        out += [Config("resnet18", 4, 256, "triton", "bf16", comp, True, data) for data in ("trainer", "tensor")]
     return out
 
 
@@ -101,6 +119,10 @@ def parse_args(argv=None):
     ap.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma list of {PRECISIONS}")
     ap.add_argument("--compile", default="none,reduce-overhead", help=f"comma list of {COMPILES}")
     ap.add_argument("--no-channels-last", action="store_true", help="keep convnets in NCHW")
+    ap.add_argument("--data", default="tensor",
+                    help=f"comma list of {DATA_PATHS}: tensor = one synthetic batch (the model alone); "
+                         f"trainer = every step draws a batch through the trainer's data path (cached "
+                         f"uint8 images on the device, the recipe's augmentation; {', '.join(TRAINER_DATA)})")
     ap.add_argument("--p", type=float, default=0.2, help="analog-mode probability of every neuron (default 0.2)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (after compiling)")
     ap.add_argument("--iters", type=int, default=10, help="timed steps (median reported)")
@@ -123,6 +145,11 @@ def parse_args(argv=None):
     args.backends = split(args.backends, BACKENDS, "--backends")
     args.precisions = split(args.precisions, PRECISIONS, "--precisions")
     args.compile = split(args.compile, COMPILES, "--compile")
+    args.data = split(args.data, DATA_PATHS, "--data")
+    if "trainer" in args.data:
+        other = [m for m in args.models if m not in TRAINER_DATA]
+        if other:
+            ap.error(f"--data trainer: the trainer's image data path serves {tuple(TRAINER_DATA)}, not {other}")
     args.T = [int(t) for t in args.T.split(",")] if args.T else None
     if args.batch is not None and args.batch <= 0:
         ap.error(f"--batch must be positive, got {args.batch}")
@@ -139,16 +166,17 @@ def configs(args, on_gpu: bool) -> list[Config]:
             batch = args.batch or CPU_BATCH
             return [Config("resnet18", 2, batch, "torch", "fp32", "none", False),
                     Config("shd_rnn", 25, batch, "torch", "fp32", "none", False)]
-        return [Config(m, T, args.batch or CPU_BATCH, "torch", "fp32", "none", False)
-                for m in args.models for T in (args.T or MODELS[m][1][:1])]
+        return [Config(m, T, args.batch or CPU_BATCH, "torch", "fp32", "none", False, data)
+                for m in args.models for T in (args.T or MODELS[m][1][:1]) for data in args.data]
     out = []
     for m in args.models:
         for T in args.T or MODELS[m][1]:
             for backend in args.backends:
                 for precision in args.precisions:
                     for comp in args.compile:
-                        out.append(Config(m, T, args.batch or MODELS[m][2], backend, precision, comp,
-                                          MODELS[m][4] and not args.no_channels_last))
+                        for data in args.data:
+                            out.append(Config(m, T, args.batch or MODELS[m][2], backend, precision, comp,
+                                              MODELS[m][4] and not args.no_channels_last, data))
     return out
 
 
@@ -173,18 +201,41 @@ def build(cfg: Config, device: str, p: float):
     return model, x, target, opt
 
 
+def trainer_batches(cfg: Config, device: str):
+    """Endless ``(x, y)`` batches from the trainer's own data path (``train.data``): cached uint8
+    images on the device, the CIFAR recipe's augmentation, normalisation; a new epoch (shuffle and
+    draws) whenever one runs out."""
+    from train.data import DataConfig
+    from train.data.images import synthetic_train_loader
+
+    data = DataConfig(name=TRAINER_DATA[cfg.model], batch_size=cfg.batch, crop_pad=4, flip=True,
+                      autoaugment=True, cutout=16)
+    loader = synthetic_train_loader(data, max(TRAINER_IMAGES, cfg.batch), seed=0, device=device)
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+        epoch += 1
+
+
 def make_step(model, x, target, opt, cfg: Config, device: str):
-    """The training step as a zero-argument callable, compiled or captured per ``cfg.compile``."""
+    """The training step as a zero-argument callable, compiled or captured per ``cfg.compile``;
+    with ``cfg.data == "trainer"`` each step first takes a batch from :func:`trainer_batches`."""
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
                               enabled=cfg.precision == "bf16")
     net = model
     if cfg.compile in ("default", "reduce-overhead"):
         net = torch.compile(model, mode=None if cfg.compile == "default" else "reduce-overhead")
+    batches = trainer_batches(cfg, device) if cfg.data == "trainer" else None
 
     def step():
+        inputs, labels = next(batches) if batches is not None else (x, target)
         opt.zero_grad(set_to_none=True)
         with autocast:
-            loss = mean_ce_loss(net(x), target)
+            loss = mean_ce_loss(net(inputs), labels)
         loss.backward()
         opt.step()
 
@@ -255,6 +306,8 @@ def peak_precision(cfg: Config) -> str:
 def measure(cfg: Config, args, device: str, flops_cache: dict) -> dict:
     if cfg.compile == "graph" and args.p not in (0.0, 1.0):
         return {"status": f"skipped: a captured graph replays one noise seed (use --p 0 or 1, got {args.p})"}
+    if cfg.compile == "graph" and cfg.data == "trainer":
+        return {"status": "skipped: the data path (a fresh batch every step) is not captured; use reduce-overhead"}
     if cfg.compile != "none" and not device.startswith("cuda"):
         return {"status": "skipped: compiled/graph variants are measured on the GPU only"}
     torch.manual_seed(0)
@@ -304,7 +357,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     for cfg in configs(args, on_gpu):
         if args.time_budget is not None and time.perf_counter() - start > args.time_budget:
-            skipped.append(f"{cfg.model} T={cfg.T} {cfg.backend} {cfg.precision} {cfg.compile}")
+            skipped.append(f"{cfg.model} T={cfg.T} {cfg.backend} {cfg.precision} {cfg.compile} data={cfg.data}")
             continue
         try:
             result = measure(cfg, args, device, flops_cache)
@@ -314,7 +367,7 @@ def main(argv=None) -> int:
                "iters": args.iters, **result}
         rows.append(row)
         append_jsonl(args.out, [row])
-        print(f"  {cfg.model} T={cfg.T} B={cfg.batch} {cfg.backend} {cfg.precision} {cfg.compile}: "
+        print(f"  {cfg.model} T={cfg.T} B={cfg.batch} {cfg.backend} {cfg.precision} {cfg.compile} data={cfg.data}: "
               f"{row['status']}" + (f", {row['ms']:.2f} ms" if "ms" in row else ""), flush=True)
         gc.collect()
         if on_gpu:
@@ -323,9 +376,9 @@ def main(argv=None) -> int:
     title = f"training step, {stamp['device']}, commit {stamp['commit']}" + ("" if on_gpu else " (CPU RUN)")
     print_table(
         title,
-        ("model", "T", "batch", "backend", "prec", "compile", "ch-last", "ms", "samples/s", "peak GiB",
+        ("model", "T", "batch", "backend", "prec", "compile", "data", "ch-last", "ms", "samples/s", "peak GiB",
          "TFLOP/s", "MFU %", "status"),
-        [(r["model"], r["T"], r["batch"], r["backend"], r["precision"], r["compile"],
+        [(r["model"], r["T"], r["batch"], r["backend"], r["precision"], r["compile"], r["data"],
           "yes" if r["channels_last"] else "no", r.get("ms"), r.get("samples_s"), r.get("peak_mem_gib"),
           r.get("tflops"), 100 * r["mfu"] if r.get("mfu") is not None else None, r["status"]) for r in rows],
         caption="MFU: counted conv/matmul FLOPs per step / step time / datasheet peak (bf16; fp32 runs "

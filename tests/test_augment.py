@@ -406,6 +406,88 @@ def test_same_seed_same_output_other_seed_differs():
     assert not torch.equal(ea, A.augment_events(e, flip=True, roll=2, generator=_gen(9)))
 
 
+def test_order_is_crop_flip_autoaugment_cutout():
+    """The authors' CIFAR order, replayed from the same draws: crop (pad 4) -> flip ->
+    AutoAugment -> Cutout. AutoAugment sees the crop's zero border, and Cutout's square stays
+    zero whatever AutoAugment did (Invert would turn an earlier square white)."""
+    B, pad, L = 100, 4, 8
+    x = _images(B, H=16, W=16, lo=0, seed=21)
+    out = A.augment_images(x, crop_pad=pad, flip=True, autoaugment=True, cutout=L, generator=_gen(22))
+    g = _gen(22)  # the draws, in the order augment_images makes them
+    d = torch.randint(-pad, pad + 1, (2, B), generator=g)
+    flip = torch.rand(B, generator=g) < 0.5
+    policy, u, sign = A.draw_autoaugment_params(B, "cpu", g)
+    cy, cx = torch.randint(16, (B,), generator=g), torch.randint(16, (B,), generator=g)
+
+    def crop_flip(img):
+        img = torch.stack([_shift_ref(img[b], int(d[0, b]), int(d[1, b])) for b in range(B)])
+        return torch.where(flip.view(B, 1, 1, 1), img.flip(-1), img)
+
+    def cutout(img):
+        img = img.clone()
+        for b in range(B):
+            y0, x0 = max(int(cy[b]) - L // 2, 0), max(int(cx[b]) - L // 2, 0)
+            img[b, :, y0:max(int(cy[b]) - L // 2 + L, 0), x0:max(int(cx[b]) - L // 2 + L, 0)] = 0
+        return img
+
+    assert torch.equal(out, cutout(A.apply_autoaugment(crop_flip(x), policy, u, sign)))
+    # the order matters for these draws: AutoAugment first, or Cutout before it, gives another batch
+    assert not torch.equal(out, cutout(crop_flip(A.apply_autoaugment(x, policy, u, sign))))
+    assert not torch.equal(out, A.apply_autoaugment(cutout(crop_flip(x)), policy, u, sign))
+
+
+# --------------------------------------------------------------------------------------------
+# The fused augmentation (one Triton launch): equal to the reference bit for bit
+# (CPU: TRITON_INTERPRET=1 from conftest; with CUDA on the GPU)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("C, H, W", [(3, 8, 6), (1, 7, 5)])
+def test_fused_equals_reference_for_every_sub_policy(C, H, W, device):
+    B = 25  # every sub-policy once, both steps applied (u = 0), so every op runs
+    x = _images(B, C=C, H=H, W=W, lo=0, seed=31).to(device)
+    g = _gen(32)
+    d = A.AugmentDraws(
+        shift=torch.randint(-2, 3, (2, B), generator=g).to(device), flip=(torch.rand(B, generator=g) < 0.5).to(device),
+        policy=torch.arange(B, device=device), u=torch.zeros(B, 2, device=device),
+        sign=(torch.randint(2, (B, 2), generator=g).float() * 2 - 1).to(device),
+        cut_y=torch.randint(H, (B,), generator=g).to(device), cut_x=torch.randint(W, (B,), generator=g).to(device),
+        cutout=3,
+    )
+    ref = A.apply_augment_ref(x, d)
+    out = A.apply_augment_fused(x, d)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    bad = (out != ref).flatten(1).any(1).nonzero().flatten().tolist()
+    assert not bad, f"sub-policies {bad} differ from the reference"
+    assert torch.equal(x, _images(B, C=C, H=H, W=W, lo=0, seed=31).to(device))  # input untouched
+
+
+def test_fused_backend_equals_torch_backend_from_one_generator(device):
+    x = _images(20, H=6, W=6, lo=0, seed=33).to(device)
+    kw = dict(crop_pad=2, flip=True, autoaugment=True, cutout=3)
+    gen = torch.Generator(device=device)
+    ref = A.augment_images(x, generator=gen.manual_seed(5), backend="torch", **kw)
+    out = A.augment_images(x, generator=gen.manual_seed(5), backend="triton", **kw)
+    assert torch.equal(out, ref)
+    only_crop = A.augment_images(x, crop_pad=1, generator=gen.manual_seed(6), backend="triton")
+    assert torch.equal(only_crop, A.augment_images(x, crop_pad=1, generator=gen.manual_seed(6), backend="torch"))
+
+
+def test_backend_must_be_known():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        A.augment_images(_images(2), flip=True, backend="cuda")
+
+
+@pytest.mark.gpu
+def test_fused_equals_reference_on_cifar_batches():
+    x = _images(256, H=32, W=32, lo=0, seed=34).cuda()
+    kw = dict(crop_pad=4, flip=True, autoaugment=True, cutout=16)
+    for seed in range(4):
+        g = torch.Generator(device="cuda")
+        ref = A.augment_images(x, generator=g.manual_seed(seed), backend="torch", **kw)
+        assert torch.equal(A.augment_images(x, generator=g.manual_seed(seed), **kw), ref)  # auto = triton
+
+
 def test_no_augmentation_is_identity():
     x = _images(3)
     assert torch.equal(A.augment_images(x), x)

@@ -28,7 +28,7 @@ def test_overrides_both_spellings_and_types():
     cfg = build_config(None, ov)
     assert cfg.model.T == 6 and isinstance(cfg.model.T, int)
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.lr, float)  # YAML 1.1 would keep "1e-3" a string
-    assert cfg.train.compile is True and cfg.model.learn_width is False
+    assert cfg.train.compile == "default" and cfg.model.learn_width is False  # true: the former switch
     assert cfg.noise.milestones == (0.3, 0.7)
     assert cfg.train.max_steps is None and cfg.data.root == "/x"
 
@@ -76,7 +76,7 @@ def load_yaml_keys(text: str) -> dict:
     ({"model": "4"}, "model is a section"),
     ({"model.T": "four"}, "model.T: expected an integer, got 'four'"),
     ({"model.T": "2.5"}, "model.T: expected an integer"),
-    ({"train.compile": "maybe"}, "train.compile: expected true or false"),
+    ({"train.compile": "maybe"}, "train.compile must be one of none, default, reduce-overhead; got 'maybe'"),
     ({"noise.milestones": "0.3,x"}, "noise.milestones[1]: expected a number"),
     ({"model.T": "0"}, "model.T must be >= 1"),
     ({"optim.lr": "-0.1"}, "optim.lr must be > 0"),

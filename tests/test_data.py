@@ -410,8 +410,10 @@ def test_streaming_ranks_equal_with_uneven_shards(tmp_path):
                             streaming=True), T=1, seed=0, rank=r, world_size=2) for r in range(2)]
 
     def ids(batches):
-        return [fx.image_id(im) for x, _ in batches for im in unnormalise(x, (0.4914, 0.4822, 0.4465),
-                                                                          (0.2470, 0.2435, 0.2616))]
+        from train.data.images import IMAGE_SPECS
+
+        spec = IMAGE_SPECS["cifar10"]
+        return [fx.image_id(im) for x, _ in batches for im in unnormalise(x, spec.mean, spec.std)]
 
     train_runs = [epoch(d.train, 1) for d in ranks]
     assert [len(t) for t in train_runs] == [len(d.train) for d in ranks] == [4, 4]  # (37 // 2) // 4

@@ -38,6 +38,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "cyclic_cosine", "none")
 LOSSES = ("ce", "tet")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+COMPILE_MODES = ("none", "default", "reduce-overhead")
 
 
 class ConfigError(ValueError):
@@ -97,7 +98,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"     # no | bf16 | fp16 (fp16 on a GPU only)
     grad_accum: int = 1             # micro-batches per optimizer step
-    compile: bool = False           # torch.compile the model
+    compile: str | bool = "none"    # none | default (torch.compile) | reduce-overhead (+ CUDA graphs); true = default
     log_every: int = 50             # optimizer steps between progress-bar updates (host syncs)
     eval_every: int = 1             # epochs between evaluations (the last epoch always evaluates)
     out_dir: str = "runs"
@@ -377,6 +378,11 @@ def validate(cfg: RunConfig) -> None:
 
     _check(0 <= t.seed < 2**31, "train.seed", "must be in [0, 2**31)", t.seed)
     _choice(t.mixed_precision, "train.mixed_precision", MIXED_PRECISION)
+    if isinstance(t.compile, str) and t.compile.strip().lower() in _TRUE + _FALSE:
+        t.compile = t.compile.strip().lower() in _TRUE
+    if isinstance(t.compile, bool):  # the former on/off switch (configs and checkpoints written before)
+        t.compile = "default" if t.compile else "none"
+    _choice(t.compile, "train.compile", COMPILE_MODES)
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1", t.grad_accum)
     _check(t.log_every >= 1, "train.log_every", "must be >= 1", t.log_every)
     _check(t.eval_every >= 1, "train.eval_every", "must be >= 1", t.eval_every)

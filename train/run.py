@@ -46,7 +46,9 @@ and the process count come from ``accelerate launch``. Gradient accumulation is 
 (``no_sync`` on the micro-batches, the loss divided by the group size, the last group of an epoch
 may be shorter) so its position is part of the resumable state. Host syncs happen only at log
 points (every ``train.log_every`` optimizer steps and at epoch end); a non-finite loss is
-detected there. With ``train.compile`` the training forward is compiled and eval runs eager.
+detected there. With ``train.compile=default`` the training forward and backward are compiled
+(``torch.compile``; the fused neurons are custom ops it traces), with ``reduce-overhead`` also
+captured as CUDA graphs (on a GPU); eval runs eager.
 
 FSDP (``accelerate launch --use_fsdp [--fsdp_version 2]``): the weights are sharded; the neurons'
 learnable decays, widths and thresholds (per layer, often 0-dim) stay whole on every rank (FSDP1:
@@ -382,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         # On a CPU Accelerate would silently train in fp32 (no fp16 autocast, no loss scaler).
         return _fail(f"train.mixed_precision=fp16 needs a GPU (this run is on {accelerator.device}); "
                      "use bf16 or no", EXIT_USAGE)
+    if cfg.train.compile == "reduce-overhead" and accelerator.device.type != "cuda":
+        return _fail(f"train.compile=reduce-overhead captures CUDA graphs and needs a GPU (this run is on "
+                     f"{accelerator.device}); use default or none", EXIT_USAGE)
     if (os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
             and accelerator.distributed_type != DistributedType.FSDP and accelerator.is_main_process):
         # Accelerate's FSDP needs an accelerator (CUDA, XPU, ...); without one it quietly falls back.
@@ -492,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"{detail[:400]}{' ...' if len(detail) > 400 else ''}", EXIT_USAGE)
         del resume  # free the CPU copy of the weights
     eval_model = model
-    if cfg.train.compile:
-        model = torch.compile(model)  # training only; eval runs eager (no recompile for eval mode)
+    if cfg.train.compile != "none":  # training only; eval runs eager (no recompile for eval mode)
+        model = torch.compile(model, mode=None if cfg.train.compile == "default" else cfg.train.compile)
 
     # Firing rates: every LIF counts its nonzero outputs on the eval pass, on the device (no sync).
     fire_counts = torch.zeros(len(lifs), device=device, dtype=torch.float64)
@@ -648,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
             sync = (i + 1) % accum == 0 or i + 1 == batches
             group = min(accum, batches - (i // accum) * accum)
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                if cfg.train.compile == "reduce-overhead":
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
                 logits = model(x)
                 loss = criterion(logits, y)
                 accelerator.backward(loss / group)

@@ -7,6 +7,12 @@ host synchronisation happens inside: an op that a sample did not draw is still c
 whole batch and discarded by ``torch.where``, which for 32x32 images is cheaper than a
 ``mask.any()`` sync per op.
 
+:func:`augment_images` draws all of a batch's parameters first (:func:`draw_augment`, 11
+launches) and then applies them either eagerly (:func:`apply_augment_ref`, the reference: 481
+launches per batch for crop + flip + AutoAugment + Cutout) or in one Triton launch
+(:func:`apply_augment_fused`, ``train/data/augment_triton.py``; the default on CUDA), with the same
+result bit for bit.
+
 Image layout ``[B, C, H, W]`` (uint8 for :func:`augment_images`); event layout
 ``[B, T, C, H, W]`` (float, for :func:`augment_events`).
 
@@ -23,6 +29,7 @@ torchvision's step rule); see :data:`CIFAR10_POLICY` and :func:`magnitude`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -30,6 +37,10 @@ import torch
 __all__ = [
     "CIFAR10_POLICY",
     "OPS",
+    "AugmentDraws",
+    "apply_augment_fused",
+    "apply_augment_ref",
+    "draw_augment",
     "adjust_brightness",
     "adjust_color",
     "adjust_contrast",
@@ -513,6 +524,28 @@ def auto_augment(
 # --------------------------------------------------------------------------------------------
 
 
+def _crop_with(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``out[b, :, i, j] = x[b, :, i + shift[0, b], j + shift[1, b]]``, 0 outside the image."""
+    B, C, H, W = x.shape
+    src_y = torch.arange(H, device=x.device).view(1, H, 1) + shift[0].view(B, 1, 1)
+    src_x = torch.arange(W, device=x.device).view(1, 1, W) + shift[1].view(B, 1, 1)
+    return _gather_pixels(x, src_y, src_x, 0)
+
+
+def _flip_with(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+
+
+def _cutout_with_(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int, fill: float = 0) -> torch.Tensor:
+    B, H, W = x.shape[0], x.shape[-2], x.shape[-1]
+    y0 = (cy - size // 2).view(B, 1, 1)
+    x0 = (cx - size // 2).view(B, 1, 1)
+    rows = torch.arange(H, device=x.device).view(1, H, 1)
+    cols = torch.arange(W, device=x.device).view(1, 1, W)
+    mask = (rows >= y0) & (rows < y0 + size) & (cols >= x0) & (cols < x0 + size)  # [B, H, W]
+    return x.masked_fill_(mask.view(B, *([1] * (x.dim() - 3)), H, W), fill)
+
+
 def random_crop(x: torch.Tensor, pad: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random crop of the zero-padded image, same size: ``out[i, j] = x[i + dy, j + dx]`` (0 outside),
     with ``dy, dx`` uniform integers in ``[-pad, pad]`` per sample. ``x``: ``[B, C, H, W]`` any dtype."""
@@ -521,18 +554,14 @@ def random_crop(x: torch.Tensor, pad: int, *, generator: torch.Generator | None 
     _check_generator(generator, x)
     if pad == 0:
         return x
-    B, C, H, W = x.shape
-    d = torch.randint(-pad, pad + 1, (2, B), device=x.device, generator=generator)
-    src_y = torch.arange(H, device=x.device).view(1, H, 1) + d[0].view(B, 1, 1)
-    src_x = torch.arange(W, device=x.device).view(1, 1, W) + d[1].view(B, 1, 1)
-    return _gather_pixels(x, src_y, src_x, 0)
+    shift = torch.randint(-pad, pad + 1, (2, x.shape[0]), device=x.device, generator=generator)
+    return _crop_with(x, shift)
 
 
 def random_flip(x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip the last axis (W) of each sample with probability 1/2. ``x``: ``[B, ..., W]``."""
     _check_generator(generator, x)
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+    return _flip_with(x, torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5)
 
 
 def cutout_(
@@ -555,18 +584,83 @@ def cutout_(
     B, H, W = x.shape[0], x.shape[-2], x.shape[-1]
     cy = torch.randint(H, (B,), device=x.device, generator=generator)
     cx = torch.randint(W, (B,), device=x.device, generator=generator)
-    y0 = (cy - size // 2).view(B, 1, 1)
-    x0 = (cx - size // 2).view(B, 1, 1)
-    rows = torch.arange(H, device=x.device).view(1, H, 1)
-    cols = torch.arange(W, device=x.device).view(1, 1, W)
-    mask = (rows >= y0) & (rows < y0 + size) & (cols >= x0) & (cols < x0 + size)  # [B, H, W]
-    x.masked_fill_(mask.view(B, *([1] * (x.dim() - 3)), H, W), fill)
-    return x
+    return _cutout_with_(x, cy, cx, size, fill)
 
 
 # --------------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AugmentDraws:
+    """The random draws of one batch's :func:`augment_images`, ``None`` for a disabled step.
+
+    ``shift [2, B]`` int64 crop offsets ``(dy, dx)``; ``flip [B]`` bool; ``policy [B]``, ``u [B, 2]``,
+    ``sign [B, 2]`` as :func:`draw_autoaugment_params`; ``cut_y``, ``cut_x [B]`` int64 Cutout centres
+    of squares of side ``cutout``.
+    """
+
+    shift: torch.Tensor | None
+    flip: torch.Tensor | None
+    policy: torch.Tensor | None
+    u: torch.Tensor | None
+    sign: torch.Tensor | None
+    cut_y: torch.Tensor | None
+    cut_x: torch.Tensor | None
+    cutout: int
+
+
+def draw_augment(
+    B: int, H: int, W: int, *, crop_pad: int = 0, flip: bool = False, autoaugment: bool = False, cutout: int = 0,
+    device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+) -> AugmentDraws:
+    """Draw every random parameter of a batch, in pipeline order (crop, flip, AutoAugment, Cutout):
+    the same draws :func:`random_crop`, :func:`random_flip`, :func:`auto_augment` and
+    :func:`cutout_` make one after the other from ``generator``."""
+    shift = torch.randint(-crop_pad, crop_pad + 1, (2, B), device=device, generator=generator) if crop_pad else None
+    flips = torch.rand(B, device=device, generator=generator) < 0.5 if flip else None
+    policy = u = sign = None
+    if autoaugment:
+        policy, u, sign = draw_autoaugment_params(B, device, generator)
+    cut_y = cut_x = None
+    if cutout:
+        cut_y = torch.randint(H, (B,), device=device, generator=generator)
+        cut_x = torch.randint(W, (B,), device=device, generator=generator)
+    return AugmentDraws(shift, flips, policy, u, sign, cut_y, cut_x, cutout)
+
+
+def apply_augment_ref(x: torch.Tensor, d: AugmentDraws) -> torch.Tensor:
+    """The reference (eager, one kernel per op): crop -> flip -> AutoAugment -> Cutout with the
+    draws ``d`` on uint8 ``x [B, C, H, W]``; ``x`` is not modified."""
+    out = x
+    if d.shift is not None:
+        out = _crop_with(out, d.shift)
+    if d.flip is not None:
+        out = _flip_with(out, d.flip)
+    if d.policy is not None:
+        out = apply_autoaugment(out, d.policy, d.u, d.sign)
+    if d.cut_y is not None:
+        out = _cutout_with_(out.clone() if out is x else out, d.cut_y, d.cut_x, d.cutout)
+    return out
+
+
+@lru_cache(maxsize=16)
+def _fused_policy_table(H: int, W: int, device: str) -> torch.Tensor:
+    """``[P, 2, 5]`` float32 per sub-policy step: ``(op id, p, magnitude, cos, sin)``; the rotation's
+    cosine and sine come from the torch calls :func:`_rotation_matrix` makes, on the same device."""
+    op_tab, prob_tab, mag_tab, _ = _policy_tables(H, W, device)
+    t = torch.deg2rad(mag_tab)
+    return torch.stack([op_tab.float(), prob_tab, mag_tab, torch.cos(t), torch.sin(t)], -1).contiguous()
+
+
+def apply_augment_fused(x: torch.Tensor, d: AugmentDraws) -> torch.Tensor:
+    """:func:`apply_augment_ref` in one Triton launch (``train/data/augment_triton.py``); equal bit for bit."""
+    from .augment_triton import augment_images_op
+
+    H, W = x.shape[-2:]
+    table = _fused_policy_table(H, W, str(x.device)) if d.policy is not None else None
+    return augment_images_op(x, d.shift, d.flip, d.policy, d.u, d.sign, d.cut_y, d.cut_x, table, d.cutout)
 
 
 def augment_images(
@@ -577,15 +671,22 @@ def augment_images(
     cutout: int = 0,
     autoaugment: bool = False,
     generator: torch.Generator | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Training augmentation for a batch of uint8 images ``[B, C, H, W]`` -> uint8 ``[B, C, H, W]``.
 
-    Order: AutoAugment (CIFAR-10 policy, if ``autoaugment``) -> random crop of the image padded
-    with ``crop_pad`` zeros -> horizontal flip with p = 1/2 (if ``flip``) -> Cutout of side
-    ``cutout`` (if > 0). The input is never modified (with nothing enabled it is returned as
-    is). All randomness comes from ``generator`` (on
-    the device of ``x``; None = torch's default generator for that device).
+    Order (the ASGL authors' CIFAR pipeline): random crop of the image padded with ``crop_pad``
+    zeros -> horizontal flip with p = 1/2 (if ``flip``) -> AutoAugment (CIFAR-10 policy, if
+    ``autoaugment``) -> Cutout of side ``cutout`` (if > 0). AutoAugment therefore also sees the
+    crop's zero border (Invert turns it white, Equalize counts it). The input is never modified
+    (with nothing enabled it is returned as is). All randomness comes from ``generator`` (on the
+    device of ``x``; None = torch's default generator for that device), drawn by
+    :func:`draw_augment`. ``backend``: ``"torch"`` (:func:`apply_augment_ref`), ``"triton"``
+    (:func:`apply_augment_fused`, one launch; CUDA, or the interpreter) or ``"auto"`` (triton on
+    CUDA tensors); both give the same images.
     """
+    from asgl import functional as F
+
     _check_uint8_images("x", x)
     _check_nonneg_int("crop_pad", crop_pad)
     _check_nonneg_int("cutout", cutout)
@@ -594,16 +695,15 @@ def augment_images(
     if not isinstance(autoaugment, bool):
         raise ValueError(f"autoaugment must be a bool, got {autoaugment!r}")
     _check_generator(generator, x)
-    out = x
-    if autoaugment:
-        out = auto_augment(out, generator=generator)
-    if crop_pad > 0:
-        out = random_crop(out, crop_pad, generator=generator)
-    if flip:
-        out = random_flip(out, generator=generator)
-    if cutout > 0:
-        out = cutout_(out.clone() if out is x else out, cutout, generator=generator)
-    return out
+    B, C, H, W = x.shape
+    if autoaugment and C not in (1, 3):
+        raise ValueError(f"x must have 1 or 3 channels for AutoAugment, got C={C}")
+    use = F.resolve_backend(backend, x, fused_module="train.data.augment_triton")
+    if not (crop_pad or flip or autoaugment or cutout):
+        return x
+    d = draw_augment(B, H, W, crop_pad=crop_pad, flip=flip, autoaugment=autoaugment, cutout=cutout,
+                     device=x.device, generator=generator)
+    return apply_augment_fused(x, d) if use == "triton" else apply_augment_ref(x, d)
 
 
 def augment_events(
