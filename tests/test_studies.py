@@ -67,9 +67,16 @@ def test_width_robustness_quick(tmp_path):
     length = _load(out / "length.json")
     assert {r["method"] for r in length["runs"]} == {"SG", "ASGL", "ASGL lr3e-4"}
     assert all(r["epochs"] == r["epochs_set"] for r in length["runs"])
+    unbounded = _load(out / "width_robustness_unbounded.json")
+    assert {r["method"] for r in unbounded["runs"]} == {"ASGL"}
+    assert all(r["overrides"]["model.min_slope"] is None for r in unbounded["runs"])
+    tuning = _load(out / "tuning.json")
+    assert {(r["method"], r["knob"]) for r in tuning["runs"]} == {("ASGL", "optim.neuron_lr"), ("SG", "optim.lr")}
+    assert all(r["overrides"][r["knob"]] == r["value"] for r in tuning["runs"])
+    _check_png(out / "tuning.png")
     depth = _load(out / "depth.json")
     assert {(r["model"], r["method"]) for r in depth["runs"]} == {("digits_cnn", "SG"), ("digits_cnn", "ASGL")}
-    for rec in paper["runs"] + length["runs"] + depth["runs"]:
+    for rec in paper["runs"] + length["runs"] + depth["runs"] + unbounded["runs"] + tuning["runs"]:
         _check_record(rec)
 
 
@@ -78,7 +85,9 @@ def test_noise_probability_quick(tmp_path):
     assert noise_probability.main(["--quick", "--seeds", "1", "--out", str(out), "--runs-dir",
                                    str(tmp_path / "runs")]) == 0
     doc = _load(out / "noise_probability.json")
-    assert sorted(r["p"] for r in doc["runs"]) == sorted(noise_probability.QUICK_PS)
+    assert sorted((r["p"], str(r["min_slope"])) for r in doc["runs"]) == sorted(
+        (p, str(m)) for p in noise_probability.QUICK_PS for m in noise_probability.MIN_SLOPES)
+    assert {r["overrides"]["model.min_slope"] for r in doc["runs"]} == {0.01, None}
     for rec in doc["runs"]:
         _check_record(rec)
         assert rec["final_p"] == rec["p"]  # γ = 1 keeps p
