@@ -1,6 +1,6 @@
 """Noise probability: test accuracy of the SNN against the analog-mode probability p at a large α.
 
-    python -m train.studies.noise_probability [--quick] [--seeds 3]
+    python -m train.studies.noise_probability [--quick] [--seeds 3] [--ps 0.2 0.8 1]
 
 Same network and shared settings as the width study (:data:`width_robustness.SHARED`), initial
 width α = ``ALPHA`` (learnable), p ∈ ``PS`` kept constant (γ = 1). p = 0 is learnable-width SG
@@ -66,10 +66,14 @@ def plot(summary: list[dict], records: list[dict], path: Path, model: str) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.parser("noise_probability", __doc__.split("\n")[0], default_seeds=3).parse_args(argv)
+    p = common.parser("noise_probability", __doc__.split("\n")[0], default_seeds=3)
+    p.add_argument("--ps", type=float, nargs="+", default=None, help=f"noise probabilities (default {PS})")
+    args = p.parse_args(argv)
     seeds = common.check_seeds(args.seeds)
     shared = QUICK_SHARED if args.quick else SHARED
-    ps = QUICK_PS if args.quick else PS
+    ps = tuple(args.ps) if args.ps else QUICK_PS if args.quick else PS
+    if not all(0.0 <= x <= 1.0 for x in ps):
+        raise ValueError(f"--ps must be probabilities in [0, 1], got {list(ps)}")
     t0 = time.perf_counter()
     digits_jitter.ensure()
     settings = {"shared": shared, "alpha": ALPHA, "learn_width": True, "ps": list(ps), "seeds": seeds,

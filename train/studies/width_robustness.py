@@ -1,6 +1,6 @@
 """Width robustness (ASGL.md §5): SG collapses as the relaxation width α grows, ASGL does not.
 
-    python -m train.studies.width_robustness [--quick] [--seeds 3]
+    python -m train.studies.width_robustness [--quick] [--seeds 3] [--alphas 0.5 1 ...]
         [--part sweep|unbounded|tuning|paper_lr|diagnose|length|depth|all]
 
 For every initial width α in ``ALPHAS`` and every seed, two runs of the 8-conv digits net
@@ -237,10 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", choices=("sweep", "unbounded", "tuning", "paper_lr", "diagnose", "length", "depth",
                                       "all"), default="all",
                    help="which part to run (see the module docstring); all: every part")
+    p.add_argument("--alphas", type=float, nargs="+", default=None,
+                   help=f"initial widths of the sweep parts (default {ALPHAS})")
     args = p.parse_args(argv)
     seeds = common.check_seeds(args.seeds)
     shared = QUICK_SHARED if args.quick else SHARED
-    alphas = QUICK_ALPHAS if args.quick else ALPHAS
+    alphas = tuple(args.alphas) if args.alphas else QUICK_ALPHAS if args.quick else ALPHAS
+    if not all(a > 0 for a in alphas):
+        raise ValueError(f"--alphas must be widths > 0, got {list(alphas)}")
     digits_jitter.ensure()
     sweeps = {"sweep": ("width_robustness", shared, METHODS),
               "unbounded": ("width_robustness_unbounded", {**shared, "model.min_slope": None},
