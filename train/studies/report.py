@@ -333,24 +333,29 @@ def forward_gflop(model: str, classes: int, shape: tuple) -> float:
 
 
 def table_gpu_estimate() -> str:
-    """Per-epoch GPU time ESTIMATES for the full-scale runs (nothing here is measured)."""
+    """Per-epoch and per-run GPU time ESTIMATES for the full-scale runs (nothing here is measured)."""
+    from train.config import build_config  # noqa: PLC0415  (imports the model registry)
+
     lo, hi = ASSUMED_TFLOPS
     rows = []
     for name, config, model, classes, shape, T, n_train, n_test in FULL_SCALE:
         f = forward_gflop(model, classes, shape)
         tflop = (3 * f * T * n_train + f * T * n_test) / 1e3  # backward ≈ 2× forward
+        epochs = build_config(REPO_ROOT / config).optim.epochs
         time_cell = f"{tflop / hi:.0f}–{tflop / lo:.0f} s (estimate)"
+        hours_cell = f"{epochs} × → {tflop * epochs / hi / 3600:.2g}–{tflop * epochs / lo / 3600:.2g} h (estimate)"
         if model == "shd_rnn":
             time_cell = "not estimated: 250 sequential steps make it latency-bound, not FLOP-bound"
+            hours_cell = f"{epochs} epochs; not estimated"
         rows.append([name, f"`accelerate launch train/run.py --config {config}`", expected_accuracy(REPO_ROOT / config),
-                     f"{f:.3g}", f"{tflop:.3g}", time_cell])
+                     f"{f:.3g}", f"{tflop:.3g}", time_cell, hours_cell])
     note = (f"\n\nGFLOP: conv/linear FLOPs of one sample, one time step, forward (counted by "
             f"`torch.utils.flop_counter` on the CPU). Epoch TFLOP = (3 · train + 1 · test samples) · T · GFLOP. "
             f"GPU time per epoch: NOT MEASURED (no GPU was available); the range assumes an effective "
             f"{lo:g}–{hi:g} TFLOP/s on one A100/H100-class GPU in bf16 and ignores data loading and the "
             f"memory-bound LIF/BN work, so real epochs are likely slower.")
     return _table(["experiment", "command", "paper accuracy", "GFLOP / sample / step", "TFLOP / epoch",
-                   "GPU time / epoch"], rows) + note
+                   "GPU time / epoch", "epochs → GPU hours"], rows) + note
 
 
 # table name -> (JSON file relative to the results folder, renderer)
