@@ -11,7 +11,7 @@ from .schedule import NoiseSchedule
 
 __all__ = [
     "LIF", "NoiseSchedule", "RecurrentLIF", "SeqToANN", "TimeBatchNorm1d", "TimeBatchNorm2d", "build_optimizers",
-    "clamp_neuron_params_", "clamp_thresholds_", "create_model", "fold_time", "functional", "layers", "list_models", "mean_ce_loss",
-    "mean_over_time", "models", "neuron_parameters", "neurons", "optim", "register_model", "tet_loss",
+    "clamp_neuron_params_", "clamp_thresholds_", "create_model", "fold_time", "functional", "layers", "list_models",
+    "mean_ce_loss", "mean_over_time", "models", "neuron_parameters", "neurons", "optim", "register_model", "tet_loss",
     "unfold_time", "weight_param_groups",
 ]

@@ -191,8 +191,8 @@ def table_noise(doc: dict) -> str:
         header += [f"{label(floor)}: final test acc (%)", f"{label(floor)}: runs ending with k < 0"]
     if len(floors) == 2:
         header.append(f"{label(floors[0])} − {label(floors[1])} (95 % CI)")
-    note = (f"\n\ninitial α = {doc['settings']['alpha']:g} (learnable), {doc['settings']['seeds']} seed(s) planned, n = "
-            f"runs done; every run is evaluated as the pure SNN; difference: mean over seeds with a Student-t "
+    note = (f"\n\ninitial α = {doc['settings']['alpha']:g} (learnable), {doc['settings']['seeds']} seed(s) planned, "
+            f"n = runs done; every run is evaluated as the pure SNN; difference: mean over seeds with a Student-t "
             f"interval (seeds as the unit); wall time {doc['meta']['wall_s'] / 60:.1f} min."
             + _binomial_note(doc) + _incomplete(doc))
     return _table(header, rows) + note
@@ -343,7 +343,8 @@ def table_gpu_estimate() -> str:
         tflop = (3 * f * T * n_train + f * T * n_test) / 1e3  # backward ≈ 2× forward
         epochs = build_config(REPO_ROOT / config).optim.epochs
         time_cell = f"{tflop / hi:.0f}–{tflop / lo:.0f} s (estimate)"
-        hours_cell = f"{epochs} × → {tflop * epochs / hi / 3600:.2g}–{tflop * epochs / lo / 3600:.2g} h (estimate)"
+        hours = f"{tflop * epochs / hi / 3600:.2g}–{tflop * epochs / lo / 3600:.2g} h"
+        hours_cell = f"{epochs} epochs: {hours} (estimate)"
         if model == "shd_rnn":
             time_cell = "not estimated: 250 sequential steps make it latency-bound, not FLOP-bound"
             hours_cell = f"{epochs} epochs; not estimated"
@@ -355,7 +356,7 @@ def table_gpu_estimate() -> str:
             f"{lo:g}–{hi:g} TFLOP/s on one A100/H100-class GPU in bf16 and ignores data loading and the "
             f"memory-bound LIF/BN work, so real epochs are likely slower.")
     return _table(["experiment", "command", "paper accuracy", "GFLOP / sample / step", "TFLOP / epoch",
-                   "GPU time / epoch", "epochs → GPU hours"], rows) + note
+                   "GPU time / epoch", "GPU hours per run"], rows) + note
 
 
 # table name -> (JSON file relative to the results folder, renderer)
