@@ -497,3 +497,18 @@ def test_slope_floor_same_trajectory_on_both_backends():
         ref = _train_slope("torch", min_slope)
         fused = _train_slope("triton", min_slope)
         torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_min_slope_config_key_reaches_every_neuron():
+    from train.config import ConfigError, build_config
+    from train.run import build_model
+
+    default = build_model(build_config(None, {"model.name": "digits_cnn"}), 10, 1)
+    assert {m.min_slope for m in asgl.neurons(default)} == {0.01}
+    free = build_model(build_config(None, {"model.name": "digits_cnn", "model.min_slope": "null"}), 10, 1)
+    assert {m.min_slope for m in asgl.neurons(free)} == {None}
+    with pytest.raises(ConfigError, match="model.min_slope"):
+        build_config(None, {"model.min_slope": "0"})
+    with pytest.raises(ConfigError, match="model.width"):  # α = 200 needs k = 0.005 < 0.01
+        build_config(None, {"model.width": "200"})
+    assert build_config(None, {"model.width": "200", "model.learn_width": "false"}).model.width == 200.0
