@@ -77,9 +77,13 @@ def table_width(doc: dict) -> str:
             ws = [w for w in ws if w is not None]
             cells.append(_fmt(sum(ws) / len(ws)) if ws else "—")
         rows.append([f"{method} final α (layer mean)", *cells])
+    if {"SG", "ASGL"} <= set(doc["settings"]["methods"]):
+        rows.append(["ASGL − SG (95 % CI)", *[_diff_cell(_accs(doc["runs"], method="ASGL", alpha=a),
+                                                         _accs(doc["runs"], method="SG", alpha=a)) for a in alphas]])
     seeds = doc["settings"]["seeds"]
-    note = (f"\n\n{seeds} seed(s) per cell, final-epoch test accuracy of the SNN, mean ± sample std; "
-            f"sweep wall time {doc['meta']['wall_s'] / 60:.1f} min.") + _incomplete(doc)
+    note = (f"\n\n{seeds} seed(s) per cell, final-epoch test accuracy of the SNN, mean ± sample std; difference: "
+            f"Student-t interval over seeds; sweep wall time {doc['meta']['wall_s'] / 60:.1f} min."
+            + _binomial_note(doc) + _incomplete(doc))
     return _table(["", *[f"α = {a:g}" for a in alphas]], rows) + note
 
 
@@ -129,8 +133,11 @@ def table_depth(doc: dict) -> str:
                             if r["model"] == model and r["method"] == method and r["alpha"] == alpha), None)
                 cells.append(_acc(row["mean"], row["std"], row["n"]) + _failed(row) if row else "—")
             rows.append([f"`{model}`", method, *cells])
-    note = (f"\n\n{doc['settings']['seeds']} seed(s), final test accuracy (%); "
-            f"wall time {doc['meta']['wall_s'] / 60:.1f} min.") + _incomplete(doc)
+        rows.append([f"`{model}`", "ASGL − SG (95 % CI)",
+                     *[_diff_cell(_accs(doc["runs"], model=model, method="ASGL", alpha=a),
+                                  _accs(doc["runs"], model=model, method="SG", alpha=a)) for a in alphas]])
+    note = (f"\n\n{doc['settings']['seeds']} seed(s), final test accuracy (%); difference: Student-t interval "
+            f"over seeds; wall time {doc['meta']['wall_s'] / 60:.1f} min." + _binomial_note(doc) + _incomplete(doc))
     return _table(["network", "method", *[f"α = {a:g}" for a in alphas]], rows) + note
 
 
@@ -146,18 +153,25 @@ def _diff_cell(a: list[float], b: list[float]) -> str:
     return f"{diff:+.1f} {_ci(lo, hi)}"
 
 
+def _accs(runs: list[dict], **where) -> list[float]:
+    """Final accuracies of the finished runs whose keys equal ``where``."""
+    return [r["final_test_acc"] for r in runs
+            if all(r.get(k) == v for k, v in where.items()) and r["final_test_acc"] is not None]
+
+
 def _negative_slopes(runs: list[dict]) -> int:
     """Runs that ended with a negative width α = 1/k in some layer (the slope crossed zero)."""
     return sum(any(w < 0 for w in (r["final_widths"] or {}).values()) for r in runs)
 
 
 def _binomial_note(doc: dict) -> str:
+    """Which test set, and one run's 95 % Wilson half-width on it at 95 % accuracy."""
     n = doc["settings"].get("num_test")
-    if not n:
-        return " Test set: the bundled 360 digits."
+    name = f"{n:,} jittered held-out digits" if n else "the bundled 360 held-out digits"
+    n = n or 360
     lo, hi = digits_jitter.wilson_interval(95.0, n)
-    return (f" Test set: {n:,} jittered held-out digits (one image = {100 / n:.2g} %); one run's 95 % Wilson "
-            f"interval at 95 % accuracy is ± {(hi - lo) / 2:.2f} points, so the spread over seeds dominates.")
+    return (f" Test set: {name} (one image = {100 / n:.2g} %); one run's 95 % Wilson interval at 95 % accuracy "
+            f"is ± {(hi - lo) / 2:.2f} points.")
 
 
 def table_noise(doc: dict) -> str:
@@ -273,8 +287,11 @@ def table_temporal(doc: dict) -> str:
             row = next((r for r in doc["summary"] if r["method"] == method and r["alpha"] == alpha), None)
             cells.append(_acc(row["mean"], row["std"], row["n"]) + _failed(row) if row else "—")
         rows.append([method, *cells])
-    note = (f"\n\n{doc['settings']['seeds']} seed(s) per cell, final-epoch test accuracy (%); "
-            f"wall time {doc['meta']['wall_s'] / 60:.1f} min.") + _incomplete(doc)
+    rows.append(["ASGL − SG (95 % CI)", *[_diff_cell(_accs(doc["runs"], method="ASGL", alpha=a),
+                                                     _accs(doc["runs"], method="SG", alpha=a)) for a in alphas]])
+    note = (f"\n\n{doc['settings']['seeds']} seed(s) per cell, final-epoch test accuracy (%); difference: "
+            f"Student-t interval over seeds; wall time {doc['meta']['wall_s'] / 60:.1f} min."
+            + _binomial_note(doc) + _incomplete(doc))
     return _table(["method", *[f"α = {a:g}" for a in alphas]], rows) + note
 
 
