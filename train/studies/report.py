@@ -229,7 +229,9 @@ def table_tuning(doc: dict) -> str:
             if mean is not None and (method not in best or mean > best[method][1]):
                 best[method] = (value, mean, accs)
         rows.append([method, f"`{knob}`", *cells])
-    header = ["method", "tuned knob", *[f"value {i + 1}" for i in range(len(st["neuron_lrs"]))]]
+    width = max(len(st["neuron_lrs"]), len(st["weight_lrs"]))
+    rows = [row + [""] * (2 + width - len(row)) for row in rows if len(row) > 2]
+    header = ["method", "tuned knob", *[f"value {i + 1}" for i in range(width)]]
     lines = [_table(header, rows), ""]
     if "ASGL" in best and "SG" in best:
         (va, ma, aa), (vs, ms, as_) = best["ASGL"], best["SG"]
@@ -385,6 +387,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "depth": ("width_robustness/depth.json", table_depth),
     "noise": ("noise_probability/noise_probability.json", table_noise),
     "tuning": ("width_robustness/tuning.json", table_tuning),
+    "tuning_sg_wider": ("width_robustness/tuning_sg_wider.json", table_tuning),
     "dynamics": ("dynamics/dynamics.json", table_dynamics),
     "temporal": ("temporal_task/temporal_task.json", table_temporal),
 }

@@ -130,10 +130,12 @@ def diagnostics(shared: dict, runs_dir: Path, quick: bool, on_record=None) -> li
     return records
 
 
-def tuning(shared: dict, seeds: int, runs_dir: Path, quick: bool, on_record=None) -> list[dict]:
+def tuning(shared: dict, seeds: int, runs_dir: Path, quick: bool, on_record=None, neuron_lrs=NEURON_LRS,
+           weight_lrs=WEIGHT_LRS) -> list[dict]:
     """At α = 10: ASGL over the neuron LR and SG over the weight LR, the same number of values each
     (one tuning budget), seed-major. Each record names its ``knob`` and ``value``."""
-    grids = {"ASGL": ("optim.neuron_lr", NEURON_LRS), "SG": ("optim.lr", WEIGHT_LRS)}
+    grids = {"ASGL": ("optim.neuron_lr", neuron_lrs), "SG": ("optim.lr", weight_lrs)}
+    grids = {method: grid for method, grid in grids.items() if grid[1]}
     if quick:
         grids = {method: (knob, values[-2:]) for method, (knob, values) in grids.items()}
     records = []
@@ -239,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="which part to run (see the module docstring); all: every part")
     p.add_argument("--alphas", type=float, nargs="+", default=None,
                    help=f"initial widths of the sweep parts (default {ALPHAS})")
+    p.add_argument("--neuron-lrs", type=float, nargs="*", default=None,
+                   help=f"tuning: ASGL's neuron LRs (default {NEURON_LRS}; none: no ASGL runs)")
+    p.add_argument("--weight-lrs", type=float, nargs="*", default=None,
+                   help=f"tuning: SG's weight LRs (default {WEIGHT_LRS}; none: no SG runs)")
+    p.add_argument("--tuning-name", default="tuning", help="tuning: stem of the JSON / PNG (default tuning)")
     args = p.parse_args(argv)
     seeds = common.check_seeds(args.seeds)
     shared = QUICK_SHARED if args.quick else SHARED
@@ -271,18 +278,25 @@ def main(argv: list[str] | None = None) -> int:
         save(sweep(sweep_shared, alphas, seeds, runs_dir, on_record=save, methods=methods), complete=True)
     if args.part in ("tuning", "all"):
         t0 = time.perf_counter()
+        neuron_lrs = NEURON_LRS if args.neuron_lrs is None else tuple(args.neuron_lrs)
+        weight_lrs = WEIGHT_LRS if args.weight_lrs is None else tuple(args.weight_lrs)
+        if not all(v > 0 for v in neuron_lrs + weight_lrs) or not (neuron_lrs or weight_lrs):
+            raise ValueError(f"--neuron-lrs / --weight-lrs must be > 0 and not both empty, got "
+                             f"{list(neuron_lrs)} / {list(weight_lrs)}")
+        stem = args.tuning_name
         tune_settings = {"shared": shared, "alpha": 10.0, "seeds": seeds, "quick": args.quick,
-                         "num_test": digits_jitter.N_TEST, "neuron_lrs": list(NEURON_LRS),
-                         "weight_lrs": list(WEIGHT_LRS), "matched_neuron_lr": MATCHED_NEURON_LR,
+                         "num_test": digits_jitter.N_TEST, "neuron_lrs": list(neuron_lrs),
+                         "weight_lrs": list(weight_lrs), "matched_neuron_lr": MATCHED_NEURON_LR,
                          "paper": {"neuron_lr": PAPER_NEURON_LR, "steps": PAPER_STEPS}, "run_steps": RUN_STEPS}
 
         def save_tune(records: list[dict], complete: bool = False) -> None:
             summary = common.summarize(records, ("method", "knob", "value"))
-            common.save_study(args.out / "tuning.json", "width_tuning", tune_settings, records, summary,
+            common.save_study(args.out / f"{stem}.json", "width_tuning", tune_settings, records, summary,
                               time.perf_counter() - t0, complete=complete)
-            plot_tuning(summary, records, args.out / "tuning.png")
+            plot_tuning(summary, records, args.out / f"{stem}.png")
 
-        save_tune(tuning(shared, seeds, args.runs_dir / "tuning", args.quick, on_record=save_tune), complete=True)
+        save_tune(tuning(shared, seeds, args.runs_dir / stem, args.quick, on_record=save_tune, neuron_lrs=neuron_lrs,
+                         weight_lrs=weight_lrs), complete=True)
     if args.part in ("diagnose", "all"):
         t0 = time.perf_counter()
 
