@@ -277,10 +277,11 @@ def test_report_tuning_floor_and_noise_tables():
                       for s, a in enumerate((90.0, 95.0, 100.0))],
                      {"shared": {"optim.neuron_lr": 0.03}, "num_test": 10_000})
     floor = report.table_floor(unbounded, tuning)
-    assert "| k ≥ 0.01 (default) | 97.0 ± 1.0 | 3 | 0/3 | 0.5 | 0.5 |" in floor
+    assert "| k ≥ 0.01 (default) | 97.0 ± 1.0 | 3 | 0/3 | 0.5 | 0.5 |" in floor  # none on the floor (α = 100)
     assert "| unbounded k (authors') | 95.0 ± 5.0 | 3 | 3/3 | -2 | 0.5 |" in floor
     noise = _doc([_run("ASGL", 0.03, s, 90.0 + s, p=0.8) for s in range(2)]
                  + [_run("ASGL", 0.03, s, 10.0 + s, p=0.8, min_slope=None, widths=(-1.0, 1.0)) for s in range(2)],
                  {"alpha": 10.0, "seeds": 2, "min_slopes": [0.01, None], "num_test": 10_000})
+    noise["runs"][0]["final_widths"]["l2"] = 100.0  # one floored run ended with a layer on the floor
     table = report.table_noise(noise)
-    assert "| 0.8 | 90.5 ± 0.7 (n=2) | 0/2 | 10.5 ± 0.7 (n=2) | 2/2 | +80.0 [" in table
+    assert "| 0.8 | 90.5 ± 0.7 (n=2) | 1/2 | 10.5 ± 0.7 (n=2) | 2/2 | +80.0 [" in table

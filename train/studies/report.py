@@ -164,6 +164,17 @@ def _negative_slopes(runs: list[dict]) -> int:
     return sum(any(w < 0 for w in (r["final_widths"] or {}).values()) for r in runs)
 
 
+def _at_floor(runs: list[dict], min_slope: float) -> int:
+    """Runs that ended with some layer's slope on the floor (α = 1/min_slope, to 0.1 %)."""
+    return sum(any(w >= 0.999 / min_slope for w in (r["final_widths"] or {}).values()) for r in runs)
+
+
+def _slope_cell(runs: list[dict], min_slope: float | None) -> str:
+    """Unbounded: runs ending with k < 0 in some layer; floored: runs ending on the floor."""
+    count = _negative_slopes(runs) if min_slope is None else _at_floor(runs, min_slope)
+    return f"{count}/{len(runs)}"
+
+
 def _binomial_note(doc: dict) -> str:
     """Which test set, and one run's 95 % Wilson half-width on it at 95 % accuracy."""
     n = doc["settings"].get("num_test")
@@ -196,13 +207,14 @@ def table_noise(doc: dict) -> str:
             failed = len(recs) - len(accs[floor])
             cells.append(_acc(mean, std, len(accs[floor])) + (f" ({failed} failed)" if failed else "")
                          + f" (n={len(recs)})")
-            cells.append(f"{_negative_slopes(recs)}/{len(recs)}")
+            cells.append(_slope_cell(recs, floor))
         if len(floors) == 2:
             cells.append(_diff_cell(accs[floors[0]], accs[floors[1]]))
         rows.append(cells)
     header = ["p"]
     for floor in floors:
-        header += [f"{label(floor)}: final test acc (%)", f"{label(floor)}: runs ending with k < 0"]
+        ends = "runs ending with k < 0" if floor is None else "runs ending on the floor"
+        header += [f"{label(floor)}: final test acc (%)", f"{label(floor)}: {ends}"]
     if len(floors) == 2:
         header.append(f"{label(floors[0])} − {label(floors[1])} (95 % CI)")
     note = (f"\n\ninitial α = {doc['settings']['alpha']:g} (learnable), {doc['settings']['seeds']} seed(s) planned, "
@@ -252,18 +264,19 @@ def table_floor(unbounded: dict, tuning: dict) -> str:
     floor = [r for r in tuning["runs"] if r["method"] == "ASGL" and r["value"] == lr]
     free = [r for r in unbounded["runs"] if r["alpha"] == 10.0]
     rows = []
-    for label, recs in (("k ≥ 0.01 (default)", floor), ("unbounded k (authors')", free)):
+    for label, recs, min_slope in (("k ≥ 0.01 (default)", floor, 0.01), ("unbounded k (authors')", free, None)):
         accs = [r["final_test_acc"] for r in recs if r["final_test_acc"] is not None]
         mean, std = common.mean_std(accs) if accs else (None, None)
         widths = [w for r in recs for w in (r["final_widths"] or {}).values()]
-        rows.append([label, _acc(mean, std, len(accs)), str(len(recs)), f"{_negative_slopes(recs)}/{len(recs)}",
+        rows.append([label, _acc(mean, std, len(accs)), str(len(recs)), _slope_cell(recs, min_slope),
                      _fmt(min(widths)) if widths else "—", _fmt(max(widths)) if widths else "—"])
     a = [r["final_test_acc"] for r in floor if r["final_test_acc"] is not None]
     b = [r["final_test_acc"] for r in free if r["final_test_acc"] is not None]
     note = (f"\n\nASGL, α₀ = 10, p = 0.2, neuron lr {lr:g}, seeds 0–{max(len(floor), len(free)) - 1}; floor − "
             f"unbounded = {_diff_cell(a, b)} (95 % CI over seeds)." + _binomial_note(unbounded)
-            + _incomplete(unbounded) + _incomplete(tuning))
-    return _table(["slope", "final test acc (%)", "runs", "runs ending with k < 0", "min final α", "max final α"],
+            + (_incomplete(unbounded) or _incomplete(tuning)))
+    return _table(["slope", "final test acc (%)", "runs", "runs ending with k < 0 / on the floor", "min final α",
+                   "max final α"],
                   rows) + note
 
 
