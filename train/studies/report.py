@@ -399,6 +399,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "length": ("width_robustness/length.json", table_length),
     "depth": ("width_robustness/depth.json", table_depth),
     "noise": ("noise_probability/noise_probability.json", table_noise),
+    "noise_first_round": ("noise_probability/noise_probability_first_round.json", table_noise),
     "tuning": ("width_robustness/tuning.json", table_tuning),
     "tuning_sg_wider": ("width_robustness/tuning_sg_wider.json", table_tuning),
     "dynamics": ("dynamics/dynamics.json", table_dynamics),
