@@ -6,14 +6,14 @@ from .layers import (
     SeqToANN, TimeBatchNorm1d, TimeBatchNorm2d, fold_time, mean_ce_loss, mean_over_time, tet_loss, unfold_time,
 )
 from .models import create_model, list_models, register_model
-from .neuron import LIF, RecurrentLIF, clamp_thresholds_, neurons
+from .neuron import LIF, RecurrentLIF, clamp_neuron_params_, clamp_thresholds_, neurons
 from .nir import to_nir
 from .optim import build_optimizers, neuron_parameters, weight_param_groups
 from .schedule import NoiseSchedule
 
 __all__ = [
     "LIF", "NoiseSchedule", "RecurrentLIF", "SeqToANN", "TimeBatchNorm1d", "TimeBatchNorm2d", "build_optimizers",
-    "clamp_thresholds_", "create_model", "fold_time", "functional", "layers", "list_models", "load_pretrained",
-    "mean_ce_loss", "mean_over_time", "models", "neuron_parameters", "neurons", "optim", "register_model", "tet_loss",
-    "to_nir", "unfold_time", "weight_param_groups",
+    "clamp_neuron_params_", "clamp_thresholds_", "create_model", "fold_time", "functional", "layers", "list_models",
+    "load_pretrained", "mean_ce_loss", "mean_over_time", "models", "neuron_parameters", "neurons", "optim",
+    "register_model", "tet_loss", "to_nir", "unfold_time", "weight_param_groups",
 ]

@@ -16,6 +16,9 @@ from kernels.lif_ref import RESETS, SURROGATES, slope_from_width_param, width_pa
 from . import functional as F
 
 GRANULARITIES = ("layer", "channel")
+# Default floor of a learnable sigmoid slope k = 1/α (see LIF.clamp_): k ≥ 0.01 is α ≤ 100, ten times
+# the widest α of the paper's tables (α = 10, k = 0.1), so no recipe of the paper is bounded by it.
+MIN_SIGMOID_SLOPE = 1e-2
 
 
 class LIF(nn.Module):
@@ -35,6 +38,10 @@ class LIF(nn.Module):
         width_granularity: ``"layer"`` (one width) or ``"channel"`` (one per channel, dim 2 of the
             input; needs ``channels``).
         p: analog-mode probability in [0, 1] (0 = plain surrogate gradient, 1 = smooth network).
+        min_slope: floor ``k_min`` of a learnable sigmoid slope k = 1/α, applied by :meth:`clamp_`
+            after each optimizer step (``asgl.build_optimizers`` does it); ``None`` leaves k
+            unbounded, as in the authors' code, where it can cross zero. The rectangle stores
+            ``log k`` and is positive by construction; the floor does not touch it.
         backend: ``"auto"``, ``"torch"`` (reference loop) or ``"triton"`` (fused kernel).
     """
 
@@ -52,6 +59,7 @@ class LIF(nn.Module):
         learn_decay: bool = True,
         learn_thresh: bool = False,
         p: float = 0.0,
+        min_slope: float | None = MIN_SIGMOID_SLOPE,
         backend: str = "auto",
     ):
         super().__init__()
@@ -69,6 +77,16 @@ class LIF(nn.Module):
             raise ValueError(f"decay (the leak λ) must be in the open interval (0, 1), got {decay!r}")
         if not (isinstance(thresh, (int, float)) and math.isfinite(thresh) and thresh > 0):
             raise ValueError(f"thresh (the threshold θ) must be a finite number > 0, got {thresh!r}")
+        if min_slope is not None:
+            if isinstance(min_slope, bool) or not (
+                isinstance(min_slope, (int, float)) and math.isfinite(min_slope) and min_slope > 0
+            ):
+                raise ValueError(f"min_slope (the floor k_min of the sigmoid slope) must be None or a finite "
+                                 f"number > 0, got {min_slope!r}")
+            if surrogate == "sigmoid" and learn_width and 1.0 / width < min_slope:
+                raise ValueError(f"width α = {width!r} is wider than min_slope = {min_slope!r} allows "
+                                 f"(α ≤ 1/min_slope = {1.0 / min_slope:g}); lower width or min_slope, or set "
+                                 f"min_slope=None for an unbounded slope")
         if width_granularity == "channel":
             if not (isinstance(channels, int) and channels > 0):
                 raise ValueError(
@@ -84,6 +102,7 @@ class LIF(nn.Module):
         self.channels = channels
         self.backend = backend
         self.p = p
+        self.min_slope = None if min_slope is None else float(min_slope)
 
         decay_logit = torch.tensor(math.log(decay / (1.0 - decay)))
         shape = (channels,) if width_granularity == "channel" else ()
@@ -123,11 +142,28 @@ class LIF(nn.Module):
         """The leak λ = sigmoid(decay_logit) (read-only, detached)."""
         return torch.sigmoid(self.decay_logit.detach())
 
+    @property
+    def needs_clamp(self) -> bool:
+        """Whether :meth:`clamp_` can change anything: a learnable θ, or a learnable sigmoid slope
+        with a floor."""
+        slope = self.surrogate == "sigmoid" and self.min_slope is not None
+        return isinstance(self.thresh, nn.Parameter) or (slope and isinstance(self.width_param, nn.Parameter))
+
     @torch.no_grad()
     def clamp_(self) -> None:
-        """Keep a learnable threshold ≥ 0; call after each optimizer step."""
+        """Keep a learnable threshold θ ≥ 0 and a learnable sigmoid slope k ≥ ``min_slope``; call
+        after each optimizer step (the neuron optimizer of ``asgl.build_optimizers`` does).
+
+        Why the slope: the sigmoid stores the raw k = 1/α, which Adam moves by about its learning
+        rate per step. Once k < 0 the relaxation's derivative k·σ'(k·z) is negative while the
+        forward spike is unchanged, so every spike-mode element sends a sign-flipped gradient.
+        Applied here, between steps, the floor leaves the forward and backward of one step
+        untouched: the fused kernels and the reference see the same ``width_param``.
+        """
         if isinstance(self.thresh, nn.Parameter):
             self.thresh.clamp_(min=0.0)
+        if self.surrogate == "sigmoid" and self.min_slope is not None and isinstance(self.width_param, nn.Parameter):
+            self.width_param.clamp_(min=self.min_slope)
 
     def check_input(self, x_seq: torch.Tensor) -> None:
         if x_seq.dim() < 2:
@@ -155,7 +191,8 @@ class LIF(nn.Module):
         learn = [n for n in ("decay_logit", "width_param", "thresh") if isinstance(getattr(self, n), nn.Parameter)]
         return (
             f"surrogate={self.surrogate}, reset={self.reset}, thresh={thresh:g}, p={self.p:g}, "
-            f"width_granularity={self.width_granularity}, learn={learn}, backend={self.backend}"
+            f"width_granularity={self.width_granularity}, learn={learn}, min_slope={self.min_slope}, "
+            f"backend={self.backend}"
         )
 
 
@@ -202,7 +239,13 @@ def neurons(model: nn.Module):
     return [m for m in model.modules() if isinstance(m, LIF)]
 
 
-def clamp_thresholds_(model: nn.Module) -> None:
-    """Keep every learnable threshold ≥ 0 (ASGL.md §1); call after each optimizer step."""
+def clamp_neuron_params_(model: nn.Module) -> None:
+    """:meth:`LIF.clamp_` on every neuron of ``model`` (θ ≥ 0, sigmoid slope k ≥ ``min_slope``); call
+    after each optimizer step when the optimizer is not built by ``asgl.build_optimizers``."""
     for m in neurons(model):
-        m.clamp_()
+        if m.needs_clamp:
+            m.clamp_()
+
+
+# The trainer's name for it (it clamps θ, and since the slope floor also k).
+clamp_thresholds_ = clamp_neuron_params_

@@ -9,7 +9,9 @@ Three disjoint sets cover every parameter of a model:
   regularise the weights' directions);
 - **neuron parameters**: ``decay_logit``, ``width_param`` and a learnable ``thresh`` of every
   :class:`asgl.LIF` / :class:`asgl.RecurrentLIF` — their own Adam (lr 3e-4, no weight decay, no
-  LR schedule), so the main optimizer's schedule and decay never touch them.
+  LR schedule), so the main optimizer's schedule and decay never touch them. After each of its
+  steps it applies :meth:`asgl.LIF.clamp_` (θ ≥ 0, sigmoid slope k ≥ ``min_slope``), so any loop
+  that steps it keeps the neurons in range without a call of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .neuron import LIF
+from .neuron import LIF, neurons
 
 __all__ = ["NEURON_PARAMS", "OPTIMIZERS", "build_optimizers", "neuron_parameters", "split_parameters",
            "weight_param_groups"]
@@ -86,7 +88,9 @@ def build_optimizers(
     ``name="sgd"``: SGD(lr, momentum) on the weight groups; ``"adam"``: Adam(lr) on them (weight
     decay as Adam's L2 term, as in ``torch.optim.Adam``). The neuron optimizer is Adam(neuron_lr,
     no weight decay) over :func:`neuron_parameters`, or ``None`` when nothing in the neurons is
-    learnable. An LR schedule belongs on the weight optimizer only.
+    learnable; a step hook on it applies :meth:`asgl.LIF.clamp_` to every neuron that needs it
+    after each of its steps (a step skipped by a loss scaler runs no hook, and needs none). An LR
+    schedule belongs on the weight optimizer only.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"name must be one of {OPTIMIZERS}, got {name!r}")
@@ -104,4 +108,19 @@ def build_optimizers(
         weight_optimizer = torch.optim.Adam(groups, lr=lr)
     neuron = neuron_parameters(model)
     neuron_optimizer = torch.optim.Adam(neuron, lr=neuron_lr, weight_decay=0.0) if neuron else None
+    bounded = [m for m in neurons(model) if m.needs_clamp]
+    if neuron_optimizer is not None and bounded:
+        neuron_optimizer.register_step_post_hook(ClampNeurons(bounded))
     return weight_optimizer, neuron_optimizer
+
+
+class ClampNeurons:
+    """Optimizer step hook: :meth:`asgl.LIF.clamp_` on the given neurons (a class, not a closure,
+    so the optimizer stays picklable)."""
+
+    def __init__(self, lifs: list[LIF]):
+        self.lifs = lifs
+
+    def __call__(self, optimizer, args, kwargs) -> None:
+        for m in self.lifs:
+            m.clamp_()

@@ -332,6 +332,9 @@ def test_state_dict_round_trip():
         (dict(thresh=0.0), "thresh"),
         (dict(width_granularity="channel"), "channels"),
         (dict(backend="cuda"), "backend"),
+        (dict(min_slope=0.0), "min_slope"),
+        (dict(min_slope=float("nan")), "min_slope"),
+        (dict(width=200.0), "min_slope"),  # α = 200 is k = 0.005 < the default floor 0.01
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, needle):
@@ -410,3 +413,102 @@ def test_packages_import_without_datasets_and_without_touching_cuda():
     )
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], env=env)
+
+
+# --------------------------------------------------------------------------- the slope floor
+def test_sigmoid_slope_floor_clamps_only_what_it_should():
+    from asgl.neuron import MIN_SIGMOID_SLOPE
+
+    m = asgl.LIF(surrogate="sigmoid", width_granularity="channel", channels=3)
+    assert m.min_slope == MIN_SIGMOID_SLOPE and m.needs_clamp
+    with torch.no_grad():
+        m.width_param.copy_(torch.tensor([-0.5, 0.0, 2.0]))
+    asgl.clamp_neuron_params_(m)
+    assert m.width_param.tolist() == pytest.approx([MIN_SIGMOID_SLOPE, MIN_SIGMOID_SLOPE, 2.0])
+    unbounded = asgl.LIF(surrogate="sigmoid", min_slope=None)  # the authors' behaviour
+    with torch.no_grad():
+        unbounded.width_param.fill_(-0.5)
+    assert not unbounded.needs_clamp
+    asgl.clamp_neuron_params_(unbounded)
+    assert unbounded.width_param.item() == -0.5
+    rect = asgl.LIF(surrogate="rectangle")  # stores log k: any value is a positive slope
+    with torch.no_grad():
+        rect.width_param.fill_(-5.0)
+    asgl.clamp_neuron_params_(rect)
+    assert not rect.needs_clamp and rect.width_param.item() == -5.0
+    assert not asgl.LIF(learn_width=False).needs_clamp
+    assert asgl.LIF(width=200.0, min_slope=None).min_slope is None  # an unbounded slope may start wider
+    assert asgl.LIF(width=200.0, learn_width=False).width.item() == pytest.approx(200.0)  # fixed: no floor
+
+
+def _train_slope(backend: str, min_slope, steps: int = 4):
+    """A few neuron-optimizer steps of one LIF from a fixed start, with a learning rate (1.0) and a
+    loss sign chosen so that Adam's first step (≈ lr · sign(grad)) drives k = 0.5 below zero."""
+    torch.manual_seed(0)
+    m = asgl.LIF(surrogate="sigmoid", width=2.0, width_granularity="channel", channels=3, p=0.0,
+                 min_slope=min_slope, backend=backend)
+    head = torch.nn.Linear(3, 2)
+    _, neuron_opt = asgl.build_optimizers(torch.nn.Sequential(m, head), neuron_lr=1.0)
+    x = torch.randn(5, 7, 3) * 0.8 + 1.0
+    sign, trace = None, []
+    for _ in range(steps):
+        y = m(x)
+        if sign is None:  # the sign that makes dL/dk > 0 for every channel at the start
+            grad = torch.autograd.grad(y.sum(), m.width_param, retain_graph=True)[0]
+            sign = torch.where(grad > 0, 1.0, -1.0)
+        loss = (y.sum(dim=(0, 1)) * sign).sum()
+        neuron_opt.zero_grad()
+        loss.backward()
+        neuron_opt.step()
+        trace.append(m.width_param.detach().clone())
+        # firing rate in a sane range, so the gradient is not all zero
+        assert 0.05 < (y > 0).float().mean().item() < 0.95
+    return torch.stack(trace)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_slope_floor_is_applied_after_each_neuron_optimizer_step(backend):
+    floored = _train_slope(backend, min_slope=0.01)
+    free = _train_slope(backend, min_slope=None)
+    assert (free[0] < 0).all(), "the setup must drive an unbounded slope below zero"
+    assert (floored >= 0.01).all()
+    assert (floored[0] == 0.01).all()
+
+
+def test_unbounded_slope_is_exactly_plain_adam():
+    """min_slope=None reproduces the authors' unbounded behaviour bit for bit: the same steps as an
+    Adam with no hook at all."""
+    torch.manual_seed(0)
+    a = asgl.LIF(width=2.0, width_granularity="channel", channels=3, p=0.0, min_slope=None, backend="torch")
+    b = asgl.LIF(width=2.0, width_granularity="channel", channels=3, p=0.0, min_slope=None, backend="torch")
+    _, opt_a = asgl.build_optimizers(torch.nn.Sequential(a, torch.nn.Linear(3, 2)), neuron_lr=1.0)
+    opt_b = torch.optim.Adam([b.decay_logit, b.width_param], lr=1.0)
+    x = torch.randn(5, 7, 3) + 1.0
+    for _ in range(4):
+        for m, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            (-m(x).sum()).backward()
+            opt.step()
+    assert torch.equal(a.width_param, b.width_param) and torch.equal(a.decay_logit, b.decay_logit)
+
+
+def test_slope_floor_same_trajectory_on_both_backends():
+    for min_slope in (0.01, None):
+        ref = _train_slope("torch", min_slope)
+        fused = _train_slope("triton", min_slope)
+        torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_min_slope_config_key_reaches_every_neuron():
+    from train.config import ConfigError, build_config
+    from train.run import build_model
+
+    default = build_model(build_config(None, {"model.name": "digits_cnn"}), 10, 1)
+    assert {m.min_slope for m in asgl.neurons(default)} == {0.01}
+    free = build_model(build_config(None, {"model.name": "digits_cnn", "model.min_slope": "null"}), 10, 1)
+    assert {m.min_slope for m in asgl.neurons(free)} == {None}
+    with pytest.raises(ConfigError, match="model.min_slope"):
+        build_config(None, {"model.min_slope": "0"})
+    with pytest.raises(ConfigError, match="model.width"):  # α = 200 needs k = 0.005 < 0.01
+        build_config(None, {"model.width": "200"})
+    assert build_config(None, {"model.width": "200", "model.learn_width": "false"}).model.width == 200.0

@@ -67,9 +67,16 @@ def test_width_robustness_quick(tmp_path):
     length = _load(out / "length.json")
     assert {r["method"] for r in length["runs"]} == {"SG", "ASGL", "ASGL lr3e-4"}
     assert all(r["epochs"] == r["epochs_set"] for r in length["runs"])
+    unbounded = _load(out / "width_robustness_unbounded.json")
+    assert {r["method"] for r in unbounded["runs"]} == {"ASGL"}
+    assert all(r["overrides"]["model.min_slope"] is None for r in unbounded["runs"])
+    tuning = _load(out / "tuning.json")
+    assert {(r["method"], r["knob"]) for r in tuning["runs"]} == {("ASGL", "optim.neuron_lr"), ("SG", "optim.lr")}
+    assert all(r["overrides"][r["knob"]] == r["value"] for r in tuning["runs"])
+    _check_png(out / "tuning.png")
     depth = _load(out / "depth.json")
     assert {(r["model"], r["method"]) for r in depth["runs"]} == {("digits_cnn", "SG"), ("digits_cnn", "ASGL")}
-    for rec in paper["runs"] + length["runs"] + depth["runs"]:
+    for rec in paper["runs"] + length["runs"] + depth["runs"] + unbounded["runs"] + tuning["runs"]:
         _check_record(rec)
 
 
@@ -78,7 +85,9 @@ def test_noise_probability_quick(tmp_path):
     assert noise_probability.main(["--quick", "--seeds", "1", "--out", str(out), "--runs-dir",
                                    str(tmp_path / "runs")]) == 0
     doc = _load(out / "noise_probability.json")
-    assert sorted(r["p"] for r in doc["runs"]) == sorted(noise_probability.QUICK_PS)
+    assert sorted((r["p"], str(r["min_slope"])) for r in doc["runs"]) == sorted(
+        (p, str(m)) for p in noise_probability.QUICK_PS for m in noise_probability.MIN_SLOPES)
+    assert {r["overrides"]["model.min_slope"] for r in doc["runs"]} == {0.01, None}
     for rec in doc["runs"]:
         _check_record(rec)
         assert rec["final_p"] == rec["p"]  # γ = 1 keeps p
@@ -194,3 +203,85 @@ def test_report_marker_errors():
     with pytest.raises(ValueError, match="names no known table"):
         report.update_document("<!-- table:bogus -->\n<!-- /table:bogus -->\n", tables)
     assert report.update_document("no markers\n", tables) == "no markers\n"
+
+
+# ---- the large test set and the intervals ---------------------------------------------------------
+
+def test_intervals_by_hand():
+    from train.studies.digits_jitter import difference_interval, wilson_interval
+
+    lo, hi = wilson_interval(50.0, 100)  # textbook: [40.38, 59.62]
+    assert (lo, hi) == (pytest.approx(40.383, abs=1e-3), pytest.approx(59.617, abs=1e-3))
+    lo, hi = wilson_interval(100.0, 10_000)  # never above 100, never a zero-width interval
+    assert hi == pytest.approx(100.0) and 99.95 < lo < 100.0
+    # pooled variance (2 + 2) / 4 = 1, se = sqrt(2/3), t(4 df) = 2.776
+    diff, lo, hi = difference_interval([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert diff == pytest.approx(-3.0)
+    assert (hi - lo) / 2 == pytest.approx(2.776 * math.sqrt(2 / 3), rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2"):
+        difference_interval([1.0], [2.0, 3.0])
+    with pytest.raises(ValueError, match="n must"):
+        wilson_interval(90.0, 0)
+
+
+def test_jittered_test_set_is_deterministic_and_held_out(tmp_path):
+    import torch
+
+    from train.studies import digits_jitter
+
+    root = digits_jitter.ensure(tmp_path / "dj")
+    images, labels = digits_jitter._read_images(root / digits_jitter.TEST_FILE)
+    assert images.shape == (digits_jitter.N_TEST, 8, 8) and images.dtype == torch.uint8
+    counts = labels.bincount(minlength=10)
+    assert counts.min() > 0.08 * digits_jitter.N_TEST  # every class drawn, ≈ 10 % each
+    again = digits_jitter.ensure(tmp_path / "dj2")
+    assert (again / digits_jitter.TEST_FILE).read_bytes() == (root / digits_jitter.TEST_FILE).read_bytes()
+    train = (root / digits_jitter.TRAIN_FILE).read_bytes()
+    assert train == (digits_jitter.SOURCE / "train-00000-of-00001.parquet").read_bytes()
+    # the jitter moves pixels but keeps the ink: mean intensity within 5 % of the source's
+    source, _ = digits_jitter._read_images(digits_jitter.SOURCE / "test-00000-of-00001.parquet")
+    assert images.float().mean().item() == pytest.approx(source.float().mean().item(), rel=0.05)
+    # a copy of one held-out image differs from it (jittered) but stays close
+    g = torch.Generator().manual_seed(0)
+    one = digits_jitter.jitter(source[:1].repeat(4, 1, 1), g)
+    assert not torch.equal(one[0], one[1])
+    assert (one.float() - source[:1].float()).abs().mean() < 40
+
+
+def _run(method, value, seed, acc, knob="optim.neuron_lr", min_slope=0.01, p=None, widths=(0.5, 0.5)):
+    rec = {"name": f"{method}{value}{seed}", "method": method, "seed": seed, "final_test_acc": acc,
+           "best_test_acc": acc, "final_widths": {"l1": widths[0], "l2": widths[1]}, "overrides": {}, "wall_s": 1.0,
+           "knob": knob, "value": value, "alpha": 10.0, "min_slope": min_slope}
+    if p is not None:
+        rec["p"] = p
+    return rec
+
+
+def _doc(runs, settings, wall_s=60.0):
+    return {"meta": {"commit": "abc1234", "wall_s": wall_s, "uncommitted_study_files": [], "date_utc": "x"},
+            "settings": settings, "runs": runs, "summary": [], "complete": True}
+
+
+def test_report_tuning_floor_and_noise_tables():
+    tuning = _doc([_run("ASGL", 0.03, s, a) for s, a in enumerate((96.0, 97.0, 98.0))]
+                  + [_run("ASGL", 3e-4, s, 30.0) for s in range(3)]
+                  + [_run("SG", 0.1, s, a, knob="optim.lr") for s, a in enumerate((50.0, 52.0, 54.0))],
+                  {"neuron_lrs": [3e-4, 0.03], "weight_lrs": [0.1, 0.3], "matched_neuron_lr": 0.0889, "seeds": 3,
+                   "paper": {"neuron_lr": 3e-4, "steps": 39100}, "run_steps": 132, "num_test": 10_000})
+    text = report.table_tuning(tuning)
+    assert "| ASGL | `optim.neuron_lr` | 0.0003: 30.0 ± 0.0 (n=3) | 0.03: 97.0 ± 1.0 (n=3) |" in text
+    assert "| SG | `optim.lr` | 0.1: 52.0 ± 2.0 (n=3) | 0.3: — (n=0) |" in text
+    # 97 − 52 = 45, pooled sd 1.58, se 1.29, t(4) = 2.776: ± 3.6
+    assert "ASGL − SG = +45.0 [+41.4, +48.6]" in text
+    unbounded = _doc([_run("ASGL", 0.03, s, a, min_slope=None, widths=(-2.0, 0.5))
+                      for s, a in enumerate((90.0, 95.0, 100.0))],
+                     {"shared": {"optim.neuron_lr": 0.03}, "num_test": 10_000})
+    floor = report.table_floor(unbounded, tuning)
+    assert "| k ≥ 0.01 (default) | 97.0 ± 1.0 | 3 | 0/3 | 0.5 | 0.5 |" in floor  # none on the floor (α = 100)
+    assert "| unbounded k (authors') | 95.0 ± 5.0 | 3 | 3/3 | -2 | 0.5 |" in floor
+    noise = _doc([_run("ASGL", 0.03, s, 90.0 + s, p=0.8) for s in range(2)]
+                 + [_run("ASGL", 0.03, s, 10.0 + s, p=0.8, min_slope=None, widths=(-1.0, 1.0)) for s in range(2)],
+                 {"alpha": 10.0, "seeds": 2, "min_slopes": [0.01, None], "num_test": 10_000})
+    noise["runs"][0]["final_widths"]["l2"] = 100.0  # one floored run ended with a layer on the floor
+    table = report.table_noise(noise)
+    assert "| 0.8 | 90.5 ± 0.7 (n=2) | 1/2 | 10.5 ± 0.7 (n=2) | 2/2 | +80.0 [" in table

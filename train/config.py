@@ -61,6 +61,7 @@ class ModelConfig:
     learn_thresh: bool = False
     reset: str = "hard"             # hard | soft
     p: float = 0.2                  # initial analog-mode probability p0 (0 = plain SG)
+    min_slope: float | None = 0.01  # floor of a learnable sigmoid slope k = 1/α; null = unbounded (authors')
     backend: str = "auto"           # auto | torch | triton
 
 
@@ -354,6 +355,10 @@ def validate(cfg: RunConfig) -> None:
     _check(_finite(m.thresh) and m.thresh > 0, "model.thresh", "(the threshold θ) must be > 0", m.thresh)
     _choice(m.reset, "model.reset", RESETS)
     _check(0 <= m.p <= 1, "model.p", "(the analog-mode probability) must be in [0, 1]", m.p)
+    if m.min_slope is not None:
+        _check(_finite(m.min_slope) and m.min_slope > 0, "model.min_slope", "must be > 0 (or null)", m.min_slope)
+        _check(m.surrogate != "sigmoid" or not m.learn_width or m.width * m.min_slope <= 1, "model.width",
+               f"must be <= 1/model.min_slope = {1 / m.min_slope:g} (or model.min_slope null)", m.width)
     _choice(m.backend, "model.backend", BACKENDS)
 
     _choice(o.name, "optim.name", OPTIMIZERS)

@@ -1,7 +1,10 @@
 """Spiking ResNets for CIFAR-sized images (ASGL.md §4): ResNet-18, ResNet-19, ResNet-34.
 
-Layout ``[T, B, C, H, W]`` throughout; conv and BN run with time folded into batch (BN statistics
-over T·B·H·W per channel), the neurons see the time axis. Conv bias is off (BN follows).
+Layer for layer the networks of the authors' ``model/resnet.py`` (``ResNet`` for 18 / 34,
+``ResNet19``): the same convolutions (no bias), BNs, neurons, shortcut (conv1x1-BN when the shape
+changes), pooling and readout, with PyTorch's default initialisation as theirs. Layout
+``[T, B, C, H, W]`` throughout; conv and BN run with time folded into batch (BN statistics over
+T·B·H·W per channel), the neurons see the time axis.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from torch import nn
 
 from ..layers import SeqToANN, conv_bn, image_sequence
 from .registry import SpikingNet, make_lif, register_model
+from .units import ConvBNLIF
 
 __all__ = ["BasicBlock", "SpikingResNet", "resnet18", "resnet19", "resnet34"]
 
@@ -26,27 +30,24 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, stride: int, neuron_kwargs: dict):
         super().__init__()
-        self.residual = nn.Sequential(
-            conv_bn(in_channels, channels, 3, stride),
-            make_lif(channels, neuron_kwargs),
-            conv_bn(channels, channels, 3, 1),
-        )
+        self.conv1 = ConvBNLIF(in_channels, channels, neuron_kwargs, 3, stride)
+        self.conv2 = ConvBNLIF(channels, channels, neuron_kwargs, 3, 1)
         if stride != 1 or in_channels != channels:
             self.shortcut = conv_bn(in_channels, channels, 1, stride)
         else:
             self.shortcut = nn.Identity()
-        self.lif = make_lif(channels, neuron_kwargs)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        return self.lif(self.residual(x_seq) + self.shortcut(x_seq))
+        return self.conv2(self.conv1(x_seq), residual=self.shortcut(x_seq))
 
 
 class SpikingResNet(SpikingNet):
     """CIFAR-style spiking ResNet.
 
     stem conv3x3(in→``stem``, stride 1)-BN-LIF; stages of :class:`BasicBlock` (``(width, blocks)``
-    each, stride 1 in the first stage and 2 after); global average pool; optional hidden
-    Linear(→``hidden``)-LIF; Linear(→num_classes, bias), not spiking.
+    each, stride 1 in the first stage and 2 after); global average pool; either
+    Linear(→num_classes, bias) (``hidden=None``: ResNet-18/34), or Linear(→``hidden``, no bias)-LIF
+    then Linear(→num_classes, no bias) (ResNet-19); the last Linear is not spiking.
 
     ``forward(x)`` takes images ``[B, C, H, W]`` (repeated T times: direct encoding) or events
     ``[B, T, C, H, W]`` and returns **per-step logits** ``[T, B, num_classes]``; the prediction
@@ -65,7 +66,7 @@ class SpikingResNet(SpikingNet):
         **neuron_kwargs,
     ):
         super().__init__(num_classes=num_classes, T=T, in_channels=in_channels, neuron_kwargs=neuron_kwargs)
-        self.stem = nn.Sequential(conv_bn(in_channels, stem, 3, 1), make_lif(stem, neuron_kwargs))
+        self.stem = ConvBNLIF(in_channels, stem, neuron_kwargs, 3, 1)
         blocks, channels = [], stem
         for i, (width, n_blocks) in enumerate(stages):
             for j in range(n_blocks):
@@ -74,12 +75,12 @@ class SpikingResNet(SpikingNet):
                 channels = width
         self.blocks = nn.Sequential(*blocks)
         self.pool = SeqToANN(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        head: list[nn.Module] = []
-        if hidden is not None:
-            head += [SeqToANN(nn.Linear(channels, hidden)), make_lif(hidden, neuron_kwargs)]
-            channels = hidden
-        head.append(SeqToANN(nn.Linear(channels, num_classes)))
-        self.head = nn.Sequential(*head)
+        if hidden is None:
+            self.head = SeqToANN(nn.Linear(channels, num_classes))
+        else:  # the authors' ResNet19 classifier: no biases
+            self.head = nn.Sequential(SeqToANN(nn.Linear(channels, hidden, bias=False)),
+                                      make_lif(hidden, neuron_kwargs),
+                                      SeqToANN(nn.Linear(hidden, num_classes, bias=False)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> per-step logits ``[T, B, num_classes]``."""
@@ -98,7 +99,8 @@ def resnet18(num_classes: int = 10, T: int = 4, in_channels: int = 3, **neuron_k
 
 @register_model("resnet19")
 def resnet19(num_classes: int = 10, T: int = 4, in_channels: int = 3, **neuron_kwargs) -> SpikingResNet:
-    """ResNet-19: stem 128; stages 128×3, 256×3, 512×2; Linear(512→256)-LIF; Linear(256→classes)."""
+    """ResNet-19: stem 128; stages 128×3, 256×3, 512×2; Linear(512→256, no bias)-LIF;
+    Linear(256→classes, no bias)."""
     return SpikingResNet(
         [(128, 3), (256, 3), (512, 2)], stem=128, hidden=256,
         num_classes=num_classes, T=T, in_channels=in_channels, **neuron_kwargs,

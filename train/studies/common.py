@@ -15,6 +15,7 @@ over seeds (sample standard deviation, ``ddof = 1``; 0 for a single seed).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -34,6 +35,8 @@ def format_value(value: Any) -> str:
     """A config value as the command line spells it (``true``/``false`` for booleans)."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value is None:
+        return "null"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(v) for v in value) + "]"
     return str(value)
@@ -146,8 +149,11 @@ def summarize(records: Iterable[dict], keys: Sequence[str], metric: str = "final
     return rows
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> dict:
-    """The short commit of the checkout and whether the study files differ from it (read-only git)."""
+    """The short commit of the checkout and whether the code the studies run differs from it
+    (read-only git). Read once per process, at the start of a study (:func:`parser`): the code a
+    running study imported, not what the checkout holds when it saves."""
     def git(*args: str) -> str:
         try:
             out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
@@ -155,7 +161,7 @@ def git_commit() -> dict:
             return ""
         return out.stdout.strip() if out.returncode == 0 else ""
 
-    status = git("status", "--porcelain", "--", "train/studies", "configs/studies", "tests/test_studies.py")
+    status = git("status", "--porcelain", "--", "train/studies", "asgl", "kernels", "tests/test_studies.py")
     return {"commit": git("rev-parse", "--short", "HEAD") or "unknown",
             "uncommitted_study_files": sorted(line[3:] for line in status.splitlines() if line)}
 
@@ -183,6 +189,7 @@ def save_study(path: Path, study: str, settings: dict, runs: list[dict], summary
 
 def parser(study: str, description: str, default_seeds: int) -> argparse.ArgumentParser:
     """The command line every study shares: ``--quick``, ``--seeds``, ``--out``, ``--runs-dir``."""
+    git_commit()  # the checkout's state now, as the study starts
     p = argparse.ArgumentParser(prog=f"python -m train.studies.{study}", description=description)
     p.add_argument("--quick", action="store_true", help="a ~1-minute smoke version (tiny net, one short epoch)")
     p.add_argument("--seeds", type=int, default=default_seeds, help=f"seeds per setting (default {default_seeds})")

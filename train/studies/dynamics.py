@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from train.studies import common
+from train.studies import common, digits_jitter
 from train.studies.width_robustness import METHODS, QUICK_SHARED, SHARED
 
 
@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--alpha must be > 0, got {args.alpha!r}")
     if isinstance(args.epochs, bool) or args.epochs < 1:
         raise ValueError(f"--epochs must be a positive integer, got {args.epochs!r}")
-    shared = {**QUICK_SHARED, "optim.epochs": 2} if args.quick else {**SHARED, "optim.epochs": args.epochs}
+    # every epoch evaluated: the trace follows the test accuracy over training
+    shared = {**QUICK_SHARED, "optim.epochs": 2} if args.quick else {**SHARED, "optim.epochs": args.epochs,
+                                                                       "train.eval_every": 1}
+    digits_jitter.ensure()
     t0 = time.perf_counter()
     if args.from_run is not None:
         rows = common.read_metrics(args.from_run)

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from train.studies import common, digits_jitter
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -75,9 +77,13 @@ def table_width(doc: dict) -> str:
             ws = [w for w in ws if w is not None]
             cells.append(_fmt(sum(ws) / len(ws)) if ws else "—")
         rows.append([f"{method} final α (layer mean)", *cells])
+    if {"SG", "ASGL"} <= set(doc["settings"]["methods"]):
+        rows.append(["ASGL − SG (95 % CI)", *[_diff_cell(_accs(doc["runs"], method="ASGL", alpha=a),
+                                                         _accs(doc["runs"], method="SG", alpha=a)) for a in alphas]])
     seeds = doc["settings"]["seeds"]
-    note = (f"\n\n{seeds} seed(s) per cell, final-epoch test accuracy of the SNN, mean ± sample std; "
-            f"sweep wall time {doc['meta']['wall_s'] / 60:.1f} min.") + _incomplete(doc)
+    note = (f"\n\n{seeds} seed(s) per cell, final-epoch test accuracy of the SNN, mean ± sample std; difference: "
+            f"Student-t interval over seeds; sweep wall time {doc['meta']['wall_s'] / 60:.1f} min."
+            + _binomial_note(doc) + _incomplete(doc))
     return _table(["", *[f"α = {a:g}" for a in alphas]], rows) + note
 
 
@@ -127,22 +133,151 @@ def table_depth(doc: dict) -> str:
                             if r["model"] == model and r["method"] == method and r["alpha"] == alpha), None)
                 cells.append(_acc(row["mean"], row["std"], row["n"]) + _failed(row) if row else "—")
             rows.append([f"`{model}`", method, *cells])
-    note = (f"\n\n{doc['settings']['seeds']} seed(s), final test accuracy (%); "
-            f"wall time {doc['meta']['wall_s'] / 60:.1f} min.") + _incomplete(doc)
+        rows.append([f"`{model}`", "ASGL − SG (95 % CI)",
+                     *[_diff_cell(_accs(doc["runs"], model=model, method="ASGL", alpha=a),
+                                  _accs(doc["runs"], model=model, method="SG", alpha=a)) for a in alphas]])
+    note = (f"\n\n{doc['settings']['seeds']} seed(s), final test accuracy (%); difference: Student-t interval "
+            f"over seeds; wall time {doc['meta']['wall_s'] / 60:.1f} min." + _binomial_note(doc) + _incomplete(doc))
     return _table(["network", "method", *[f"α = {a:g}" for a in alphas]], rows) + note
 
 
+def _ci(lo: float, hi: float) -> str:
+    return f"[{lo:+.1f}, {hi:+.1f}]"
+
+
+def _diff_cell(a: list[float], b: list[float]) -> str:
+    """``mean(a) − mean(b)`` with its 95 % interval over seeds, or the reason there is none."""
+    if len(a) < 2 or len(b) < 2:
+        return "— (needs ≥ 2 seeds each)"
+    diff, lo, hi = digits_jitter.difference_interval(a, b)
+    return f"{diff:+.1f} {_ci(lo, hi)}"
+
+
+def _accs(runs: list[dict], **where) -> list[float]:
+    """Final accuracies of the finished runs whose keys equal ``where``."""
+    return [r["final_test_acc"] for r in runs
+            if all(r.get(k) == v for k, v in where.items()) and r["final_test_acc"] is not None]
+
+
+def _negative_slopes(runs: list[dict]) -> int:
+    """Runs that ended with a negative width α = 1/k in some layer (the slope crossed zero)."""
+    return sum(any(w < 0 for w in (r["final_widths"] or {}).values()) for r in runs)
+
+
+def _at_floor(runs: list[dict], min_slope: float) -> int:
+    """Runs that ended with some layer's slope on the floor (α = 1/min_slope, to 0.1 %)."""
+    return sum(any(w >= 0.999 / min_slope for w in (r["final_widths"] or {}).values()) for r in runs)
+
+
+def _slope_cell(runs: list[dict], min_slope: float | None) -> str:
+    """Unbounded: runs ending with k < 0 in some layer; floored: runs ending on the floor."""
+    count = _negative_slopes(runs) if min_slope is None else _at_floor(runs, min_slope)
+    return f"{count}/{len(runs)}"
+
+
+def _binomial_note(doc: dict) -> str:
+    """Which test set, and one run's 95 % Wilson half-width on it at 95 % accuracy."""
+    n = doc["settings"].get("num_test")
+    name = f"{n:,} jittered held-out digits" if n else "the bundled 360 held-out digits"
+    n = n or 360
+    lo, hi = digits_jitter.wilson_interval(95.0, n)
+    return (f" Test set: {name} (one image = {100 / n:.2g} %); one run's 95 % Wilson interval at 95 % accuracy "
+            f"is ± {(hi - lo) / 2:.2f} points.")
+
+
 def table_noise(doc: dict) -> str:
+    """p × slope floor: final accuracy, the floor's effect with its interval, runs whose slope ended < 0."""
+    floors = doc["settings"].get("min_slopes", [None])
+    runs = doc["runs"]
+
+    def group(p, floor):
+        return [r for r in runs if r["p"] == p and r.get("min_slope") == floor]
+
+    def label(floor):
+        return f"k ≥ {floor:g}" if floor is not None else "unbounded k"
+
     rows = []
-    for r in sorted(doc["summary"], key=lambda r: r["p"]):
-        ws = [_mean_width(x["final_widths"]) for x in doc["runs"] if x["p"] == r["p"]]
-        ws = [w for w in ws if w is not None]
-        rows.append([f"{r['p']:g}", _acc(r["mean"], r["std"], r["n"]) + _failed(r), _acc(r["mean_best"]),
-                     _fmt(sum(ws) / len(ws)) if ws else "—", str(r["n"])])
-    note = (f"\n\ninitial α = {doc['settings']['alpha']:g} (learnable), {doc['settings']['seeds']} seed(s); "
-            f"every run is evaluated as the pure SNN; wall time {doc['meta']['wall_s'] / 60:.1f} min."
-            + _incomplete(doc))
-    return _table(["p", "final test acc (%)", "best test acc (%)", "final α (mean)", "seeds"], rows) + note
+    for p in sorted({r["p"] for r in runs}):
+        cells = [f"{p:g}"]
+        accs = {}
+        for floor in floors:
+            recs = group(p, floor)
+            accs[floor] = [r["final_test_acc"] for r in recs if r["final_test_acc"] is not None]
+            mean, std = common.mean_std(accs[floor]) if accs[floor] else (None, None)
+            failed = len(recs) - len(accs[floor])
+            cells.append(_acc(mean, std, len(accs[floor])) + (f" ({failed} failed)" if failed else "")
+                         + f" (n={len(recs)})")
+            cells.append(_slope_cell(recs, floor))
+        if len(floors) == 2:
+            cells.append(_diff_cell(accs[floors[0]], accs[floors[1]]))
+        rows.append(cells)
+    header = ["p"]
+    for floor in floors:
+        ends = "runs ending with k < 0" if floor is None else "runs ending on the floor"
+        header += [f"{label(floor)}: final test acc (%)", f"{label(floor)}: {ends}"]
+    if len(floors) == 2:
+        header.append(f"{label(floors[0])} − {label(floors[1])} (95 % CI)")
+    note = (f"\n\ninitial α = {doc['settings']['alpha']:g} (learnable), {doc['settings']['seeds']} seed(s) planned, "
+            f"n = runs done; every run is evaluated as the pure SNN; difference: mean over seeds with a Student-t "
+            f"interval (seeds as the unit); wall time {doc['meta']['wall_s'] / 60:.1f} min."
+            + _binomial_note(doc) + _incomplete(doc))
+    return _table(header, rows) + note
+
+
+def table_tuning(doc: dict) -> str:
+    """At α = 10: ASGL over the neuron LR, SG over the weight LR; each method's best value and the
+    difference of the two bests with its interval."""
+    st = doc["settings"]
+    best = {}
+    rows = []
+    for method, knob, values in (("ASGL", "optim.neuron_lr", st["neuron_lrs"]), ("SG", "optim.lr", st["weight_lrs"])):
+        cells = []
+        for value in values:
+            accs = [r["final_test_acc"] for r in doc["runs"] if r["method"] == method and r["value"] == value
+                    and r["final_test_acc"] is not None]
+            n_runs = sum(r["method"] == method and r["value"] == value for r in doc["runs"])
+            mean, std = common.mean_std(accs) if accs else (None, None)
+            cells.append(f"{value:g}: {_acc(mean, std, len(accs))} (n={n_runs})")
+            if mean is not None and (method not in best or mean > best[method][1]):
+                best[method] = (value, mean, accs)
+        rows.append([method, f"`{knob}`", *cells])
+    width = max(len(st["neuron_lrs"]), len(st["weight_lrs"]))
+    rows = [row + [""] * (2 + width - len(row)) for row in rows if len(row) > 2]
+    header = ["method", "tuned knob", *[f"value {i + 1}" for i in range(width)]]
+    lines = [_table(header, rows), ""]
+    if "ASGL" in best and "SG" in best:
+        (va, ma, aa), (vs, ms, as_) = best["ASGL"], best["SG"]
+        lines.append(f"Best of each: ASGL {_acc(ma)} % at neuron lr {va:g}, SG {_acc(ms)} % at weight lr {vs:g}; "
+                     f"ASGL − SG = {_diff_cell(aa, as_)} (95 % CI over seeds; the best value was picked on these "
+                     f"same runs, so both bests are optimistic alike).")
+    lines.append(f"\nα₀ = 10, {st['seeds']} seed(s) planned, n = runs done; neuron lr {st['matched_neuron_lr']:g} "
+                 f"matches the paper's lr × steps ({st['paper']['neuron_lr']:g} × {st['paper']['steps']:,} = "
+                 f"{st['matched_neuron_lr']:g} × {st['run_steps']}); wall time {doc['meta']['wall_s'] / 60:.1f} min."
+                 + _binomial_note(doc) + _incomplete(doc))
+    return "\n".join(lines)
+
+
+def table_floor(unbounded: dict, tuning: dict) -> str:
+    """ASGL at α = 10 (neuron lr 3e-2, p = 0.2): the default slope floor (the tuning study's runs at
+    that lr) against the unbounded slope, same seeds and test set."""
+    lr = unbounded["settings"]["shared"]["optim.neuron_lr"]
+    floor = [r for r in tuning["runs"] if r["method"] == "ASGL" and r["value"] == lr]
+    free = [r for r in unbounded["runs"] if r["alpha"] == 10.0]
+    rows = []
+    for label, recs, min_slope in (("k ≥ 0.01 (default)", floor, 0.01), ("unbounded k (authors')", free, None)):
+        accs = [r["final_test_acc"] for r in recs if r["final_test_acc"] is not None]
+        mean, std = common.mean_std(accs) if accs else (None, None)
+        widths = [w for r in recs for w in (r["final_widths"] or {}).values()]
+        rows.append([label, _acc(mean, std, len(accs)), str(len(recs)), _slope_cell(recs, min_slope),
+                     _fmt(min(widths)) if widths else "—", _fmt(max(widths)) if widths else "—"])
+    a = [r["final_test_acc"] for r in floor if r["final_test_acc"] is not None]
+    b = [r["final_test_acc"] for r in free if r["final_test_acc"] is not None]
+    note = (f"\n\nASGL, α₀ = 10, p = 0.2, neuron lr {lr:g}, seeds 0–{max(len(floor), len(free)) - 1}; floor − "
+            f"unbounded = {_diff_cell(a, b)} (95 % CI over seeds)." + _binomial_note(unbounded)
+            + (_incomplete(unbounded) or _incomplete(tuning)))
+    return _table(["slope", "final test acc (%)", "runs", "runs ending with k < 0 / on the floor", "min final α",
+                   "max final α"],
+                  rows) + note
 
 
 def table_dynamics(doc: dict) -> str:
@@ -167,8 +302,11 @@ def table_temporal(doc: dict) -> str:
             row = next((r for r in doc["summary"] if r["method"] == method and r["alpha"] == alpha), None)
             cells.append(_acc(row["mean"], row["std"], row["n"]) + _failed(row) if row else "—")
         rows.append([method, *cells])
-    note = (f"\n\n{doc['settings']['seeds']} seed(s) per cell, final-epoch test accuracy (%); "
-            f"wall time {doc['meta']['wall_s'] / 60:.1f} min.") + _incomplete(doc)
+    rows.append(["ASGL − SG (95 % CI)", *[_diff_cell(_accs(doc["runs"], method="ASGL", alpha=a),
+                                                     _accs(doc["runs"], method="SG", alpha=a)) for a in alphas]])
+    note = (f"\n\n{doc['settings']['seeds']} seed(s) per cell, final-epoch test accuracy (%); difference: "
+            f"Student-t interval over seeds; wall time {doc['meta']['wall_s'] / 60:.1f} min."
+            + _binomial_note(doc) + _incomplete(doc))
     return _table(["method", *[f"α = {a:g}" for a in alphas]], rows) + note
 
 
@@ -227,24 +365,30 @@ def forward_gflop(model: str, classes: int, shape: tuple) -> float:
 
 
 def table_gpu_estimate() -> str:
-    """Per-epoch GPU time ESTIMATES for the full-scale runs (nothing here is measured)."""
+    """Per-epoch and per-run GPU time ESTIMATES for the full-scale runs (nothing here is measured)."""
+    from train.config import build_config  # noqa: PLC0415  (imports the model registry)
+
     lo, hi = ASSUMED_TFLOPS
     rows = []
     for name, config, model, classes, shape, T, n_train, n_test in FULL_SCALE:
         f = forward_gflop(model, classes, shape)
         tflop = (3 * f * T * n_train + f * T * n_test) / 1e3  # backward ≈ 2× forward
+        epochs = build_config(REPO_ROOT / config).optim.epochs
         time_cell = f"{tflop / hi:.0f}–{tflop / lo:.0f} s (estimate)"
+        hours = f"{tflop * epochs / hi / 3600:.2g}–{tflop * epochs / lo / 3600:.2g} h"
+        hours_cell = f"{epochs} epochs: {hours} (estimate)"
         if model == "shd_rnn":
             time_cell = "not estimated: 250 sequential steps make it latency-bound, not FLOP-bound"
+            hours_cell = f"{epochs} epochs; not estimated"
         rows.append([name, f"`accelerate launch train/run.py --config {config}`", expected_accuracy(REPO_ROOT / config),
-                     f"{f:.3g}", f"{tflop:.3g}", time_cell])
+                     f"{f:.3g}", f"{tflop:.3g}", time_cell, hours_cell])
     note = (f"\n\nGFLOP: conv/linear FLOPs of one sample, one time step, forward (counted by "
             f"`torch.utils.flop_counter` on the CPU). Epoch TFLOP = (3 · train + 1 · test samples) · T · GFLOP. "
             f"GPU time per epoch: NOT MEASURED (no GPU was available); the range assumes an effective "
             f"{lo:g}–{hi:g} TFLOP/s on one A100/H100-class GPU in bf16 and ignores data loading and the "
             f"memory-bound LIF/BN work, so real epochs are likely slower.")
     return _table(["experiment", "command", "paper accuracy", "GFLOP / sample / step", "TFLOP / epoch",
-                   "GPU time / epoch"], rows) + note
+                   "GPU time / epoch", "GPU hours per run"], rows) + note
 
 
 # table name -> (JSON file relative to the results folder, renderer)
@@ -255,6 +399,9 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "length": ("width_robustness/length.json", table_length),
     "depth": ("width_robustness/depth.json", table_depth),
     "noise": ("noise_probability/noise_probability.json", table_noise),
+    "noise_first_round": ("noise_probability/noise_probability_first_round.json", table_noise),
+    "tuning": ("width_robustness/tuning.json", table_tuning),
+    "tuning_sg_wider": ("width_robustness/tuning_sg_wider.json", table_tuning),
     "dynamics": ("dynamics/dynamics.json", table_dynamics),
     "temporal": ("temporal_task/temporal_task.json", table_temporal),
 }
@@ -274,6 +421,12 @@ def render_tables(results: Path, names: set[str] | None = None) -> dict[str, str
             out[name] = render(docs[name])
         else:
             out[name] = f"*Not run: `{rel}` is missing.*"
+    unbounded = results / "width_robustness" / "width_robustness_unbounded.json"
+    if unbounded.is_file() and "tuning" in docs:
+        docs["width_unbounded"] = json.loads(unbounded.read_text())
+        out["floor"] = table_floor(docs["width_unbounded"], docs["tuning"])
+    else:
+        out["floor"] = "*Not run: `width_robustness/width_robustness_unbounded.json` or `tuning.json` is missing.*"
     out["walltime"] = table_walltime(docs) if docs else "*No study has been run.*"
     return out
 

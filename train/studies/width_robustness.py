@@ -1,6 +1,7 @@
 """Width robustness (ASGL.md §5): SG collapses as the relaxation width α grows, ASGL does not.
 
-    python -m train.studies.width_robustness [--quick] [--seeds 3] [--part sweep|paper_lr|diagnose|length|depth|all]
+    python -m train.studies.width_robustness [--quick] [--seeds 3] [--alphas 0.5 1 ...]
+        [--part sweep|unbounded|tuning|paper_lr|diagnose|length|depth|all]
 
 For every initial width α in ``ALPHAS`` and every seed, two runs of the 8-conv digits net
 (``digits_cnn8``, T = 2 as in the paper's width table) that differ ONLY in the ASGL-specific knobs:
@@ -15,9 +16,19 @@ since its width is frozen) — is shared. ``neuron_lr`` is scaled to the run len
 O(10); over the ~130 steps of a digits run (6 epochs × 22) it moves by < 0.04, i.e. not at all (see
 ``--part diagnose``), so the sweep uses ``NEURON_LR`` instead (the same for both methods).
 
+Evaluation: the final epoch only, on the 10,000-image jittered test set of
+:mod:`train.studies.digits_jitter` (one image = 0.01 %), so that one run's accuracy has a 95 %
+interval of about ± 0.3–1 point instead of the 360-image set's ± 1.5–5.
+
 Parts (``--part``, default ``all``), each with its own JSON in OUT:
 
-    sweep      the α table above, ``--seeds`` seeds            width_robustness.json / .png
+    sweep      the α table above, ``--seeds`` seeds, slope floor on (the default
+               ``model.min_slope`` = 0.01)                   width_robustness.json / .png
+    unbounded  the ASGL row of ``sweep`` with the authors' unbounded slope (``model.min_slope=null``);
+               SG's width is fixed, so the floor cannot change it   width_robustness_unbounded.json
+    tuning     the same tuning budget for both methods at α = 10, ``--seeds`` seeds: ASGL over the
+               neuron LR ``NEURON_LRS`` (the last matches the paper's lr × steps), SG over the weight
+               LR ``WEIGHT_LRS`` (as many values)            tuning.json / .png
     paper_lr   the same with the paper's neuron_lr = 3e-4      width_robustness_paper_lr.json / .png
     diagnose   single-seed variants at α = 10 that separate the ingredients (width lr, noise with and
                without a learnable width, noise annealing, run length)           diagnostics.json
@@ -33,25 +44,40 @@ import sys
 import time
 from pathlib import Path
 
-from train.studies import common
+from train.data.loader import train_batches
+from train.studies import common, digits_jitter
 
 ALPHAS = (0.5, 1.0, 2.5, 5.0, 10.0)
 P_ASGL = 0.2
 NEURON_LR = 3e-2
+EPOCHS = 6
+BATCH = 64
 SHARED = {  # identical for SG and ASGL
     "model.name": "digits_cnn8",
     "model.T": 2,
-    "optim.epochs": 6,
-    "data.batch_size": 64,
+    "optim.epochs": EPOCHS,
+    "data.batch_size": BATCH,
+    "data.root": str(digits_jitter.ROOT),
+    "data.eval_batch_size": 1000,
     "optim.lr": 0.1,
     "optim.neuron_lr": NEURON_LR,
     "train.log_every": 1000,
+    "train.eval_every": EPOCHS,
 }
+# The paper's neuron Adam: lr 3e-4 over 100 CIFAR epochs of ceil(50,000 / 128) = 391 steps. A digits
+# run has EPOCHS · 22 = 132 steps (1,437 images, batch 64, the partial batch dropped), so the same
+# lr × steps product — the distance Adam can move the slope — needs 3e-4 · 39,100 / 132 ≈ 0.089.
+PAPER_NEURON_LR, PAPER_STEPS = 3e-4, 100 * 391
+RUN_STEPS = EPOCHS * train_batches(1437, BATCH, 1)
+MATCHED_NEURON_LR = round(PAPER_NEURON_LR * PAPER_STEPS / RUN_STEPS, 4)
+NEURON_LRS = (3e-4, 3e-3, 1e-2, 3e-2, MATCHED_NEURON_LR)  # ASGL's knob at α = 10
+WEIGHT_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)  # SG's knob at α = 10: as many values, log-spaced around 0.1
 METHODS = {  # the ASGL-specific knobs only
     "SG": {"model.learn_width": False, "model.p": 0.0},
     "ASGL": {"model.learn_width": True, "model.p": P_ASGL},
 }
-QUICK_SHARED = {**SHARED, "model.name": "digits_cnn", "optim.epochs": 1, "data.batch_size": 512}
+QUICK_SHARED = {**SHARED, "model.name": "digits_cnn", "optim.epochs": 1, "data.batch_size": 512,
+                "train.eval_every": 1}
 QUICK_ALPHAS = (1.0, 10.0)
 
 
@@ -59,13 +85,14 @@ def alpha_tag(alpha: float) -> str:
     return f"{alpha:g}".replace(".", "p")
 
 
-def sweep(shared: dict, alphas, seeds: int, runs_dir: Path, on_record=None) -> list[dict]:
+def sweep(shared: dict, alphas, seeds: int, runs_dir: Path, on_record=None, methods=None) -> list[dict]:
     """All (seed, α, method) runs, seed-major so that an interrupted sweep has whole seeds;
-    ``on_record(records)`` is called after every run (to save partial results)."""
+    ``on_record(records)`` is called after every run (to save partial results). ``methods``:
+    name -> knobs (default :data:`METHODS`)."""
     records = []
     for seed in range(seeds):
         for alpha in alphas:
-            for method, knobs in METHODS.items():
+            for method, knobs in (methods or METHODS).items():
                 overrides = {**shared, **knobs, "model.width": alpha, "train.seed": seed}
                 records.append(common.run_training(f"{method.lower()}_a{alpha_tag(alpha)}_s{seed}", overrides,
                                                    runs_dir=runs_dir, method=method, alpha=alpha))
@@ -101,6 +128,45 @@ def diagnostics(shared: dict, runs_dir: Path, quick: bool, on_record=None) -> li
         if on_record is not None:
             on_record(records)
     return records
+
+
+def tuning(shared: dict, seeds: int, runs_dir: Path, quick: bool, on_record=None, neuron_lrs=NEURON_LRS,
+           weight_lrs=WEIGHT_LRS) -> list[dict]:
+    """At α = 10: ASGL over the neuron LR and SG over the weight LR, the same number of values each
+    (one tuning budget), seed-major. Each record names its ``knob`` and ``value``."""
+    grids = {"ASGL": ("optim.neuron_lr", neuron_lrs), "SG": ("optim.lr", weight_lrs)}
+    grids = {method: grid for method, grid in grids.items() if grid[1]}
+    if quick:
+        grids = {method: (knob, values[-2:]) for method, (knob, values) in grids.items()}
+    records = []
+    for seed in range(seeds):
+        for method, (knob, values) in grids.items():
+            for value in values:
+                overrides = {**shared, **METHODS[method], "model.width": 10.0, knob: value, "train.seed": seed}
+                tag = f"tune_{method.lower()}_{knob.split('.')[-1]}{value:g}_s{seed}"
+                records.append(common.run_training(tag, overrides, runs_dir=runs_dir, method=method, knob=knob,
+                                                   value=value, alpha=10.0))
+                if on_record is not None:
+                    on_record(records)
+    return records
+
+
+def plot_tuning(summary: list[dict], records: list[dict], path: Path) -> None:
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, color, label in (("ASGL", "tab:blue", "ASGL: neuron lr"), ("SG", "tab:red", "SG: weight lr")):
+        rows = sorted((r for r in summary if r["method"] == method and r["mean"] is not None), key=lambda r: r["value"])
+        ax.errorbar([r["value"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows],
+                    marker="o", capsize=3, color=color, label=label)
+        recs = [r for r in records if r["method"] == method and r["final_test_acc"] is not None]
+        ax.scatter([r["value"] for r in recs], [r["final_test_acc"] for r in recs], color=color, s=10, alpha=0.5)
+    ax.axvline(MATCHED_NEURON_LR, color="tab:blue", ls=":", lw=1, label="neuron lr matching the paper's lr × steps")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate of the tuned knob")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title("α = 10: one tuning budget each (5 values × seeds)")
+    ax.legend(fontsize=8)
+    common.save_figure(fig, path)
 
 
 LENGTHS = (6, 12, 24)
@@ -170,20 +236,33 @@ def plot(summary: list[dict], records: list[dict], path: Path, title: str) -> No
 
 def main(argv: list[str] | None = None) -> int:
     p = common.parser("width_robustness", __doc__.split("\n")[0], default_seeds=3)
-    p.add_argument("--part", choices=("sweep", "paper_lr", "diagnose", "length", "depth", "all"), default="all",
+    p.add_argument("--part", choices=("sweep", "unbounded", "tuning", "paper_lr", "diagnose", "length", "depth",
+                                      "all"), default="all",
                    help="which part to run (see the module docstring); all: every part")
+    p.add_argument("--alphas", type=float, nargs="+", default=None,
+                   help=f"initial widths of the sweep parts (default {ALPHAS})")
+    p.add_argument("--neuron-lrs", type=float, nargs="*", default=None,
+                   help=f"tuning: ASGL's neuron LRs (default {NEURON_LRS}; none: no ASGL runs)")
+    p.add_argument("--weight-lrs", type=float, nargs="*", default=None,
+                   help=f"tuning: SG's weight LRs (default {WEIGHT_LRS}; none: no SG runs)")
+    p.add_argument("--tuning-name", default="tuning", help="tuning: stem of the JSON / PNG (default tuning)")
     args = p.parse_args(argv)
     seeds = common.check_seeds(args.seeds)
     shared = QUICK_SHARED if args.quick else SHARED
-    alphas = QUICK_ALPHAS if args.quick else ALPHAS
-    sweeps = {"sweep": ("width_robustness", shared), "paper_lr": ("width_robustness_paper_lr",
-                                                                  {**shared, "optim.neuron_lr": 3e-4})}
-    for part, (stem, sweep_shared) in sweeps.items():
+    alphas = tuple(args.alphas) if args.alphas else QUICK_ALPHAS if args.quick else ALPHAS
+    if not all(a > 0 for a in alphas):
+        raise ValueError(f"--alphas must be widths > 0, got {list(alphas)}")
+    digits_jitter.ensure()
+    sweeps = {"sweep": ("width_robustness", shared, METHODS),
+              "unbounded": ("width_robustness_unbounded", {**shared, "model.min_slope": None},
+                            {"ASGL": METHODS["ASGL"]}),
+              "paper_lr": ("width_robustness_paper_lr", {**shared, "optim.neuron_lr": 3e-4}, METHODS)}
+    for part, (stem, sweep_shared, methods) in sweeps.items():
         if args.part not in (part, "all"):
             continue
         t0 = time.perf_counter()
-        settings = {"shared": sweep_shared, "methods": METHODS, "alphas": list(alphas), "seeds": seeds,
-                    "quick": args.quick,
+        settings = {"shared": sweep_shared, "methods": methods, "alphas": list(alphas), "seeds": seeds,
+                    "quick": args.quick, "num_test": digits_jitter.N_TEST,
                     "rule": "SG and ASGL share every setting (epochs, batch, weight optimizer, LR schedule, "
                             "T, network, neuron_lr); they differ only in learn_width and p."}
 
@@ -196,7 +275,28 @@ def main(argv: list[str] | None = None) -> int:
                  f"epochs, neuron_lr {sweep_shared['optim.neuron_lr']:g}")
 
         runs_dir = args.runs_dir if part == "sweep" else args.runs_dir / part
-        save(sweep(sweep_shared, alphas, seeds, runs_dir, on_record=save), complete=True)
+        save(sweep(sweep_shared, alphas, seeds, runs_dir, on_record=save, methods=methods), complete=True)
+    if args.part in ("tuning", "all"):
+        t0 = time.perf_counter()
+        neuron_lrs = NEURON_LRS if args.neuron_lrs is None else tuple(args.neuron_lrs)
+        weight_lrs = WEIGHT_LRS if args.weight_lrs is None else tuple(args.weight_lrs)
+        if not all(v > 0 for v in neuron_lrs + weight_lrs) or not (neuron_lrs or weight_lrs):
+            raise ValueError(f"--neuron-lrs / --weight-lrs must be > 0 and not both empty, got "
+                             f"{list(neuron_lrs)} / {list(weight_lrs)}")
+        stem = args.tuning_name
+        tune_settings = {"shared": shared, "alpha": 10.0, "seeds": seeds, "quick": args.quick,
+                         "num_test": digits_jitter.N_TEST, "neuron_lrs": list(neuron_lrs),
+                         "weight_lrs": list(weight_lrs), "matched_neuron_lr": MATCHED_NEURON_LR,
+                         "paper": {"neuron_lr": PAPER_NEURON_LR, "steps": PAPER_STEPS}, "run_steps": RUN_STEPS}
+
+        def save_tune(records: list[dict], complete: bool = False) -> None:
+            summary = common.summarize(records, ("method", "knob", "value"))
+            common.save_study(args.out / f"{stem}.json", "width_tuning", tune_settings, records, summary,
+                              time.perf_counter() - t0, complete=complete)
+            plot_tuning(summary, records, args.out / f"{stem}.png")
+
+        save_tune(tuning(shared, seeds, args.runs_dir / stem, args.quick, on_record=save_tune, neuron_lrs=neuron_lrs,
+                         weight_lrs=weight_lrs), complete=True)
     if args.part in ("diagnose", "all"):
         t0 = time.perf_counter()
 
