@@ -14,6 +14,6 @@ from .schedule import NoiseSchedule
 __all__ = [
     "BatchNormLIF", "ConvBNLIF", "LIF", "NoiseSchedule", "RecurrentLIF", "SeqToANN", "TimeBatchNorm",
     "TimeBatchNorm1d", "TimeBatchNorm2d", "build_optimizers", "clamp_thresholds_", "conv_bn_lif", "create_model",
-    "fold_time", "functional", "layers", "list_models", "mean_ce_loss", "mean_over_time", "models", "neuron_parameters", "neurons", "optim", "register_model", "tet_loss",
-    "unfold_time", "weight_param_groups",
+    "fold_time", "functional", "layers", "list_models", "mean_ce_loss", "mean_over_time", "models",
+    "neuron_parameters", "neurons", "optim", "register_model", "tet_loss", "unfold_time", "weight_param_groups",
 ]
