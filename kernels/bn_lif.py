@@ -698,7 +698,9 @@ def bn_lif_ref(
     _check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, use_batch_stats=use_batch_stats,
                    momentum=momentum, eps=eps, threshold_scale=threshold_scale)
     if threshold_scale is not None:
-        weight = (weight if weight is not None else x_seq.new_ones(x_seq.shape[2])) * threshold_scale
+        if weight is None:  # in the running buffers' dtype: batch_norm wants them alike
+            weight = x_seq.new_ones(x_seq.shape[2], dtype=(running_mean if running_mean is not None else x_seq).dtype)
+        weight = weight * threshold_scale
     folded = torch.nn.functional.batch_norm(
         x_seq.flatten(0, 1), running_mean, running_var, weight, bias, use_batch_stats,
         0.0 if momentum is None else momentum, eps,

@@ -1,0 +1,262 @@
+"""The fused batch norm + LIF (``kernels.bn_lif``) against its reference, and ``asgl.BatchNormLIF``.
+
+Runs under ``TRITON_INTERPRET=1`` on the CPU (tiny shapes). The fused op hands back the mask it drew
+and the reference replays it. Tolerance rules are those of ``tests/test_lif_kernel.py`` (read its
+docstring): float32 tight; float16/bfloat16 ``max|fused - ref32| <= 2·max|torch_lowp - ref32| +
+atol`` for y, dx and the shortcut's gradient, and one storage ulp (y) or float32 rounding (the
+parameter gradients) of ``reference_rounded``, the float32 reference with the kernel's two roundings
+(the membrane after each update, and ``g = dL/d in`` before batch norm's backward). Neurons whose
+reference membrane comes near a decision edge are left out (loss weight 0), their share bounded.
+
+The options are too many for a full product under the interpreter (dtype × noise mode × layout ×
+shortcut × reset × surrogate × width granularity × statistics × T: 10,368 cases), so
+``test_matches_reference`` runs a covering array: every pair of (dtype, mode, layout) values, every
+other factor's values each at least three times, tiles shrunk in half the cases so that the
+reductions span several programs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import nan_poison
+from test_lif_kernel import (
+    AMBIGUOUS, MAX_AMBIGUOUS_PER_EDGE_STEP, MAX_DIVERGED_PER_STEP, ROUNDED_RTOL, ULP, ambiguous_neurons,
+    check_rule, diverged_neurons, make_params, reference_membrane, reference_rounded,
+)
+
+import kernels.bn_lif as bn_mod
+from kernels.bn_lif import bn_lif_fused, bn_lif_ref
+
+MODES = {"sg": (0.0, True), "mixed": (0.3, True), "analog": (1.0, True), "eval": (0.3, False)}
+SHAPES = {  # [B, C, ...] per step; ragged everywhere
+    "5d": (2, 3, 5, 7),
+    "channels_last": (2, 6, 5, 3),
+    "3d": (37, 5),
+    "4d": (2, 5, 19),
+}
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+# dtype, mode, layout, residual, reset, surrogate, granularity, statistics, T, small tiles
+CASES = [
+    (F32, "sg", "5d", False, "hard", "sigmoid", "layer", "batch", 4, False),
+    (F32, "mixed", "channels_last", True, "soft", "rectangle", "channel", "running", 6, True),
+    (F32, "analog", "3d", True, "hard", "rectangle", "channel", "scaled", 11, False),
+    (F32, "eval", "4d", True, "soft", "sigmoid", "layer", "batch", 1, True),
+    (F16, "sg", "channels_last", True, "hard", "rectangle", "layer", "scaled", 4, False),
+    (F16, "mixed", "3d", False, "hard", "sigmoid", "channel", "batch", 6, True),
+    (F16, "analog", "5d", False, "soft", "sigmoid", "layer", "running", 11, True),
+    (F16, "eval", "5d", False, "soft", "rectangle", "channel", "batch", 3, False),
+    (BF16, "sg", "3d", True, "soft", "sigmoid", "channel", "running", 3, False),
+    (BF16, "mixed", "5d", True, "hard", "rectangle", "layer", "batch", 9, False),
+    (BF16, "analog", "channels_last", False, "hard", "sigmoid", "channel", "batch", 4, True),
+    (BF16, "eval", "channels_last", False, "hard", "rectangle", "layer", "scaled", 6, True),
+    (F32, "mixed", "4d", False, "hard", "sigmoid", "channel", "running", 17, False),
+    (F16, "sg", "4d", True, "soft", "rectangle", "channel", "scaled", 5, True),
+    (BF16, "mixed", "4d", False, "soft", "sigmoid", "layer", "batch", 2, True),
+    (F32, "sg", "channels_last", True, "soft", "sigmoid", "layer", "batch", 8, False),
+]
+
+
+@pytest.fixture(autouse=True)
+def nan_poisoned_outputs(monkeypatch):
+    """Outputs the op allocates start as NaN, so an element the kernels never write fails a test."""
+    nan_poison(monkeypatch, bn_mod, "_alloc_like")
+
+
+def small_tiles(monkeypatch):
+    """Tiles of 32-64 elements and at most 4 channels: several programs per reduction, ragged edges."""
+    monkeypatch.setattr(bn_mod, "BLOCK", 64)
+    monkeypatch.setattr(bn_mod, "BWD_BLOCK", 32)
+    monkeypatch.setattr(bn_mod, "MAX_BLOCK_C", 4)
+
+
+def make_conv_output(T, shape, dtype, layout, device, seed=0):
+    """A conv output ``[T, B, C, ...]`` with per-channel offsets and spreads (BN has work to do)."""
+    g = torch.Generator().manual_seed(seed)
+    C = shape[1]
+    x = torch.randn((T,) + shape, generator=g)
+    spread = 0.5 + 2.0 * torch.rand(C, generator=g)
+    offset = 3.0 * torch.randn(C, generator=g)
+    view = (1, 1, C) + (1,) * (len(shape) - 2)
+    x = (x * spread.view(view) + offset.view(view)).to(dtype).to(device)
+    if layout == "channels_last":
+        x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    return x
+
+
+def make_bn(x, statistics, device, seed=1):
+    """weight, bias, running_mean, running_var, threshold_scale for a statistics mode.
+
+    γ, β are chosen so that the neuron input is about 0.35 ± 0.6 (firing rates of 5-50% at θ = 1);
+    "running" buffers sit near the batch's own statistics; "scaled" is threshold-scaled tdBN without
+    the affine parameters (the normalised input times 0.6, plus a shortcut or not)."""
+    g = torch.Generator().manual_seed(seed)
+    C = x.shape[2]
+    weight = (0.6 * (0.8 + 0.4 * torch.rand(C, generator=g))).to(device).requires_grad_()
+    bias = (0.35 + 0.05 * torch.randn(C, generator=g)).to(device).requires_grad_()
+    dims = [d for d in range(x.dim()) if d != 2]
+    var, mean = torch.var_mean(x.detach().float(), dim=dims, correction=0)
+    running_mean = mean + 0.1 * var.sqrt() * torch.randn(C, generator=g).to(device)
+    running_var = var * (0.8 + 0.4 * torch.rand(C, generator=g).to(device))
+    if statistics == "scaled":
+        return None, None, running_mean, running_var, 0.6
+    return weight, bias, running_mean, running_var, None
+
+
+class RoundGrad(torch.autograd.Function):
+    """Identity whose backward rounds the gradient to ``dtype`` (the kernel stores ``g`` so)."""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.dtype = dtype
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to(ctx.dtype).float(), None
+
+
+def bn_input(x, residual, weight, bias, running_mean, running_var, *, use_batch_stats, threshold_scale,
+             round_grad_to=None):
+    """The neuron input of the reference, ``BN(x) + residual`` (float32 when x is), leaving the
+    running buffers untouched."""
+    rm, rv = running_mean.clone(), running_var.clone()
+    if threshold_scale is not None:
+        weight = torch.full((x.shape[2],), threshold_scale, dtype=rm.dtype, device=x.device)
+    z = torch.nn.functional.batch_norm(x.flatten(0, 1), rm, rv, weight, bias, use_batch_stats, 0.1, 1e-5).view(x.shape)
+    if residual is not None:
+        z = z + residual
+    return RoundGrad.apply(z, round_grad_to) if round_grad_to is not None else z
+
+
+def run_case(x, residual, bn, params, *, reset, surrogate, p, training, use_batch_stats, seed=1234):
+    dtype = x.dtype
+    weight, bias, running_mean, running_var, threshold_scale = bn
+    v_reset = 0.2 if reset == "hard" else 0.0
+    kw = dict(reset=reset, v_reset=v_reset, surrogate=surrogate, p=p, training=training)
+    x = x.detach().requires_grad_()
+    r = residual.detach().requires_grad_() if residual is not None else None
+    rm_f, rv_f = running_mean.clone(), running_var.clone()
+    y, mask = bn_lif_fused(x, weight, bias, rm_f, rv_f, *params, residual=r, use_batch_stats=use_batch_stats,
+                           threshold_scale=threshold_scale, seed=seed, return_mask=True, **kw)
+    assert y.shape == x.shape and y.dtype == dtype and y.stride() == x.stride()
+
+    # the reference's membrane (float32 copies), its ambiguous neurons and firing rate
+    bn_kw = dict(use_batch_stats=use_batch_stats, threshold_scale=threshold_scale)
+    x32 = x.detach().float().requires_grad_()
+    r32 = r.detach().float().requires_grad_() if r is not None else None
+    with torch.no_grad():
+        in32 = bn_input(x32, r32, weight, bias, running_mean, running_var, **bn_kw)
+    u32, slope = reference_membrane(in32, *params, reset=reset, v_reset=v_reset, surrogate=surrogate,
+                                    training=training, mask=mask)
+    theta = float(params[2].detach())
+    firing = (u32 >= theta).float().mean().item()
+    assert 0.05 <= firing <= 0.5, f"input scaling gives a firing rate of {firing:.3f}"
+    amb = ambiguous_neurons(u32, slope, theta, surrogate, AMBIGUOUS[dtype])
+    edges = 3 if surrogate == "rectangle" else 1
+    f = 1 - (1 - MAX_AMBIGUOUS_PER_EDGE_STEP[dtype]) ** (edges * x.shape[0])
+    bound = f + 3 * math.sqrt(f * (1 - f) / amb.numel()) + 3 / amb.numel()
+    assert amb.float().mean().item() <= bound, f"{amb.float().mean():.3f} of the neurons ambiguous (max {bound:.3f})"
+    if dtype != F32:
+        _, u_rounded = reference_rounded(in32, *params, reset=reset, v_reset=v_reset, surrogate=surrogate,
+                                         training=training, mask=mask, dtype=dtype, return_membrane=True)
+        u_fused = fused_membrane(x, r, bn, params, use_batch_stats=use_batch_stats, seed=seed, **kw)
+        amb = amb | diverged_neurons(u_fused, u_rounded, MAX_DIVERGED_PER_STEP, x.shape[0])
+    keep = (~amb).expand_as(x)
+    weight_loss = (torch.randn(x.shape, generator=torch.Generator().manual_seed(7)).to(dtype).float().to(x.device)
+                   * keep)
+
+    bn_params = [t for t in (weight, bias) if t is not None]
+    lif_params = [t for t in params if t.requires_grad]
+    runs = {}
+    leaves = [x] + ([r] if r is not None else []) + bn_params + lif_params
+    runs["fused"] = (y, leaves)
+    rm_r, rv_r = running_mean.clone(), running_var.clone()
+    y32 = bn_lif_ref(x32, weight, bias, rm_r, rv_r, *params, residual=r32, mask=mask, eps=1e-5, **bn_kw, **kw)
+    runs["ref32"] = (y32, [x32] + ([r32] if r is not None else []) + bn_params + lif_params)
+    if dtype != F32:
+        xl = x.detach().clone().requires_grad_()
+        rl = r.detach().clone().requires_grad_() if r is not None else None
+        yl = bn_lif_ref(xl, weight, bias, running_mean.clone(), running_var.clone(), *params, residual=rl, mask=mask,
+                        **bn_kw, **kw)
+        runs["lowp"] = (yl, [xl] + ([rl] if rl is not None else []) + bn_params + lif_params)
+        xr = x.detach().float().requires_grad_()
+        rr = r.detach().float().requires_grad_() if r is not None else None
+        in_r = bn_input(xr, rr, weight, bias, running_mean, running_var, round_grad_to=dtype, **bn_kw)
+        yr = reference_rounded(in_r, *params, reset=reset, v_reset=v_reset, surrogate=surrogate, training=training,
+                               mask=mask, dtype=dtype)
+        runs["rounded"] = (yr, [xr] + ([rr] if rr is not None else []) + bn_params + lif_params)
+    grads = {name: torch.autograd.grad((out.float() * weight_loss).sum(), wrt) for name, (out, wrt) in runs.items()}
+
+    # running statistics: the same update as F.batch_norm's
+    torch.testing.assert_close(rm_f, rm_r, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rv_f, rv_r, rtol=1e-5, atol=1e-6)
+    # forward: exact spikes on unambiguous spike-mode elements, the rule everywhere unambiguous
+    spike_mode = mask & keep if training else keep
+    assert torch.equal(y.float()[spike_mode], y32.float()[spike_mode].to(dtype).float()), "spikes differ"
+    lowp_y = runs["lowp"][0] if "lowp" in runs else None
+    check_rule(y[keep], y32[keep], lowp_y[keep] if lowp_y is not None else None, dtype, "y")
+    if dtype != F32:
+        ulp = ULP[dtype]
+        torch.testing.assert_close(y.float()[keep], runs["rounded"][0].detach().to(dtype).float()[keep], rtol=ulp,
+                                   atol=ulp)
+    n_big = 1 + (r is not None)
+    names = ["dx", "d_residual"][:n_big] + [n for n, t in (("d_weight", weight), ("d_bias", bias)) if t is not None]
+    names += [n for n, t in zip(("d_decay_logit", "d_width_param", "d_thresh"), params) if t.requires_grad]
+    for i, name in enumerate(names):
+        fused_g = grads["fused"][i]
+        assert fused_g.shape == leaves[i].shape, name
+        if i < n_big:
+            check_rule(fused_g, grads["ref32"][i], grads["lowp"][i] if "lowp" in grads else None, dtype, name)
+            if dtype != F32:
+                ulp = ULP[dtype]
+                torch.testing.assert_close(fused_g.float(), grads["rounded"][i].to(dtype).float(), rtol=2 * ulp,
+                                           atol=2 * ulp, msg=lambda m: f"{name} vs rounded: {m}")
+        elif dtype == F32:
+            check_rule(fused_g, grads["ref32"][i], None, dtype, name, rtol=1e-4, atol=1e-4)
+        else:
+            # sums over all neurons and steps: against the float32 reference with the kernel's roundings
+            torch.testing.assert_close(fused_g, grads["rounded"][i], rtol=ROUNDED_RTOL[dtype],
+                                       atol=ROUNDED_RTOL[dtype], msg=lambda m: f"{name}: {m}")
+    return y, mask
+
+
+def fused_membrane(x, r, bn, params, *, reset, v_reset, surrogate, p, training, use_batch_stats, seed):
+    """The membrane ``u`` of the fused forward (store_u), with the same statistics and mask."""
+    weight, bias, running_mean, running_var, threshold_scale = bn
+    if use_batch_stats:
+        mean, var = bn_mod._bn_stats_op(x.detach())
+    else:
+        mean, var = running_mean.float(), running_var.float()
+    noise = 0 if not training or p == 0.0 else (1 if p == 1.0 else 2)
+    detached = [t.detach() if t is not None else None for t in (weight, bias)]
+    _, u, _ = bn_mod._bn_lif_fwd_op(
+        x.detach(), r.detach() if r is not None else None, *detached, mean, torch.rsqrt(var + 1e-5),
+        *[t.detach() for t in params], 1.0 if threshold_scale is None else threshold_scale, use_batch_stats,
+        reset == "hard", float(v_reset), surrogate == "sigmoid", noise, float(p),
+        torch.full((1,), seed, dtype=torch.int64, device=x.device), True, False,
+    )
+    return u
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v).replace("torch.", "") for v in c))
+def test_matches_reference(case, device, monkeypatch):
+    dtype, mode, layout, residual, reset, surrogate, granularity, statistics, T, tiny_tiles = case
+    if tiny_tiles:
+        small_tiles(monkeypatch)
+    p, training = MODES[mode]
+    shape = SHAPES[layout]
+    x = make_conv_output(T, shape, dtype, layout, device)
+    bn = make_bn(x, statistics, device)
+    r = None
+    if residual:
+        r = (0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))).to(dtype).to(device)
+        if layout == "channels_last":
+            r = r.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    C = shape[1]
+    params = make_params(C if granularity == "channel" else None, surrogate, device)
+    run_case(x, r, bn, params, reset=reset, surrogate=surrogate, p=p, training=training,
+             use_batch_stats=statistics != "running")
