@@ -260,3 +260,145 @@ def test_matches_reference(case, device, monkeypatch):
     params = make_params(C if granularity == "channel" else None, surrogate, device)
     run_case(x, r, bn, params, reset=reset, surrogate=surrogate, p=p, training=training,
              use_batch_stats=statistics != "running")
+
+
+def make_unit_inputs(device, dtype=F32, T=4, shape=(2, 3, 5, 7), seed=0):
+    x = make_conv_output(T, shape, dtype, "5d", device, seed=seed)
+    bn = make_bn(x, "batch", device)
+    params = make_params(shape[1], "sigmoid", device)
+    return x, bn, params
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("p", [0.3, 1.0])
+def test_recompute_and_stored_membrane_agree(p, device, monkeypatch):
+    """T = 6 through the recomputing backward and through the stored-u backward: bit-identical
+    output and gradients (the same spike decisions and the same arithmetic)."""
+    x, bn, params = make_unit_inputs(device, dtype=BF16, T=6)
+    r = (0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))).to(BF16)
+    results = []
+    for max_t in (8, 0):
+        monkeypatch.setattr(bn_mod, "RECOMPUTE_MAX_T", max_t)
+        leaves = [x.detach().clone().requires_grad_(), r.clone().requires_grad_()]
+        y = bn_lif_fused(leaves[0], *bn[:4], *params, residual=leaves[1], p=p, seed=9)
+        grads = torch.autograd.grad((y.float() * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum(),
+                                    leaves + [bn[0], bn[1]] + params)
+        results.append((y, grads))
+    (y8, g8), (y0, g0) = results
+    assert torch.equal(y8, y0)
+    for a, b in zip(g8, g0):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.interpret
+def test_mask_is_that_of_lif_fused(device):
+    """Same seed, same memory layout: the fused op draws the spike-mode mask ``lif_fused`` draws."""
+    from kernels.lif import lif_fused
+
+    x, bn, params = make_unit_inputs(device, T=5)
+    _, mask = bn_lif_fused(x, *bn[:4], *params, p=0.3, seed=21, return_mask=True)
+    _, mask_lif = lif_fused(x, *params, p=0.3, seed=21, return_mask=True)
+    assert torch.equal(mask, mask_lif)
+    analog = (~mask).float().mean().item()
+    assert abs(analog - 0.3) < 3 * math.sqrt(0.3 * 0.7 / mask.numel())
+
+
+def module_pair(device, **kw):
+    """The same BatchNormLIF on the triton and the torch backend (identical state)."""
+    import asgl
+
+    torch.manual_seed(3)
+    fused = asgl.BatchNormLIF(6, backend="triton", **kw).to(device)
+    ref = asgl.BatchNormLIF(6, backend="torch", **kw).to(device)
+    with torch.no_grad():
+        for t in fused.parameters():
+            t.add_(0.1 * torch.randn_like(t))
+        if fused.bn.affine:
+            fused.bn.bias.add_(0.35)
+            fused.bn.weight.mul_(0.6)
+    ref.load_state_dict(fused.state_dict())
+    return fused, ref
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("kw", [
+    dict(p=0.0, width_granularity="channel", learn_thresh=True),
+    dict(p=1.0, reset="soft", surrogate="rectangle", momentum=None),
+    dict(p=0.0, affine=False, track_running_stats=False, threshold_scale=0.7),
+], ids=["sg-channel", "analog-cumulative", "no-affine-no-buffers"])
+def test_module_matches_torch_backend(kw, device):
+    """asgl.BatchNormLIF: triton vs torch backend (= TimeBatchNorm then LIF) for two training steps
+    (output, every parameter's gradient, running statistics) and then in eval; state dicts map onto
+    the separate modules."""
+    import asgl
+
+    fused, ref = module_pair(device, **kw)
+    sep_bn = asgl.layers.TimeBatchNorm(6, **{k: kw[k] for k in ("momentum", "affine", "track_running_stats",
+                                                                 "threshold_scale") if k in kw})
+    lif_kw = {k: v for k, v in kw.items() if k not in ("momentum", "affine", "track_running_stats", "threshold_scale")}
+    if lif_kw.get("width_granularity") == "channel":
+        lif_kw["channels"] = 6
+    sep_bn.load_state_dict(fused.bn.state_dict())
+    asgl.LIF(**lif_kw).load_state_dict(fused.lif.state_dict())
+    for step in range(2):
+        x = make_conv_output(3, (2, 6, 4, 5), F32, "5d", device, seed=step)
+        r = 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
+        y = fused(x, residual=r)
+        y_ref = ref(x, residual=r)
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+        w = torch.randn(x.shape, generator=torch.Generator().manual_seed(10 + step))
+        fused.zero_grad()
+        ref.zero_grad()
+        (y * w).sum().backward()
+        (y_ref * w).sum().backward()
+        for (name, a), b in zip(fused.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+        for (name, a), b in zip(fused.named_buffers(), ref.buffers()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    fused.eval()
+    ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.interpret
+def test_eval_writes_only_y_and_saves_nothing(device):
+    import asgl
+
+    fused, _ = module_pair(device)
+    fused.eval()
+    x = make_conv_output(3, (2, 6, 4, 5), BF16, "channels_last", device)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.no_grad():
+            y = fused(x)
+    assert saved == [] and y.stride() == x.stride()
+    assert isinstance(fused, asgl.BatchNormLIF)
+
+
+def test_bad_input(device):
+    import asgl
+
+    m = asgl.BatchNormLIF(4, backend="torch")
+    x = torch.randn(3, 2, 4, 5, device=device)
+    with pytest.raises(ValueError, match="BatchNormLIF\\(4\\) expects x_seq"):
+        m(torch.randn(3, 2, 5, 5, device=device))
+    with pytest.raises(ValueError, match="3, 4 or 5 dims"):
+        m(torch.randn(3, 2, 4, 5, 5, 5, device=device))
+    with pytest.raises(ValueError, match="residual"):
+        m(x, residual=torch.randn(3, 2, 4, 1, device=device))
+    with pytest.raises(ValueError, match="x_seq"):
+        bn_lif_fused(torch.randn(2, 4, device=device), None, None, None, None, *make_params(None, "sigmoid", device))
+    params = make_params(4, "sigmoid", device)
+    with pytest.raises(ValueError, match="weight"):
+        bn_lif_fused(x, torch.ones(5), None, None, None, *params)
+    with pytest.raises(ValueError, match="running statistics"):
+        bn_lif_fused(x, None, None, None, None, *params, use_batch_stats=False)
+    with pytest.raises(ValueError, match="residual must have x_seq's dtype"):
+        bn_lif_fused(x, None, None, None, None, *params, residual=x.double())
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn_lif_fused(torch.randn(1, 1, 4, device=device), None, None, None, None, *params)
+    with pytest.raises(ValueError, match="width_param"):
+        bn_lif_fused(x, None, None, None, None, *make_params(3, "sigmoid", device))
+    with pytest.raises(ValueError, match="p "):
+        bn_lif_fused(x, None, None, None, None, *params, p=2.0)
