@@ -402,3 +402,169 @@ def test_bad_input(device):
         bn_lif_fused(x, None, None, None, None, *make_params(3, "sigmoid", device))
     with pytest.raises(ValueError, match="p "):
         bn_lif_fused(x, None, None, None, None, *params, p=2.0)
+
+
+class TrafficCounter:
+    """Bytes each Triton launch moves, counted from the kernels under the interpreter.
+
+    Every masked load and store of a launch is recorded by address; a launch's traffic is the
+    number of distinct bytes it reads plus those it writes (each byte crosses DRAM once: the ideal
+    cache), split into the ``[T, N]`` streams (addresses inside ``streams``, the tensors shaped like
+    the input) and everything else (statistics, parameters, partial sums)."""
+
+    def __init__(self, monkeypatch, streams):
+        import numpy as np
+        from triton.runtime import interpreter
+
+        self.np = np
+        self.streams = streams
+        self.launches = []
+        builder = interpreter.interpreter_builder
+        set_grid_dim, load, store = builder.set_grid_dim, builder.create_masked_load, builder.create_masked_store
+
+        def new_launch(*grid):
+            self.launches.append({"load": [], "store": []})
+            return set_grid_dim(*grid)
+
+        def record(kind, ptrs, mask):
+            size = ptrs.get_element_ty().primitive_bitwidth // 8
+            addrs = np.asarray(ptrs.data).astype(np.uint64)[np.broadcast_to(np.asarray(mask.data, bool),
+                                                                             np.shape(ptrs.data))]
+            self.launches[-1][kind].append((addrs.ravel(), size))
+
+        def counted_load(ptrs, mask, other, *args):
+            record("load", ptrs, mask)
+            return load(ptrs, mask, other, *args)
+
+        def counted_store(ptrs, value, mask, *args):
+            record("store", ptrs, mask)
+            return store(ptrs, value, mask, *args)
+
+        monkeypatch.setattr(builder, "set_grid_dim", new_launch)
+        monkeypatch.setattr(builder, "create_masked_load", counted_load)
+        monkeypatch.setattr(builder, "create_masked_store", counted_store)
+
+    def _unique_bytes(self, records):
+        np = self.np
+        stream, other = 0, 0
+        for size in {s for _, s in records}:
+            addrs = np.unique(np.concatenate([a for a, s in records if s == size]))
+            inside = np.zeros(addrs.shape, bool)
+            for t in self.streams:
+                lo = t.untyped_storage().data_ptr()
+                inside |= (addrs >= lo) & (addrs < lo + t.untyped_storage().nbytes())
+            stream += int(inside.sum()) * size
+            other += int((~inside).sum()) * size
+        return stream, other
+
+    def totals(self):
+        """``(stream bytes, other bytes)`` over all launches so far."""
+        stream = other = 0
+        for launch in self.launches:
+            for kind in ("load", "store"):
+                s, o = self._unique_bytes(launch[kind])
+                stream += s
+                other += o
+        return stream, other
+
+
+# PyTorch's native batch norm (today's path): forward = statistics (read x) + normalise (read x,
+# write y); backward = reduce (read x, dy) + apply (read x, dy, write dx). Bytes per element in units
+# of the storage size.
+TORCH_BN_UNITS = 1 + 2 + 2 + 3
+
+
+@pytest.mark.interpret
+def test_bytes_per_element_step(device, monkeypatch):
+    """A bf16 training step (T = 4, p = 0.3, every parameter learnable), counted from the kernels:
+    fused BN+LIF <= 18 B per element-step and saves <= 2 B; today's path (PyTorch batch norm, then the
+    fused LIF, whose kernels are counted the same way) is printed beside it (run with -s)."""
+    from kernels.lif import lif_fused
+
+    T, shape = 4, (2, 8, 16, 16)
+    x = make_conv_output(T, shape, BF16, "5d", device).requires_grad_()
+    weight, bias, running_mean, running_var, _ = make_bn(x, "batch", device)
+    params = make_params(None, "sigmoid", device)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)).to(BF16)
+    streams = [x, dy]
+    alloc = bn_mod._alloc_like
+
+    def recorded_alloc(like, dtype=None):
+        out = alloc(like, dtype)
+        streams.append(out)
+        return out
+
+    monkeypatch.setattr(bn_mod, "_alloc_like", recorded_alloc)
+    counter = TrafficCounter(monkeypatch, streams)
+    saved = {}
+
+    def pack(t):
+        if t.numel() > shape[1]:  # parameters, statistics and the seed aside
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = bn_lif_fused(x, weight, bias, running_mean, running_var, *params, p=0.3, seed=3)
+    y.backward(dy)
+    streams.append(y)
+    stream, other = counter.totals()
+    elem_steps = x.numel()
+    fused_bytes = stream / elem_steps
+    fused_saved = sum(saved.values()) / elem_steps
+
+    # today: PyTorch batch norm (modelled above), then lif_fused (counted)
+    import kernels.lif as lif_mod
+
+    counter_lif = TrafficCounter(monkeypatch, [])
+    lif_alloc = lif_mod._alloc_like
+
+    def recorded_lif_alloc(like, dtype=None):
+        out = lif_alloc(like, dtype)
+        counter_lif.streams.append(out)
+        return out
+
+    monkeypatch.setattr(lif_mod, "_alloc_like", recorded_lif_alloc)
+    z = torch.nn.functional.batch_norm(x.detach().flatten(0, 1), None, None, weight.detach(), bias.detach(),
+                                       True).view(x.shape).requires_grad_()
+    counter_lif.streams += [z, dy]
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y_lif = lif_fused(z, *params, p=0.3, seed=3)
+    y_lif.backward(dy)
+    counter_lif.streams.append(y_lif)
+    lif_stream, _ = counter_lif.totals()
+    today_bytes = lif_stream / elem_steps + TORCH_BN_UNITS * x.element_size()
+    today_saved = sum(saved.values()) / elem_steps + x.element_size()  # + batch norm's saved input
+    print(f"\nbf16 training step, bytes per element-step: fused BN+LIF {fused_bytes:.2f} "
+          f"(+{other / elem_steps:.3f} statistics, parameters, partial sums), today {today_bytes:.2f}; "
+          f"saved for backward: fused {fused_saved:.2f}, today {today_saved:.2f}")
+    assert fused_bytes <= 18.0
+    assert other / elem_steps < 0.05 * fused_bytes
+    assert fused_saved <= 2.0 and fused_saved > 0
+    assert today_bytes >= 1.5 * fused_bytes
+
+
+@pytest.mark.interpret
+def test_torch_compile_fullgraph(device):
+    """A conv -> BatchNormLIF unit with a shortcut compiles with fullgraph=True; the same output,
+    gradients and running statistics as eager for the same torch seed."""
+    import asgl
+
+    torch.manual_seed(0)
+    unit = asgl.conv_bn_lif(3, 4, 3, 1, p=0.3, width_granularity="channel", backend="triton").to(device)
+    twin = asgl.conv_bn_lif(3, 4, 3, 1, p=0.3, width_granularity="channel", backend="triton").to(device)
+    twin.load_state_dict(unit.state_dict())
+    x = torch.randn(3, 2, 3, 5, 5, device=device)
+    r = torch.randn(3, 2, 4, 5, 5, device=device)
+    compiled = torch.compile(twin, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
+    torch.manual_seed(9)
+    y = unit(x, residual=r)
+    g = torch.autograd.grad(y.sum(), list(unit.parameters()))
+    torch.manual_seed(9)
+    y_c = compiled(x, residual=r)
+    g_c = torch.autograd.grad(y_c.sum(), list(twin.parameters()))
+    assert torch.equal(y, y_c)
+    for a, b in zip(g, g_c):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(unit.buffers(), twin.buffers()):
+        torch.testing.assert_close(a, b)
