@@ -568,3 +568,73 @@ def test_torch_compile_fullgraph(device):
         torch.testing.assert_close(a, b)
     for a, b in zip(unit.buffers(), twin.buffers()):
         torch.testing.assert_close(a, b)
+
+
+def resnet_module_pairs(model, fused):
+    """``(original, fused)`` module pairs covering every parameter and buffer of both networks."""
+    def unit(conv_bn, lif, fused_unit):
+        return [(conv_bn.module[0], fused_unit.conv.module), (conv_bn.module[1], fused_unit.bn_lif.bn),
+                (lif, fused_unit.bn_lif.lif)]
+
+    pairs = unit(model.stem[0], model.stem[1], fused.stem)
+    for block, fblock in zip(model.blocks, fused.blocks):
+        pairs += unit(block.residual[0], block.residual[1], fblock.unit1)
+        pairs += unit(block.residual[2], block.lif, fblock.unit2)
+        pairs.append((block.shortcut, fblock.shortcut))
+    pairs.append((model.head, fused.head))
+    return pairs
+
+
+def check_against_float64(fused, torch32, ref64, what, atol=1e-6):
+    """The tolerance rule at network depth: ``max|fused - ref64| <= 2·max|torch32 - ref64| + atol``,
+    ref64 being the torch backend in float64 (fp32 summation orders differ through 20 layers)."""
+    err = (fused.double() - ref64).abs().max().item()
+    err_torch = (torch32.double() - ref64).abs().max().item()
+    assert err <= 2 * err_torch + atol, f"{what}: max error {err:.3g} > 2 x {err_torch:.3g} (torch fp32) + {atol}"
+
+
+@pytest.mark.interpret
+def test_resnet18_triton_matches_torch(device):
+    """ResNet-18, T = 4, every BN -> LIF tail fused on the triton backend (interpreter), against the
+    network as built today on the torch backend: logits, every parameter gradient and the running
+    statistics after one training step, and the logits in eval, by the rule of
+    :func:`check_against_float64`. p = 0 and p = 1 (the two backends draw different masks for
+    0 < p < 1)."""
+    import copy
+
+    import asgl
+    from perf.bench_bn_lif import fuse_resnet
+
+    for p in (0.0, 1.0):
+        torch.manual_seed(0)
+        # channels-last memory: the layout a fast training run uses, and the one whose tiles span
+        # 64 channels (far fewer programs to interpret than one channel per program)
+        model = asgl.create_model("resnet18", T=4, num_classes=10, p=p, backend="torch",
+                                  width_granularity="channel").to(device, memory_format=torch.channels_last)
+        with torch.no_grad():  # β = 0.3: every layer fires (5-50%) at this small input
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.bias.fill_(0.3)
+        fused = fuse_resnet(model, backend="triton")
+        model64 = copy.deepcopy(model).double()
+        x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)).to(device,
+                                                                              memory_format=torch.channels_last)
+        target = torch.tensor([3, 7], device=device)
+        nets = (fused, model, model64)
+        logits = [net(x.to(next(net.parameters()).dtype)) for net in nets]
+        check_against_float64(*logits, f"p={p} logits")
+        for net, out in zip(nets, logits):
+            asgl.mean_ce_loss(out, target).backward()
+        n_params = 0
+        for a, b in resnet_module_pairs(model, fused):
+            a64 = model64.get_submodule(next(n for n, m in model.named_modules() if m is a))
+            for (name, pa), pb, p64 in zip(a.named_parameters(), b.parameters(), a64.parameters()):
+                assert pa.shape == pb.shape, name
+                check_against_float64(pb.grad, pa.grad, p64.grad, f"p={p} {type(a).__name__}.{name} grad")
+                n_params += 1
+            for (name, ba), bb, b64 in zip(a.named_buffers(), b.buffers(), a64.buffers()):
+                check_against_float64(bb, ba, b64, f"p={p} {type(a).__name__}.{name}")
+        assert n_params == len(list(model.parameters())) == len(list(fused.parameters()))
+        with torch.no_grad():
+            logits = [net.eval()(x.to(next(net.parameters()).dtype)) for net in nets]
+        check_against_float64(*logits, f"p={p} eval logits")
