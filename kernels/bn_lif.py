@@ -53,10 +53,13 @@ RECOMPUTE_MAX_T = 8
 # elements per tile and warps: 8 per thread (one 16-byte load per step in bf16)
 BLOCK = 1024
 NUM_WARPS = 4
-# the recomputing backward keeps 2·T 16-bit values per element live: 512 elements on 2 warps keeps
-# 8 per thread (16-byte loads) at half the registers per program
-BWD_BLOCK = 512
-BWD_NUM_WARPS = 2
+# The recomputing backward keeps u and x of every step live per element: with 8 elements per
+# thread it spills at T = 4 and T = 8 (ptxas -v, sm_80/sm_90: 255 registers + 0.1-13 KB of spills).
+# 4 per thread for T <= 4 (128-130 registers, no spills, 8-byte bf16 loads) and 2 per thread for
+# T <= 8 (96-138 registers, no spills, 4-byte bf16 loads): narrower vectors, fewer bytes saved
+# for backward. Not yet timed on a GPU.
+BWD_BLOCK = {4: 512, 8: 256}
+BWD_NUM_WARPS = 4
 # channel-fastest tiles (channels-last memory, [T, B, C]): at most this many channels per tile
 MAX_BLOCK_C = 64
 
@@ -511,7 +514,8 @@ def _launch_bwd(dy, x, residual, u, weight, bias, mean, rstd, decay_logit, width
     x_k = _kview(x, perm)
     g_k = g.permute(perm).view(-1)
     recompute = T <= RECOMPUTE_MAX_T
-    block, warps = (BWD_BLOCK, BWD_NUM_WARPS) if recompute else (BLOCK, NUM_WARPS)
+    block = BWD_BLOCK[4 if T <= 4 else 8] if recompute else BLOCK
+    warps = BWD_NUM_WARPS if recompute else NUM_WARPS
     (bo, bc, bi), grid = _tiles(OUTER, C, INNER, block)
     chan = torch.empty((3 if channel_width else 2, grid[0], C), **f32)
     partial = torch.empty((2 if channel_width else 3, grid[0] * grid[1]), **f32)

@@ -68,7 +68,7 @@ def nan_poisoned_outputs(monkeypatch):
 def small_tiles(monkeypatch):
     """Tiles of 32-64 elements and at most 4 channels: several programs per reduction, ragged edges."""
     monkeypatch.setattr(bn_mod, "BLOCK", 64)
-    monkeypatch.setattr(bn_mod, "BWD_BLOCK", 32)
+    monkeypatch.setattr(bn_mod, "BWD_BLOCK", {4: 32, 8: 16})
     monkeypatch.setattr(bn_mod, "MAX_BLOCK_C", 4)
 
 
