@@ -75,6 +75,10 @@ class BatchNormLIF(nn.Module):
             return lif(z if residual is None else z + residual)
         from kernels.bn_lif import bn_lif_fused
 
+        if residual is not None and residual.dtype != x_seq.dtype:
+            # under autocast the shortcut may come out of another op in another dtype: the kernel
+            # adds it in float32 registers either way, and stores in x's dtype
+            residual = residual.to(x_seq.dtype)
         momentum = 0.0 if bn.momentum is None else bn.momentum
         if bn.training and bn.track_running_stats:
             bn.num_batches_tracked.add_(1)

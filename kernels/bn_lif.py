@@ -44,7 +44,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import lif_step, load_neuron_params, rand_block, relaxation_grads, round_to
-from .lif import DTYPES, _alloc_like, _check_input, _kernel_order, _neuron_args
+from .lif import _alloc_like, _check_input, _kernel_order, _neuron_args
 from .lif_ref import lif_ref
 
 # The backward recomputes the forward membrane in registers for T up to this (two 16-bit values per
