@@ -638,3 +638,23 @@ def test_resnet18_triton_matches_torch(device):
         with torch.no_grad():
             logits = [net.eval()(x.to(next(net.parameters()).dtype)) for net in nets]
         check_against_float64(*logits, f"p={p} eval logits")
+
+
+@pytest.mark.interpret
+def test_module_casts_a_shortcut_of_another_dtype(device):
+    """Under autocast a shortcut can arrive in another dtype: the module adds it in x's dtype."""
+    fused, ref = module_pair(device)
+    x = make_conv_output(3, (2, 6, 4, 5), F32, "5d", device)
+    r = (0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))).to(BF16)
+    y = fused(x, residual=r)
+    assert y.dtype == F32
+    torch.testing.assert_close(y, ref(x, residual=r.float()), rtol=1e-5, atol=1e-5)
+
+
+def test_bench_script_without_cuda(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("the CPU message only")
+    from perf.bench_bn_lif import main
+
+    assert main(["--quick"]) == 0
+    assert "NO CUDA" in capsys.readouterr().out
