@@ -1,9 +1,11 @@
 """ASGL: Adaptive Smoothing Gradient Learning for spiking neural networks."""
 
-from . import functional, layers, models, optim
+from . import bn_lif, functional, layers, models, optim
+from .bn_lif import BatchNormLIF
 from .export import load_pretrained
 from .layers import (
-    SeqToANN, TimeBatchNorm1d, TimeBatchNorm2d, fold_time, mean_ce_loss, mean_over_time, tet_loss, unfold_time,
+    SeqToANN, TimeBatchNorm, TimeBatchNorm1d, TimeBatchNorm2d, fold_time, mean_ce_loss, mean_over_time, tet_loss,
+    unfold_time,
 )
 from .models import create_model, list_models, register_model
 from .neuron import LIF, RecurrentLIF, clamp_neuron_params_, clamp_thresholds_, neurons
@@ -12,8 +14,9 @@ from .optim import build_optimizers, neuron_parameters, weight_param_groups
 from .schedule import NoiseSchedule
 
 __all__ = [
-    "LIF", "NoiseSchedule", "RecurrentLIF", "SeqToANN", "TimeBatchNorm1d", "TimeBatchNorm2d", "build_optimizers",
-    "clamp_neuron_params_", "clamp_thresholds_", "create_model", "fold_time", "functional", "layers", "list_models",
-    "load_pretrained", "mean_ce_loss", "mean_over_time", "models", "neuron_parameters", "neurons", "optim",
-    "register_model", "tet_loss", "to_nir", "unfold_time", "weight_param_groups",
+    "BatchNormLIF", "LIF", "NoiseSchedule", "RecurrentLIF", "SeqToANN", "TimeBatchNorm", "TimeBatchNorm1d",
+    "TimeBatchNorm2d", "build_optimizers", "clamp_neuron_params_", "clamp_thresholds_", "create_model", "fold_time",
+    "functional", "layers", "list_models", "load_pretrained", "mean_ce_loss", "mean_over_time", "models",
+    "neuron_parameters", "neurons", "optim", "register_model", "tet_loss", "to_nir", "unfold_time",
+    "weight_param_groups",
 ]

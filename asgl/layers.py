@@ -25,6 +25,7 @@ from torch import nn
 
 __all__ = [
     "SeqToANN",
+    "TimeBatchNorm",
     "TimeBatchNorm1d",
     "TimeBatchNorm2d",
     "conv_bn",
@@ -155,6 +156,13 @@ class TimeBatchNorm2d(_TimeBatchNorm):
     """BN over ``T·B`` for maps ``[T, B, C, H, W]``; see :class:`_TimeBatchNorm`."""
 
     _seq_dims = (5,)
+
+
+class TimeBatchNorm(_TimeBatchNorm):
+    """BN over ``T·B`` for any of ``[T, B, C]``, ``[T, B, C, L]``, ``[T, B, C, H, W]`` (the batch norm
+    of :class:`asgl.BatchNormLIF`); same parameters and buffers as :class:`TimeBatchNorm1d`/``2d``."""
+
+    _seq_dims = (3, 4, 5)
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> SeqToANN:

@@ -72,7 +72,7 @@ def test_nir_format(tmp_path):
     out = tmp_path / "digits.nir"
     assert main([str(run), str(out), "--format", "nir", "--dt", "1e-3"]) == 0
     graph = nir.read(out)
-    assert {"input", "output", "features.1", "head.module.1"} <= set(graph.nodes)
+    assert {"input", "output", "features.0.bn_lif.lif", "head.module.1"} <= set(graph.nodes)
     assert graph.nodes["input"].input_type["input"].tolist() == [1, 8, 8]
     assert sorted(tmp_path.iterdir()) == sorted([run, out])  # no temporary file left behind
 

@@ -302,7 +302,7 @@ def test_vgg_init_is_the_authors_normal_0_5(name):
         # N(0, 0.5²): the sample std of n draws is within 5 standard errors (0.5/sqrt(2n)) of 0.5
         assert abs(w.std().item() - 0.5) < 5 * 0.5 / (2 * w.numel()) ** 0.5 + 1e-12, m
         assert abs(w.mean().item()) < 5 * 0.5 / w.numel() ** 0.5, m
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert bns and all(torch.equal(b.weight, torch.ones_like(b.weight)) for b in bns)
     assert all(torch.equal(b.bias, torch.zeros_like(b.bias)) for b in bns)
 

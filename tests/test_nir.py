@@ -279,10 +279,10 @@ def test_graph_structure(resnet):
         incoming.setdefault(d, []).append(s)
     # Block 0 (identity shortcut): its second neuron sums the branch conv and the stem's spikes;
     # block 2 (stride 2): the branch conv and the 1×1 shortcut conv.
-    assert sorted(incoming["blocks.0.lif"]) == ["blocks.0.residual.2.module.0", "stem.1"]
-    assert sorted(incoming["blocks.2.lif"]) == ["blocks.2.residual.2.module.0", "blocks.2.shortcut.module.0"]
-    lif = graph.nodes["stem.1"]
-    lam = torch.sigmoid(model.stem[1].decay_logit).item()
+    assert sorted(incoming["blocks.0.conv2.bn_lif.lif"]) == ["blocks.0.conv2.conv", "stem.bn_lif.lif"]
+    assert sorted(incoming["blocks.2.conv2.bn_lif.lif"]) == ["blocks.2.conv2.conv", "blocks.2.shortcut.module.0"]
+    lif = graph.nodes["stem.bn_lif.lif"]
+    lam = torch.sigmoid(model.stem.bn_lif.lif.decay_logit).item()
     np.testing.assert_allclose(lif.tau, DT / (1 - lam))
     np.testing.assert_allclose(lif.r * DT / lif.tau, 1.0)  # the input enters unscaled
     assert lif.tau.shape == (64, 16, 16)
@@ -296,11 +296,11 @@ def test_graph_structure(resnet):
 def test_threshold_folded_into_the_next_weights():
     model = _make("digits_cnn", 2, thresh=0.5)
     graph = to_nir(model, torch.randn(2, 1, 8, 8).double())
-    conv = model.features[2].module[0]
-    bn = model.features[2].module[1]
+    conv = model.features[1].conv  # the second unit: it reads the first unit's spikes θ·s
+    bn = model.features[1].bn_lif.bn
     scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
     expected = 0.5 * conv.weight.detach() * scale.reshape(-1, 1, 1, 1)
-    np.testing.assert_allclose(graph.nodes["features.2.module.0"].weight, expected.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(graph.nodes["features.1.conv"].weight, expected.numpy(), rtol=1e-12)
     assert not any(isinstance(n, nir.Scale) for n in graph.nodes.values())
 
 

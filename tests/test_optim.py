@@ -36,7 +36,7 @@ def test_which_group_each_kind_lands_in():
             assert prefix + "weight" in _names(model, decayed)
             if module.bias is not None:
                 assert prefix + "bias" in _names(model, undecayed)
-        elif isinstance(module, nn.BatchNorm2d):
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             assert {prefix + "weight", prefix + "bias"} <= _names(model, undecayed)
         elif isinstance(module, asgl.LIF):
             assert {prefix + "decay_logit", prefix + "width_param", prefix + "thresh"} <= _names(model, neuron)

@@ -1,8 +1,8 @@
 """The spiking units the networks are built from: the one place where a batch norm feeds a neuron.
 
 Every conv → BN → LIF of every network is a :class:`ConvBNLIF`, and every "BN, add the shortcut,
-fire" of a residual block is its ``residual`` argument; both end in :class:`BNLIF`. A fused
-BN + LIF module replaces :class:`BNLIF` here and every network uses it.
+fire" of a residual block is its ``residual`` argument; both end in :class:`BNLIF`, the fused
+batch norm + neuron (:class:`asgl.BatchNormLIF`), so every network runs it.
 
 Layout ``[T, B, C, H, W]``; conv and BN run with time folded into batch (BN statistics over
 T·B·H·W per channel, the "tdBN" of the reference code), the neuron sees the time axis.
@@ -13,29 +13,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..bn_lif import BatchNormLIF
 from ..layers import fold_time, unfold_time
-from .registry import make_lif
 
 __all__ = ["BNLIF", "ConvBNLIF", "init_normal_"]
 
 
-class BNLIF(nn.Module):
+class BNLIF(BatchNormLIF):
     """``LIF(BN(x) [+ residual])``: ``[T, B, C, H, W] -> [T, B, C, H, W]`` spikes (scaled by θ).
 
-    ``bn`` is a plain ``nn.BatchNorm2d`` on the time-folded tensor; ``residual`` (the shortcut of
-    a residual block, same shape) is added after the BN and before the neuron.
+    :class:`asgl.BatchNormLIF` built from the network's neuron arguments: the batch norm over the
+    time-folded tensor, the shortcut of a residual block (same shape) added after it, then the
+    neuron; one fused kernel each way on the triton backend, the plain composition on the torch one.
     """
 
     def __init__(self, channels: int, neuron_kwargs: dict):
-        super().__init__()
-        self.bn = nn.BatchNorm2d(channels)
-        self.lif = make_lif(channels, neuron_kwargs)
-
-    def forward(self, x_seq: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        y_seq = unfold_time(self.bn(fold_time(x_seq)), x_seq.shape[0])
-        if residual is not None:
-            y_seq = y_seq + residual
-        return self.lif(y_seq)
+        super().__init__(channels, **neuron_kwargs)
 
 
 class ConvBNLIF(nn.Module):

@@ -1,0 +1,815 @@
+"""Fused time-folded batch norm + ASGL LIF: the conv -> BN (+ shortcut) -> LIF block in one pass each way.
+
+The input ``x_seq [T, B, C, ...]`` is a convolution's (or linear layer's) output. The op computes
+``LIF(γ·s·(x - μ)/sqrt(σ² + ε) + β + residual)`` with per-channel statistics over ``T·B·...``
+(tdBN, ``docs/ASGL.md`` §4), the reference being :func:`bn_lif_ref` (batch norm on the folded
+tensor, then :func:`kernels.lif_ref.lif_ref`).
+
+Kernels (every one walks the same tiles, see ``_tile``):
+
+* ``_bn_stats_kernel``: per-channel shifted sums over one tile and all T (reads x once), stage 1
+  of a deterministic two-stage reduction (stage 2: a torch ``.sum`` over the tiles).
+* ``_bn_lif_fwd_kernel``: ``in = x·A_c + B_c (+ residual)`` with the per-channel scale and shift
+  folded from the statistics (batch or running: training and eval run the same kernel), then the
+  LIF over all T, writing y (and u only for T > ``RECOMPUTE_MAX_T``).
+* ``_bn_lif_bwd_kernel``: the LIF backward, reverse in t. For T <= ``RECOMPUTE_MAX_T`` it first
+  recomputes the forward recurrence from x (and the residual) into registers, so nothing but x is
+  saved; above, it reads the stored u. It writes ``g = dL/d in`` (which is the shortcut's gradient)
+  and, per tile, the sums ``Σ g`` and ``Σ g·x̂`` that batch norm's backward needs and the LIF
+  parameter gradients.
+* ``_bn_grad_apply_kernel``: ``dx = k1_c·g + k2_c·(x - μ_c) + k3_c`` (the batch-norm backward with
+  the per-channel sums folded into three coefficients), written over g when there is no shortcut.
+
+Memory traffic per element-step, bf16, training step without a shortcut (T <= 8): forward stats 2 +
+read x 2 + write y 2 = 6 B; backward read x 2, dy 2, write g 2, then read g 2, x 2, write dx 2 =
+12 B; 18 B in all, against 28 B for BN then the fused LIF. Saved for backward: x only (2 B); the
+shortcut, when there is one, is saved too (2 B, and usually already kept by autograd: an identity
+shortcut is the block's input, which the first convolution saves). For T > 8 u is stored as well
+(+2 B forward, and the backward reads u instead of recomputing).
+
+Noise: spike-mode decisions ``m = 1[r >= p]`` come from the Philox draws of :mod:`kernels.common`
+through one function, :func:`_spike_mode_bits`, which packs the four decisions of a Philox block
+into the low bits of an int32; the recompute keeps every step's decision in one register. The
+keying (seed, step, kernel-order element index) is that of :mod:`kernels.lif`, so for the same seed
+and memory layout the mask is the one ``lif_fused`` draws.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .common import (
+    NOISE_DRAW, lif_step, load_neuron_params, p_threshold, relaxation_grads, round_to, spike_mode_bits,
+    step_in_block,
+)
+from .lif import COMPILE_OPTIONS, _alloc_like, _check_input, _kernel_order, _neuron_args
+from .lif_ref import lif_ref
+
+# The backward recomputes the forward membrane in registers for T up to this (two 16-bit values per
+# element and step live: u and x); above, the forward stores u (+2 B/element-step each way).
+RECOMPUTE_MAX_T = 8
+# elements per tile and warps: 8 per thread (one 16-byte load per step in bf16)
+BLOCK = 1024
+NUM_WARPS = 4
+# The recomputing backward keeps u and x of every step live per element: with 8 elements per
+# thread it spills at T = 4 and T = 8 (ptxas -v, sm_80/sm_90: 255 registers + 0.1-13 KB of spills).
+# 4 per thread for T <= 4 (128-130 registers, no spills, 8-byte bf16 loads) and 2 per thread for
+# T <= 8 (96-138 registers, no spills, 4-byte bf16 loads): narrower vectors, fewer bytes saved
+# for backward. Not yet timed on a GPU.
+BWD_BLOCK = {4: 512, 8: 256}
+BWD_NUM_WARPS = 4
+# channel-fastest tiles (channels-last memory, [T, B, C]): at most this many channels per tile
+MAX_BLOCK_C = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# jit helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _spike_mode_bits(seed, t, offs_key, p_hi):
+    """Spike-mode decisions ``1[r16 >= p16]`` of steps ``8·(t // 8) + 0..7`` in bits 0..7 (int32).
+
+    The one place this file draws random numbers (the Philox keying of :mod:`kernels.common`).
+    """
+    return spike_mode_bits(seed, t, offs_key, p_hi)
+
+
+@triton.jit
+def _mode_of(bits, shift):
+    """The decision in bit ``shift`` as a float: 1.0 (spike mode) or 0.0; ``lif_step`` takes
+    ``mode != 0``."""
+    return ((bits >> shift) & 1).to(tl.float32)
+
+
+@triton.jit
+def _tile(OUTER, C, INNER, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr):
+    """This program's tile of one time step viewed as ``[OUTER, C, INNER]``.
+
+    Returns the int64 offsets within a step ``[BLOCK_O, BLOCK_C, BLOCK_I]``, the in-range mask and
+    the channel index ``[1, BLOCK_C, 1]``. Program axis 0 walks (outer, inner) blocks, axis 1
+    channel blocks; one of ``BLOCK_C``, ``BLOCK_I`` is 1, the other runs along contiguous memory.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    n_i = tl.cdiv(INNER, BLOCK_I)
+    pid_o = pid // n_i
+    pid_i = pid % n_i
+    pid_c = tl.program_id(1).to(tl.int64)
+    o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)[:, None, None]
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)[None, :, None]
+    i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)[None, None, :]
+    offs = (o * C + c) * INNER + i
+    in_range = (o < OUTER) & (c < C) & (i < INNER)
+    return offs, in_range, c
+
+
+@triton.jit
+def _channel_sum(v, in_range):
+    """``[BLOCK_O, BLOCK_C, BLOCK_I] -> [BLOCK_C]``: the tile's sum per channel."""
+    return tl.sum(tl.sum(tl.where(in_range, v, 0.0), axis=2), axis=0)
+
+
+@triton.jit
+def _bn_input(x_ptr, r_ptr, offs, in_range, a, b, HAS_RESIDUAL: tl.constexpr):
+    """``(in, x)``: the neuron input ``x·A + B (+ residual)`` in float32 and the raw x."""
+    x_raw = tl.load(x_ptr + offs, mask=in_range, other=0.0)
+    inp = x_raw.to(tl.float32) * a + b
+    if HAS_RESIDUAL:
+        inp += tl.load(r_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+    return inp, x_raw
+
+
+@triton.jit
+def _grad_step(dy, u, o, h, z, v_prev, dv, lam, theta, k, v_reset, SIGMOID: tl.constexpr,
+               HARD_RESET: tl.constexpr):
+    """One reverse step of the LIF: ``(du, dv[t-1], dλ term, dθ term, dk term)`` (as kernels.lif)."""
+    dh_dz, dh_dk = relaxation_grads(z, k, h, SIGMOID)
+    if HARD_RESET:
+        do = theta * dy + dv * (v_reset - u)
+        dz = do * dh_dz
+        du = dz + dv * (1.0 - o)
+        d_theta = dy * o - dz
+    else:
+        do = theta * dy - dv * theta
+        dz = do * dh_dz
+        du = dz + dv
+        d_theta = dy * o - dz - dv * o
+    return du, lam * du, du * v_prev, d_theta, do * dh_dk
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["T"])
+def _bn_stats_kernel(
+    x_ptr, shift_ptr, partial_ptr, T, OUTER, C, INNER,
+    BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
+):
+    # partial[0, tile, c] = Σ (x - shift_c), partial[1, tile, c] = Σ (x - shift_c)²; the shift (one
+    # element of the channel) keeps the float32 sums from cancelling when |μ| >> σ
+    offs, in_range, c = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I)
+    c_ok = c < C
+    shift = tl.load(shift_ptr + c, mask=c_ok, other=0.0)
+    N = OUTER * C * INNER
+    s1 = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
+    s2 = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
+    for t in range(0, T):
+        x = tl.load(x_ptr + tl.cast(t, tl.int64) * N + offs, mask=in_range, other=0.0).to(tl.float32)
+        d = tl.where(in_range, x - shift, 0.0)
+        s1 += d
+        s2 += d * d
+    tiles = tl.num_programs(0)
+    cc = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row = tl.program_id(0).to(tl.int64) * C + cc
+    tl.store(partial_ptr + row, _channel_sum(s1, in_range), mask=cc < C)
+    tl.store(partial_ptr + tiles * C + row, _channel_sum(s2, in_range), mask=cc < C)
+
+
+@triton.jit(do_not_specialize=["T", "p16"])
+def _bn_lif_fwd_kernel(
+    x_ptr, r_ptr, y_ptr, u_ptr, mask_ptr, scale_ptr, shift_ptr, decay_logit_ptr, width_ptr, theta_ptr, seed_ptr,
+    T, OUTER, C, INNER, v_reset, p16,
+    NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr, CHANNEL_WIDTH: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, STORE_U: tl.constexpr, STORE_MASK: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
+):
+    offs, in_range, c = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I)
+    N = OUTER * C * INNER
+    offs_key = offs.to(tl.int32)
+    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs, in_range, INNER, C,
+                                       SIGMOID, CHANNEL_WIDTH)
+    a = tl.load(scale_ptr + c, mask=c < C, other=0.0)
+    b = tl.load(shift_ptr + c, mask=c < C, other=0.0)
+    seed = tl.load(seed_ptr)
+    p_hi = p16.to(tl.uint32) << 16
+
+    v = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
+    bits = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.int32)
+    r = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
+    for t in range(0, T):
+        offs_t = tl.cast(t, tl.int64) * N + offs
+        inp, _ = _bn_input(x_ptr, r_ptr, offs_t, in_range, a, b, HAS_RESIDUAL)
+        # u rounded to the storage dtype each step: the backward (recomputing, or reading u)
+        # repeats exactly these decisions
+        u = round_to(lam * v + inp, y_ptr.dtype.element_ty).to(tl.float32)
+        if NOISE == 2:
+            if step_in_block(t) == 0:
+                bits = _spike_mode_bits(seed, t, offs_key, p_hi)
+            r = _mode_of(bits, step_in_block(t))
+        o, v, h, z = lif_step(u, theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
+        tl.store(y_ptr + offs_t, round_to(theta * o, y_ptr.dtype.element_ty), mask=in_range)
+        if STORE_U:
+            tl.store(u_ptr + offs_t, u.to(u_ptr.dtype.element_ty), mask=in_range)  # exact
+        if STORE_MASK:
+            if NOISE == 0:
+                m = tl.full([BLOCK_O, BLOCK_C, BLOCK_I], 1, tl.int8)
+            elif NOISE == 1:
+                m = tl.full([BLOCK_O, BLOCK_C, BLOCK_I], 0, tl.int8)
+            else:
+                m = r.to(tl.int8)
+            tl.store(mask_ptr + offs_t, m, mask=in_range)
+
+
+@triton.jit(do_not_specialize=["T", "p16"])
+def _bn_lif_bwd_kernel(
+    dy_ptr, x_ptr, r_ptr, u_ptr, g_ptr, partial_ptr, chan_ptr,
+    scale_ptr, shift_ptr, mean_ptr, rstd_ptr, decay_logit_ptr, width_ptr, theta_ptr, seed_ptr,
+    T, OUTER, C, INNER, v_reset, p16,
+    NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr, CHANNEL_WIDTH: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, RECOMPUTE_T: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
+):
+    # RECOMPUTE_T > 0: T == RECOMPUTE_T <= 8, the forward recurrence is rerun from x into registers;
+    # RECOMPUTE_T == 0: u is read from u_ptr. g = dL/d(in) is written to g_ptr (storage dtype).
+    offs, in_range, c = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I)
+    N = OUTER * C * INNER
+    offs_key = offs.to(tl.int32)
+    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs, in_range, INNER, C,
+                                       SIGMOID, CHANNEL_WIDTH)
+    c_ok = c < C
+    mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
+    rstd = tl.load(rstd_ptr + c, mask=c_ok, other=0.0)
+    seed = tl.load(seed_ptr)
+    p_hi = p16.to(tl.uint32) << 16
+    DT = g_ptr.dtype.element_ty
+    zero = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
+
+    dv = zero
+    acc_g = zero
+    acc_gx = zero
+    acc_lam = zero
+    acc_theta = zero
+    acc_k = zero
+    r = zero
+    if RECOMPUTE_T > 0:
+        a = tl.load(scale_ptr + c, mask=c_ok, other=0.0)
+        b = tl.load(shift_ptr + c, mask=c_ok, other=0.0)
+        zs = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=DT)
+        u0, u1, u2, u3, u4, u5, u6, u7 = zs, zs, zs, zs, zs, zs, zs, zs
+        x0, x1, x2, x3, x4, x5, x6, x7 = zs, zs, zs, zs, zs, zs, zs, zs
+        bits = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.int32)
+        v = zero
+        # forward recurrence, the same instructions as _bn_lif_fwd_kernel
+        for t in tl.static_range(RECOMPUTE_T):
+            inp, x_raw = _bn_input(x_ptr, r_ptr, tl.cast(t, tl.int64) * N + offs, in_range, a, b, HAS_RESIDUAL)
+            u = round_to(lam * v + inp, DT)
+            if NOISE == 2:
+                if t == 0:  # RECOMPUTE_T <= 8: one Philox block
+                    bits = _spike_mode_bits(seed, t, offs_key, p_hi)
+                r = _mode_of(bits, t)
+            _, v, _, _ = lif_step(u.to(tl.float32), theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
+            if t == 0:
+                u0, x0 = u, x_raw
+            elif t == 1:
+                u1, x1 = u, x_raw
+            elif t == 2:
+                u2, x2 = u, x_raw
+            elif t == 3:
+                u3, x3 = u, x_raw
+            elif t == 4:
+                u4, x4 = u, x_raw
+            elif t == 5:
+                u5, x5 = u, x_raw
+            elif t == 6:
+                u6, x6 = u, x_raw
+            else:
+                u7, x7 = u, x_raw
+        # reverse: step t is carried down from the previous iteration (v[t-1] recomputed once)
+        u = u7
+        if RECOMPUTE_T - 1 == 0:
+            u = u0
+        elif RECOMPUTE_T - 1 == 1:
+            u = u1
+        elif RECOMPUTE_T - 1 == 2:
+            u = u2
+        elif RECOMPUTE_T - 1 == 3:
+            u = u3
+        elif RECOMPUTE_T - 1 == 4:
+            u = u4
+        elif RECOMPUTE_T - 1 == 5:
+            u = u5
+        elif RECOMPUTE_T - 1 == 6:
+            u = u6
+        if NOISE == 2:
+            r = _mode_of(bits, RECOMPUTE_T - 1)
+        o, _, h, z = lif_step(u.to(tl.float32), theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
+        u = u.to(tl.float32)
+        for i in tl.static_range(RECOMPUTE_T):
+            t = RECOMPUTE_T - 1 - i
+            x_raw = x7
+            u_prev = zs
+            if t == 0:
+                x_raw = x0
+            elif t == 1:
+                x_raw, u_prev = x1, u0
+            elif t == 2:
+                x_raw, u_prev = x2, u1
+            elif t == 3:
+                x_raw, u_prev = x3, u2
+            elif t == 4:
+                x_raw, u_prev = x4, u3
+            elif t == 5:
+                x_raw, u_prev = x5, u4
+            elif t == 6:
+                x_raw, u_prev = x6, u5
+            else:
+                u_prev = u6
+            u_prev = u_prev.to(tl.float32)
+            if t > 0:
+                if NOISE == 2:
+                    r = _mode_of(bits, t - 1)
+                o_prev, v_prev, h_prev, z_prev = lif_step(u_prev, theta, k, v_reset, r != 0.0, NOISE, SIGMOID,
+                                                          HARD_RESET)
+            else:
+                o_prev, v_prev, h_prev, z_prev = zero, zero, zero, zero
+            offs_t = tl.cast(t, tl.int64) * N + offs
+            dy = tl.load(dy_ptr + offs_t, mask=in_range, other=0.0).to(tl.float32)
+            du, dv, d_lam, d_theta, d_k = _grad_step(dy, u, o, h, z, v_prev, dv, lam, theta, k, v_reset,
+                                                     SIGMOID, HARD_RESET)
+            g = round_to(du, DT)
+            tl.store(g_ptr + offs_t, g, mask=in_range)
+            g = g.to(tl.float32)
+            acc_g += g
+            acc_gx += g * ((x_raw.to(tl.float32) - mean) * rstd)
+            acc_lam += d_lam
+            acc_theta += d_theta
+            acc_k += d_k
+            u, o, h, z = u_prev, o_prev, h_prev, z_prev
+    else:
+        t_last = T - 1
+        u = tl.load(u_ptr + tl.cast(t_last, tl.int64) * N + offs, mask=in_range, other=0.0).to(tl.float32)
+        bits = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.int32)
+        if NOISE == 2:
+            bits = _spike_mode_bits(seed, t_last, offs_key, p_hi)
+            r = _mode_of(bits, step_in_block(t_last))
+        o, v, h, z = lif_step(u, theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
+        for i in range(0, T):
+            t = t_last - i
+            offs_t = tl.cast(t, tl.int64) * N + offs
+            has_prev = tl.full([BLOCK_O, BLOCK_C, BLOCK_I], t, tl.int32) > 0
+            u_prev = tl.load(u_ptr + (offs_t - N), mask=in_range & has_prev, other=0.0).to(tl.float32)
+            if NOISE == 2:
+                if (t > 0) & (step_in_block(t - 1) == 7):
+                    bits = _spike_mode_bits(seed, t - 1, offs_key, p_hi)
+                r = _mode_of(bits, step_in_block(t - 1))
+            o_prev, v_prev, h_prev, z_prev = lif_step(u_prev, theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
+            v_prev = tl.where(has_prev, v_prev, 0.0)
+            dy = tl.load(dy_ptr + offs_t, mask=in_range, other=0.0).to(tl.float32)
+            du, dv, d_lam, d_theta, d_k = _grad_step(dy, u, o, h, z, v_prev, dv, lam, theta, k, v_reset,
+                                                     SIGMOID, HARD_RESET)
+            g = round_to(du, DT)
+            tl.store(g_ptr + offs_t, g, mask=in_range)
+            g = g.to(tl.float32)
+            x = tl.load(x_ptr + offs_t, mask=in_range, other=0.0).to(tl.float32)
+            acc_g += g
+            acc_gx += g * ((x - mean) * rstd)
+            acc_lam += d_lam
+            acc_theta += d_theta
+            acc_k += d_k
+            u, o, h, z = u_prev, o_prev, h_prev, z_prev
+
+    # stage 1 of the deterministic reductions: per tile, chan[j, tile, c] for j = Σg, Σg·x̂ (and
+    # the channel width's dk), scalars partial[j, tile] for dλ, dθ (and the layer width's dk)
+    tile = tl.program_id(0).to(tl.int64)
+    tiles = tl.num_programs(0)
+    cc = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row = tile * C + cc
+    tl.store(chan_ptr + row, _channel_sum(acc_g, in_range), mask=cc < C)
+    tl.store(chan_ptr + tiles * C + row, _channel_sum(acc_gx, in_range), mask=cc < C)
+    col = tile * tl.num_programs(1) + tl.program_id(1)
+    slots = tiles * tl.num_programs(1)
+    tl.store(partial_ptr + col, tl.sum(_channel_sum(acc_lam, in_range), axis=0))
+    tl.store(partial_ptr + slots + col, tl.sum(_channel_sum(acc_theta, in_range), axis=0))
+    if CHANNEL_WIDTH:
+        tl.store(chan_ptr + 2 * tiles * C + row, _channel_sum(acc_k, in_range), mask=cc < C)
+    else:
+        tl.store(partial_ptr + 2 * slots + col, tl.sum(_channel_sum(acc_k, in_range), axis=0))
+
+
+@triton.jit
+def _bn_grad_apply_kernel(g_ptr, x_ptr, dx_ptr, k1_ptr, k2_ptr, k3_ptr, mean_ptr, TN, C, INNER,
+                          BLOCK: tl.constexpr):
+    # dx = k1_c·g + k2_c·(x - μ_c) + k3_c over the flat [T, OUTER, C, INNER] view
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < TN
+    c = (offs // INNER) % C
+    g = tl.load(g_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
+    k1 = tl.load(k1_ptr + c, mask=in_range, other=0.0)
+    k2 = tl.load(k2_ptr + c, mask=in_range, other=0.0)
+    k3 = tl.load(k3_ptr + c, mask=in_range, other=0.0)
+    mean = tl.load(mean_ptr + c, mask=in_range, other=0.0)
+    dx = k1 * g + k2 * (x - mean) + k3
+    tl.store(dx_ptr + offs, round_to(dx, dx_ptr.dtype.element_ty), mask=in_range)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def _geometry(x: Tensor):
+    """``(perm, OUTER, C, INNER)``: the kernel order of ``x [T, B, C, *rest]`` as ``[T, OUTER, C, INNER]``.
+
+    Contiguous memory: ``OUTER = B``, ``INNER = prod(rest)``; channels-last memory ``[T, B, *rest,
+    C]``: ``OUTER = B·prod(rest)``, ``INNER = 1`` (no copy either way). Other layouts are copied.
+    """
+    perm = _kernel_order(x) or tuple(range(x.dim()))
+    B, C, rest = x.shape[1], x.shape[2], math.prod(x.shape[3:])
+    if perm[-1] == 2 and x.dim() >= 4:
+        return perm, B * rest, C, 1
+    return perm, B, C, rest
+
+
+def _kview(t: Tensor, perm) -> Tensor:
+    """The flat kernel-order view of ``t`` (a copy only when its memory is in another order)."""
+    return t.permute(perm).contiguous().view(-1)
+
+
+def _tiles(OUTER: int, C: int, INNER: int, block: int):
+    """Tile shape ``(BLOCK_O, BLOCK_C, BLOCK_I)`` of ``block`` elements and the 2-D grid."""
+    if INNER == 1:
+        block_c = min(triton.next_power_of_2(C), MAX_BLOCK_C)
+        block_i = 1
+    else:
+        block_c = 1
+        block_i = min(triton.next_power_of_2(INNER), block)
+    block_o = block // (block_c * block_i)
+    grid = (triton.cdiv(OUTER, block_o) * triton.cdiv(INNER, block_i), triton.cdiv(C, block_c))
+    return (block_o, block_c, block_i), grid
+
+
+def _launch_stats(x: Tensor):
+    """Per-channel mean and biased variance (float32 ``[C]``) over all dims but 2."""
+    T = x.shape[0]
+    perm, OUTER, C, INNER = _geometry(x)
+    x_k = _kview(x, perm)
+    # the shift: the channel's first element (t = 0, outer = 0, inner = 0)
+    shift = x_k.view(T, OUTER, C, INNER)[0, 0, :, 0].to(torch.float32).contiguous()
+    (bo, bc, bi), grid = _tiles(OUTER, C, INNER, BLOCK)
+    partial = torch.empty((2, grid[0], C), dtype=torch.float32, device=x.device)
+    _bn_stats_kernel[grid](x_ptr=x_k, shift_ptr=shift, partial_ptr=partial, T=T, OUTER=OUTER, C=C, INNER=INNER,
+                           BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi, num_warps=NUM_WARPS, **COMPILE_OPTIONS)
+    n = x.numel() // C
+    s1, s2 = partial.sum(dim=1) / n
+    return shift + s1, (s2 - s1 * s1).clamp_min(0.0)
+
+
+def _fold_affine(weight, bias, mean, rstd, scale: float, C: int, device):
+    """Per-channel ``A = γ·s·rstd``, ``B = β - μ·A`` (float32), and ``γ·s``."""
+    gs = torch.full((C,), scale, dtype=torch.float32, device=device)
+    if weight is not None:
+        gs = weight.to(torch.float32) * scale
+    a = gs * rstd
+    b = -mean * a
+    if bias is not None:
+        b = b + bias.to(torch.float32)
+    return a.contiguous(), b.contiguous(), gs
+
+
+def _launch_fwd(x, residual, weight, bias, mean, rstd, decay_logit, width_param, thresh, *, scale, hard_reset, v_reset,
+                sigmoid, noise, p, seed, store_u, store_mask):
+    y = _alloc_like(x)
+    u = _alloc_like(x) if store_u else x.new_empty(0)
+    mask = _alloc_like(x, torch.int8) if store_mask else x.new_empty(0, dtype=torch.int8)
+    if x.numel() == 0:
+        return y, u, mask.bool()
+    T = x.shape[0]
+    perm, OUTER, C, INNER = _geometry(x)
+    a, b, _ = _fold_affine(weight, bias, mean, rstd, scale, C, x.device)
+    x_k = _kview(x, perm)
+    y_k = y.permute(perm).view(-1)
+    (bo, bc, bi), grid = _tiles(OUTER, C, INNER, BLOCK)
+    _bn_lif_fwd_kernel[grid](
+        x_ptr=x_k, r_ptr=_kview(residual, perm) if residual is not None else x_k, y_ptr=y_k,
+        u_ptr=u.permute(perm).view(-1) if store_u else y_k,
+        mask_ptr=mask.permute(perm).view(-1) if store_mask else y_k, scale_ptr=a, shift_ptr=b,
+        decay_logit_ptr=decay_logit, width_ptr=width_param.contiguous(), theta_ptr=thresh, seed_ptr=seed,
+        T=T, OUTER=OUTER, C=C, INNER=INNER, v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0, NOISE=noise, SIGMOID=sigmoid,
+        HARD_RESET=hard_reset, CHANNEL_WIDTH=width_param.dim() == 1, HAS_RESIDUAL=residual is not None,
+        STORE_U=store_u, STORE_MASK=store_mask, BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi, num_warps=NUM_WARPS,
+        **COMPILE_OPTIONS,
+    )
+    return y, u, mask.bool()
+
+
+def _launch_bwd(dy, x, residual, u, weight, bias, mean, rstd, decay_logit, width_param, thresh, *, scale,
+                batch_stats, hard_reset, v_reset, sigmoid, noise, p, seed):
+    """``(dx, d_residual, dγ, dβ, dλ, dθ, dk)``; the parameter gradients in float32."""
+    T, C = x.shape[0], x.shape[2]
+    channel_width = width_param.dim() == 1
+    g = _alloc_like(x)
+    dx = _alloc_like(x) if residual is not None else g  # without a shortcut dx overwrites g
+    f32 = dict(dtype=torch.float32, device=x.device)
+    if x.numel() == 0:
+        zeros = torch.zeros(C, **f32)
+        return dx, g, zeros, zeros.clone(), torch.zeros((), **f32), torch.zeros((), **f32), \
+            torch.zeros(width_param.shape, **f32)
+    perm, OUTER, C, INNER = _geometry(x)
+    a, b, gs = _fold_affine(weight, bias, mean, rstd, scale, C, x.device)
+    x_k = _kview(x, perm)
+    g_k = g.permute(perm).view(-1)
+    recompute = T <= RECOMPUTE_MAX_T
+    block = BWD_BLOCK[4 if T <= 4 else 8] if recompute else BLOCK
+    warps = BWD_NUM_WARPS if recompute else NUM_WARPS
+    (bo, bc, bi), grid = _tiles(OUTER, C, INNER, block)
+    chan = torch.empty((3 if channel_width else 2, grid[0], C), **f32)
+    partial = torch.empty((2 if channel_width else 3, grid[0] * grid[1]), **f32)
+    _bn_lif_bwd_kernel[grid](
+        dy_ptr=_kview(dy.to(x.dtype), perm), x_ptr=x_k,
+        r_ptr=_kview(residual, perm) if residual is not None else x_k,
+        u_ptr=x_k if recompute else u.permute(perm).reshape(-1), g_ptr=g_k, partial_ptr=partial, chan_ptr=chan,
+        scale_ptr=a, shift_ptr=b, mean_ptr=mean, rstd_ptr=rstd, decay_logit_ptr=decay_logit,
+        width_ptr=width_param.contiguous(), theta_ptr=thresh, seed_ptr=seed, T=T, OUTER=OUTER, C=C, INNER=INNER,
+        v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0, NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width,
+        HAS_RESIDUAL=residual is not None, RECOMPUTE_T=T if recompute else 0, BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi,
+        num_warps=warps, **COMPILE_OPTIONS,
+    )
+    sums = chan.sum(dim=1)
+    sum_g, sum_gx = sums[0], sums[1]
+    # batch norm's backward folded per channel: dx = k1·g + k2·(x - μ) + k3
+    n = x.numel() // C
+    k1 = gs * rstd
+    if batch_stats:
+        k2 = -k1 * rstd * sum_gx / n
+        k3 = -k1 * sum_g / n
+    else:
+        k2 = torch.zeros_like(k1)
+        k3 = torch.zeros_like(k1)
+    dx_k = dx.permute(perm).view(-1)
+    _bn_grad_apply_kernel[(triton.cdiv(x.numel(), BLOCK),)](
+        g_ptr=g_k, x_ptr=x_k, dx_ptr=dx_k, k1_ptr=k1.contiguous(), k2_ptr=k2.contiguous(), k3_ptr=k3.contiguous(),
+        mean_ptr=mean, TN=x.numel(), C=C, INNER=INNER, BLOCK=BLOCK, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
+    )
+    scalars = partial.sum(dim=1)
+    dk = sums[2] if channel_width else scalars[2]
+    return dx, g, sum_gx * scale, sum_g, scalars[0], scalars[1], dk
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops (torch.compile traces them without graph breaks) and their autograd
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("asgl::bn_stats", mutates_args=())
+def _bn_stats_op(x_seq: Tensor) -> tuple[Tensor, Tensor]:
+    return _launch_stats(x_seq)
+
+
+@_bn_stats_op.register_fake
+def _(x_seq):
+    C = x_seq.shape[2]
+    return x_seq.new_empty(C, dtype=torch.float32), x_seq.new_empty(C, dtype=torch.float32)
+
+
+@torch.library.custom_op("asgl::bn_lif_fwd", mutates_args=())
+def _bn_lif_fwd_op(
+    x_seq: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tensor | None, mean: Tensor, rstd: Tensor,
+    decay_logit: Tensor, width_param: Tensor, thresh: Tensor, scale: float, batch_stats: bool, hard_reset: bool,
+    v_reset: float, sigmoid: bool, noise: int, p: float, seed: Tensor, store_u: bool, store_mask: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _launch_fwd(
+        x_seq, residual, weight, bias, mean, rstd, decay_logit, width_param, thresh, scale=scale,
+        hard_reset=hard_reset, v_reset=v_reset, sigmoid=sigmoid, noise=noise, p=p, seed=seed, store_u=store_u,
+        store_mask=store_mask,
+    )
+
+
+@_bn_lif_fwd_op.register_fake
+def _(x_seq, residual, weight, bias, mean, rstd, decay_logit, width_param, thresh, scale, batch_stats, hard_reset,
+      v_reset, sigmoid, noise, p, seed, store_u, store_mask):
+    u = _alloc_like(x_seq) if store_u else x_seq.new_empty(0)
+    mask = _alloc_like(x_seq, torch.bool) if store_mask else x_seq.new_empty(0, dtype=torch.bool)
+    return _alloc_like(x_seq), u, mask
+
+
+@torch.library.custom_op("asgl::bn_lif_bwd", mutates_args=())
+def _bn_lif_bwd_op(
+    dy_seq: Tensor, x_seq: Tensor, residual: Tensor | None, u_seq: Tensor, weight: Tensor | None, bias: Tensor | None,
+    mean: Tensor, rstd: Tensor, decay_logit: Tensor, width_param: Tensor, thresh: Tensor, scale: float,
+    batch_stats: bool, hard_reset: bool, v_reset: float, sigmoid: bool, noise: int, p: float, seed: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(dx, d_residual, d_weight, d_bias, d_decay_logit, d_width_param, d_thresh)``; the gradient of
+    an absent residual / weight / bias is an empty tensor."""
+    dx, g, d_weight, d_bias, d_lam, d_theta, d_k = _launch_bwd(
+        dy_seq, x_seq, residual, u_seq, weight, bias, mean, rstd, decay_logit, width_param, thresh, scale=scale,
+        batch_stats=batch_stats, hard_reset=hard_reset, v_reset=v_reset, sigmoid=sigmoid, noise=noise, p=p,
+        seed=seed,
+    )
+    lam = torch.sigmoid(decay_logit.to(torch.float32))
+    d_width = d_k if sigmoid else d_k * torch.exp(width_param.to(torch.float32))
+    return (
+        dx,
+        g if residual is not None else x_seq.new_empty(0),
+        d_weight.to(weight.dtype) if weight is not None else x_seq.new_empty(0),
+        d_bias.to(bias.dtype) if bias is not None else x_seq.new_empty(0),
+        (d_lam * lam * (1.0 - lam)).to(decay_logit.dtype),
+        # copies: views of one partial-sum tensor must not alias each other across outputs
+        d_width.to(width_param.dtype, copy=True).reshape(width_param.shape),
+        d_theta.to(thresh.dtype, copy=True),
+    )
+
+
+@_bn_lif_bwd_op.register_fake
+def _(dy_seq, x_seq, residual, u_seq, weight, bias, mean, rstd, decay_logit, width_param, thresh, scale,
+      batch_stats, hard_reset, v_reset, sigmoid, noise, p, seed):
+    return (
+        _alloc_like(x_seq), _alloc_like(x_seq) if residual is not None else x_seq.new_empty(0),
+        torch.empty_like(weight) if weight is not None else x_seq.new_empty(0),
+        torch.empty_like(bias) if bias is not None else x_seq.new_empty(0),
+        torch.empty_like(decay_logit), torch.empty_like(width_param), torch.empty_like(thresh),
+    )
+
+
+_SETTINGS = ("scale", "batch_stats", "hard_reset", "v_reset", "sigmoid", "noise", "p")
+
+
+def _setup_context(ctx, inputs, output):
+    (x_seq, residual, weight, bias, mean, rstd, decay_logit, width_param, thresh, scale, batch_stats, hard_reset,
+     v_reset, sigmoid, noise, p, seed, store_u, _) = inputs
+    # saved: x (and the shortcut), u only when it was stored (T > RECOMPUTE_MAX_T)
+    ctx.save_for_backward(x_seq, residual, output[1], weight, bias, mean, rstd, decay_logit, width_param, thresh,
+                          seed)
+    ctx.settings = dict(zip(_SETTINGS, (scale, batch_stats, hard_reset, v_reset, sigmoid, noise, p)))
+    # u and the mask carry no gradient: no zero-filled [T, N] gradient for them in every backward
+    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dy_seq, du_unused, dmask_unused):
+    x_seq, residual, u_seq, weight, bias, mean, rstd, decay_logit, width_param, thresh, seed = ctx.saved_tensors
+    if dy_seq is None:
+        return (None,) * len(ctx.needs_input_grad)
+    dx, d_res, d_weight, d_bias, d_decay, d_width, d_thresh = _bn_lif_bwd_op(
+        dy_seq, x_seq, residual, u_seq, weight, bias, mean, rstd, decay_logit, width_param, thresh, seed=seed,
+        **ctx.settings,
+    )
+    need = ctx.needs_input_grad
+    grads = (dx, d_res, d_weight, d_bias, None, None, d_decay, d_width, d_thresh)
+    return tuple(gr if n else None for gr, n in zip(grads, need)) + (None,) * 10
+
+
+_bn_lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference and public functions
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, *, use_batch_stats, momentum, eps,
+                   threshold_scale):
+    if x_seq.dim() not in (3, 4, 5):
+        raise ValueError(f"x_seq must be [T, B, C], [T, B, C, L] or [T, B, C, H, W] (3-5 dims), "
+                         f"got shape {tuple(x_seq.shape)}")
+    C = x_seq.shape[2]
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != (C,) or not t.is_floating_point()):
+            raise ValueError(f"{name} must be None or a float tensor of shape [{C}] (the channels of x_seq, "
+                             f"dim 2), got {tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must be given together")
+    if not use_batch_stats and running_mean is None:
+        raise ValueError("normalising with running statistics (eval mode) needs running_mean and running_var; "
+                         "got None (a batch norm built with track_running_stats=False uses batch statistics)")
+    if residual is not None:
+        if not isinstance(residual, Tensor) or residual.shape != x_seq.shape:
+            got = tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__
+            raise ValueError(f"residual (the shortcut) must have x_seq's shape {tuple(x_seq.shape)}, got {got}")
+        if residual.dtype != x_seq.dtype or residual.device != x_seq.device:
+            raise ValueError(f"residual must have x_seq's dtype {x_seq.dtype} and device {x_seq.device}, "
+                             f"got {residual.dtype} on {residual.device}")
+    if use_batch_stats and x_seq.numel() // max(C, 1) <= 1:
+        raise ValueError(f"batch statistics need more than 1 value per channel, got x_seq of shape "
+                         f"{tuple(x_seq.shape)}")
+    if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
+        raise ValueError(f"momentum must be None or in [0, 1], got {momentum!r}")
+    if not (isinstance(eps, (int, float)) and eps > 0):
+        raise ValueError(f"eps must be a number > 0, got {eps!r}")
+    if threshold_scale is not None and not (isinstance(threshold_scale, (int, float)) and threshold_scale > 0):
+        raise ValueError(f"threshold_scale must be None or a number > 0, got {threshold_scale!r}")
+
+
+def bn_lif_ref(
+    x_seq: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+    running_var: Tensor | None, decay_logit: Tensor, width_param: Tensor, thresh: Tensor | float, *,
+    residual: Tensor | None = None, use_batch_stats: bool = True, momentum: float = 0.1, eps: float = 1e-5,
+    threshold_scale: float | None = None, **lif_kwargs,
+) -> Tensor:
+    """Reference: time-folded batch norm of ``x_seq [T, B, C, ...]`` (+ ``residual``), then
+    :func:`kernels.lif_ref.lif_ref` (``lif_kwargs``: reset, v_reset, surrogate, p, training, mask,
+    generator). Updates the running statistics in place as ``F.batch_norm`` does."""
+    _check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, use_batch_stats=use_batch_stats,
+                   momentum=momentum, eps=eps, threshold_scale=threshold_scale)
+    if threshold_scale is not None:
+        if weight is None:  # in the running buffers' dtype: batch_norm wants them alike
+            weight = x_seq.new_ones(x_seq.shape[2], dtype=(running_mean if running_mean is not None else x_seq).dtype)
+        weight = weight * threshold_scale
+    folded = torch.nn.functional.batch_norm(
+        x_seq.flatten(0, 1), running_mean, running_var, weight, bias, use_batch_stats,
+        0.0 if momentum is None else momentum, eps,
+    ).view(x_seq.shape)
+    if residual is not None:
+        folded = folded + residual
+    return lif_ref(folded, decay_logit, width_param, thresh, **lif_kwargs)
+
+
+def bn_lif_fused(
+    x_seq: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    decay_logit: Tensor,
+    width_param: Tensor,
+    thresh: Tensor | float,
+    *,
+    residual: Tensor | None = None,
+    use_batch_stats: bool = True,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    threshold_scale: float | None = None,
+    reset: str = "hard",
+    v_reset: float = 0.0,
+    surrogate: str = "sigmoid",
+    p: float = 0.0,
+    training: bool = True,
+    seed: Tensor | int = 0,
+    return_mask: bool = False,
+):
+    """Fused tdBN + multi-step ASGL LIF, ``x_seq [T, B, C, ...] -> y_seq`` (same shape and dtype).
+
+    Per channel c, over all ``T·B·...`` elements (``use_batch_stats``) or from the running
+    estimates, with ``s = threshold_scale`` (1 when None)::
+
+        x̂ = (x - μ_c)·rstd_c,  rstd_c = 1/sqrt(σ²_c + ε)       σ² biased
+        in = γ_c·s·x̂ + β_c (+ residual) = x·A_c + B_c (+ residual)
+        y = LIF(in)                       (kernels.lif.lif_fused: every option, same mask keying)
+
+    With batch statistics and running buffers the buffers are updated in place, as
+    ``nn.BatchNorm2d`` does: ``μ_run <- (1-m)·μ_run + m·μ``, ``σ²_run <- (1-m)·σ²_run + m·σ²·n/(n-1)``
+    (``momentum=None``: the caller passes the cumulative-average factor as momentum).
+
+    Backward, with ``g = dL/d in`` from the LIF backward (``d residual = g``)::
+
+        dβ = Σ g;  dγ = s·Σ g·x̂
+        dx = γ·s·rstd·(g - Σg/n - x̂·Σ(g·x̂)/n)     batch statistics;   γ·s·rstd·g   running
+
+    Args:
+        x_seq: ``[T, B, C]``, ``[T, B, C, L]`` or ``[T, B, C, H, W]``; fp32/fp16/bf16; contiguous or
+            channels-last memory (no copy).
+        weight, bias: γ, β ``[C]`` or None (``affine=False``).
+        running_mean, running_var: ``[C]`` buffers or None (``track_running_stats=False``).
+        decay_logit, width_param, thresh, reset, v_reset, surrogate, p, training, seed,
+            return_mask: as in :func:`kernels.lif.lif_fused` (``training`` only switches the noise).
+        residual: the shortcut added after the batch norm, x_seq's shape, dtype and device.
+        use_batch_stats: normalise with this batch's statistics (training, or no running buffers).
+
+    Returns:
+        ``y_seq``, or ``(y_seq, mask)`` with ``return_mask=True``.
+    """
+    _check_input(x_seq, "x_seq")
+    _check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, use_batch_stats=use_batch_stats,
+                   momentum=momentum, eps=eps, threshold_scale=threshold_scale)
+    C = x_seq.shape[2]
+    thresh, seed, p, noise = _neuron_args(
+        x_seq, decay_logit, width_param, {(), (C,)}, thresh, reset=reset, surrogate=surrogate, p=p,
+        training=training, seed=seed,
+    )
+    T = x_seq.shape[0]
+    if T and x_seq.numel() // T >= 2**31:
+        raise ValueError(f"x_seq has {x_seq.numel() // T} elements per time step; at most 2**31 - 1 are supported")
+
+    if use_batch_stats:
+        mean, var = _bn_stats_op(x_seq.detach())
+        if running_mean is not None:
+            n = x_seq.numel() // C
+            m = 0.0 if momentum is None else float(momentum)
+            with torch.no_grad():
+                running_mean.mul_(1.0 - m).add_(mean.to(running_mean.dtype), alpha=m)
+                running_var.mul_(1.0 - m).add_((var * (n / (n - 1))).to(running_var.dtype), alpha=m)
+    else:
+        mean = running_mean.detach().to(torch.float32)
+        var = running_var.detach().to(torch.float32)
+    rstd = torch.rsqrt(var + eps)
+
+    needs_grad = torch.is_grad_enabled() and any(
+        isinstance(t, Tensor) and t.requires_grad
+        for t in (x_seq, residual, weight, bias, decay_logit, width_param, thresh)
+    )
+    store_u = needs_grad and T > RECOMPUTE_MAX_T
+    y_seq, _, mask = _bn_lif_fwd_op(
+        x_seq, residual, weight, bias, mean, rstd, decay_logit, width_param, thresh,
+        1.0 if threshold_scale is None else float(threshold_scale), use_batch_stats, reset == "hard",
+        float(v_reset), surrogate == "sigmoid", noise, p, seed, store_u, return_mask,
+    )
+    return (y_seq, mask) if return_mask else y_seq
