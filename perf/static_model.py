@@ -48,8 +48,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from perf.aot import (  # noqa: E402
-    ARCHS, DTYPES, CompileResult, KernelSpec, all_specs, compile_kernels, covering_specs, lif_bwd_spec,
-    lif_finalize_spec, lif_fwd_spec, rlif_bwd_spec, rlif_fwd_spec,
+    ARCHS, DTYPES, CompileResult, KernelSpec, all_specs, bn_lif_apply_spec, bn_lif_bwd_spec, bn_lif_fwd_spec,
+    bn_lif_stats_spec, compile_kernels, lif_bwd_spec, lif_finalize_spec, lif_fwd_spec, rlif_bwd_spec, rlif_fwd_spec,
 )
 
 BASELINE = ROOT / "perf" / "static_baseline.json"
@@ -169,6 +169,14 @@ def loop_cost(sass: str, spec: KernelSpec) -> LoopCost:
 
     blocks = parse_sass(sass)
     total = sum(len(b.instructions) for b in blocks)
+    if spec.steps_per_iteration < 0:
+        # no time loop: -steps_per_iteration steps unrolled (the recomputing BN+LIF backward), so the
+        # whole kernel is one iteration and nothing is prologue or epilogue
+        texts = [t for b in blocks for t in b.instructions]
+        nbytes = sum(_access_bytes(t) for t in texts if re.search(r"\b(LDG|STG)\b", t))
+        smem = sum(bool(re.search(r"\b(LDS|STS|BAR)\b", t)) for t in texts)
+        per = -spec.steps_per_iteration * spec.elements_per_thread
+        return LoopCost(total / per, sum("MUFU" in t for t in texts) / per, nbytes / per, 0, total, smem)
     loops = natural_loops(blocks)
     if not loops:
         raise ValueError(f"{spec.label}: no loop in the SASS")
@@ -276,7 +284,7 @@ def analyse(result: CompileResult) -> dict:
     blocks, warps = occupancy(result.registers, result.shared_bytes, s.num_warps, s.arch)
     row.update(regs=result.registers, spills=result.spill_bytes, shared_bytes=result.shared_bytes,
                blocks_per_sm=blocks, warps_per_sm=warps)
-    if s.steps_per_iteration and "finalize" not in s.kernel:
+    if s.steps_per_iteration and "finalize" not in s.kernel:  # 0: no time loop (finalize, BN statistics)
         cost = loop_cost(result.sass, s)
         row.update(loop_instructions_per_element_step=round(cost.instructions, 2),
                    mufu_per_element_step=round(cost.mufu, 3), bytes_per_element_step=round(cost.bytes, 3),
@@ -290,10 +298,12 @@ def analyse(result: CompileResult) -> dict:
     return row
 
 
-def training_specs(archs=(90,), kernels=("lif", "rlif")) -> list[KernelSpec]:
+def training_specs(archs=(90,), kernels=("lif", "rlif", "bn_lif")) -> list[KernelSpec]:
     """Every specialisation that training and evaluation launch: the feed-forward forward (with and
-    without u) and backward for every dtype and flag, the finalize kernel, and the recurrent kernels
-    (every one, or with ``rlif_all=False`` its covering set)."""
+    without u) and backward for every dtype and flag, the finalize kernel, the recurrent kernels,
+    and the fused batch norm + LIF (every dtype, noise mode and layout, with a shortcut, sigmoid,
+    hard reset, layer width; the forward without and with u, the backward recomputing for T <= 4
+    and T <= 8 and reading u above; its statistics and gradient-apply kernels)."""
     specs = []
     if "lif" in kernels:
         specs += [s for s in all_specs(lif_fwd_spec, lif_bwd_spec, archs) if not s.constexprs.get("STORE_MASK")]
@@ -301,6 +311,14 @@ def training_specs(archs=(90,), kernels=("lif", "rlif")) -> list[KernelSpec]:
                   itertools.product(archs, (0, 1), (0, 1))]
     if "rlif" in kernels:
         specs += [s for s in all_specs(rlif_fwd_spec, rlif_bwd_spec, archs) if not s.constexprs.get("STORE_MASK")]
+    if "bn_lif" in kernels:
+        for arch, dtype in itertools.product(archs, DTYPES):
+            specs += [bn_lif_stats_spec(dtype, arch, layout) for layout in ("contiguous", "channels_last")]
+            specs.append(bn_lif_apply_spec(dtype, arch))
+            for noise, layout in itertools.product((0, 1, 2), ("contiguous", "channels_last")):
+                flags = dict(NOISE=noise, SIGMOID=1, HARD_RESET=1, CHANNEL_WIDTH=0, HAS_RESIDUAL=1)
+                specs += [bn_lif_fwd_spec(dtype, arch, layout, **flags, STORE_U=u) for u in (0, 1)]
+                specs += [bn_lif_bwd_spec(dtype, arch, layout, **flags, RECOMPUTE_T=r) for r in (4, 8, 0)]
     return specs
 
 
@@ -345,8 +363,8 @@ def _print(rows: list[dict]) -> None:
             "MUFU/es", "B/es", "pro+epi", "H100 %copy", "H200 %copy", "H200 bound", "H200 µs")
     out = []
     for r in rows:
-        flags = " ".join(f"{k[:4]}={r[k]}" for k in ("NOISE", "SIGMOID", "HARD_RESET", "CHANNEL_WIDTH", "STORE_U")
-                         if k in r)
+        flags = " ".join(f"{k[:4]}={r[k]}" for k in ("NOISE", "SIGMOID", "HARD_RESET", "CHANNEL_WIDTH", "STORE_U",
+                                                     "HAS_RESIDUAL", "RECOMPUTE_T", "INNER") if k in r)
         if "error" in r:
             out.append((r["kernel"], r["arch"], r["dtype"], flags, "ERROR") + ("",) * 12)
             continue
@@ -363,7 +381,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="90", help="comma-separated: 90, 80 (default 90)")
-    ap.add_argument("--kernels", default="lif,rlif", help="comma-separated: lif, rlif")
+    ap.add_argument("--kernels", default="lif,rlif,bn_lif", help="comma-separated: lif, rlif, bn_lif")
     ap.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated subset of fp32,fp16,bf16")
     ap.add_argument("--json", type=Path, help="write the rows as a JSON list")
     ap.add_argument("--dump", type=Path, help="keep each cubin and its SASS in this folder")
@@ -378,8 +396,8 @@ def main(argv=None) -> int:
     if not set(archs) <= set(ARCHS):
         ap.error(f"--arch must be among {ARCHS}, got {args.arch}")
     kernels = tuple(args.kernels.split(","))
-    if not set(kernels) <= {"lif", "rlif"}:
-        ap.error(f"--kernels must be among lif, rlif, got {args.kernels}")
+    if not set(kernels) <= {"lif", "rlif", "bn_lif"}:
+        ap.error(f"--kernels must be among lif, rlif, bn_lif, got {args.kernels}")
     dtypes = tuple(args.dtypes.split(","))
     if not set(dtypes) <= set(DTYPES):
         ap.error(f"--dtypes must be among {DTYPES}, got {args.dtypes}")
