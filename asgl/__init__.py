@@ -1,5 +1,16 @@
 """ASGL: Adaptive Smoothing Gradient Learning for spiking neural networks."""
 
+import os as _os
+
+# The Triton kernels and the trainer are the subpackages asgl.kernels and asgl.train, so that no
+# top-level name but `asgl` is taken (a top-level `kernels` would shadow Hugging Face's package of
+# that name). An installed wheel holds them inside asgl/; a clone (and an editable install) keeps
+# them beside it, in kernels/ and train/, found through this package's search path.
+_beside = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if (not _os.path.isdir(_os.path.join(__path__[0], "kernels"))
+        and _os.path.isfile(_os.path.join(_beside, "kernels", "lif_ref.py"))):
+    __path__.append(_beside)
+
 from . import bn_lif, functional, layers, models, optim
 from .bn_lif import BatchNormLIF
 from .export import load_pretrained

@@ -7,7 +7,12 @@ read. The ``nir`` package is imported on first use: ``pip install asgl[deploy]``
 How the graph is found. The network runs once on ``sample_input``; every module of a supported
 type becomes a node, and the tensor operations between modules (time folding, residual sums) are
 recorded with a ``TorchFunctionMode``. So the exporter depends on module types, not on how a
-network arranges them:
+network arranges them. The units the networks are built from (``ConvBNLIF``, ``BNLIF``,
+``BatchNormLIF``: conv, BN, the residual sum and the LIF in one module) are traced through like any
+container: their conv, batch norm and neuron become nodes, and a residual added inside the unit
+becomes a sum. The trace runs every neuron on the torch reference, so a fused unit
+(``BatchNormLIF`` on the triton backend) is traced through its ``bn`` and ``lif`` children too.
+The mapping:
 
 ================================  ============================================================
 module or operation               NIR
@@ -260,13 +265,22 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Node], int, torch.T
         if _kind(module) is not None:
             handles.append(module.register_forward_pre_hook(tracer.pre_hook))
             handles.append(module.register_forward_hook(tracer.post_hook))
+    # The trace runs every neuron on the torch reference: a fused module that dispatches on its
+    # neuron's backend (BatchNormLIF's bn_lif_fused kernel) then goes through its bn and lif
+    # children, whose operations the trace sees; the fused kernels compute that reference.
+    neurons = [m for m in model.modules() if isinstance(m, LIF)]
+    backends = [m.backend for m in neurons]
     try:
+        for m in neurons:
+            m.backend = "torch"
         with torch.no_grad(), tracer:
             tracer.mark(x, 0)
             out = model(x)
     finally:
         for h in handles:
             h.remove()
+        for m, backend in zip(neurons, backends):
+            m.backend = backend
     if not isinstance(out, torch.Tensor) or id(out) not in tracer.producer:
         raise NIRExportError("the model's output is not computed from its input by supported layers")
     return tracer.nodes, tracer.producer[id(out)], out
@@ -335,7 +349,7 @@ def to_nir(model: nn.Module, sample_input: torch.Tensor, *, dt: float = DEFAULT_
             or sequences); it only fixes the shapes.
         dt: the time step in seconds that turns each decay λ into NIR's τ = dt/(1 − λ).
 
-    Node names are the module names (``stem.0.module.0``, ``blocks.3.lif``); a recurrent layer
+    Node names are the module names (``stem.conv``, ``blocks.3.conv2.bn_lif.lif``); a recurrent layer
     ``rnn`` gives ``rnn.in`` (input weights), ``rnn.lif`` and ``rnn.rec`` (recurrent weights).
     Parameters keep the model's dtype. Raises :class:`NIRExportError` for anything NIR cannot
     express exactly.

@@ -95,11 +95,37 @@ def load_yaml_keys(text: str) -> dict:
     ({"train.run_name": "a/b"}, "train.run_name must be a plain folder name"),
     ({"data.name": "shd", "data.frames": "3", "model.T": "4"}, "data.frames (3) must equal model.T (4) for shd"),
     ({"data.name": "cifar10_dvs", "data.frames": "16", "model.T": "10"}, "data.frames (16) must equal model.T (10)"),
+    ({"train.trackers": "[tensorboard, wandbb]"}, "train.trackers must be one of tensorboard, wandb"),
+    ({"train.trackers": "[wandb, wandb]"}, "train.trackers must not repeat a tracker"),
+    ({"optim.clip_grad_norm": "0"}, "optim.clip_grad_norm must be > 0 (or null)"),
+    ({"loss.label_smoothing": "1"}, "loss.label_smoothing must be in [0, 1)"),
+    ({"train.channels_last": "sometimes"}, "train.channels_last: expected true or false"),
+    ({"data.source": "web"}, "data.source must be one of auto, local, hub"),
+    ({"data.name": "shd", "data.source": "hub"}, "data.source must be auto or local for shd"),
+    ({"data.workers": "-1"}, "data.workers must be null or an integer >= 0"),
 ])
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as e:
         build_config(None, overrides)
     assert message in str(e.value)
+
+
+def test_every_key_has_a_one_line_description():
+    from train.config import describe
+
+    text = describe()
+    assert list(text) == all_keys()
+    assert not [key for key, line in text.items() if not line], "keys without a comment in their dataclass"
+    assert text["optim.clip_grad_norm"].startswith("clip the global gradient norm")
+
+
+def test_knob_defaults_and_values():
+    cfg = build_config(None, {"train.trackers": "[tensorboard, wandb]", "optim.clip_grad_norm": "1.0",
+                              "train.channels_last": "null", "loss.label_smoothing": "0.1"})
+    assert cfg.train.trackers == ("tensorboard", "wandb") and cfg.optim.clip_grad_norm == 1.0
+    assert cfg.train.channels_last is None and cfg.loss.label_smoothing == 0.1
+    d = RunConfig()
+    assert (d.train.trackers, d.optim.clip_grad_norm, d.loss.label_smoothing, d.data.source) == ((), None, 0.0, "auto")
 
 
 def test_frames_may_follow_or_match_model_T():

@@ -443,20 +443,71 @@ def test_images_decoded_once_then_cached(tmp_path, monkeypatch):
 
 
 @needs_datasets
-def test_unreachable_hub_raises_data_not_found(tmp_path):
+@pytest.mark.parametrize("source", ["auto", "hub"])
+def test_unreachable_hub_raises_data_not_found(tmp_path, source):
+    """No local files and the hub offline: one message naming both and a command that exists."""
     code = (
         "import sys\n"
         "from train.data import DataConfig, DataNotFoundError, build_data\n"
         "try:\n"
-        f"    cfg = DataConfig(name='cifar10', hub_id='uoft-cs/cifar10', cache_dir={str(tmp_path)!r})\n"
+        f"    cfg = DataConfig(name='cifar10', source={source!r}, root={str(tmp_path / 'none')!r}, "
+        f"cache_dir={str(tmp_path)!r})\n"
         "    build_data(cfg, T=1, seed=0)\n"
         "except DataNotFoundError as e:\n"
-        "    assert 'huggingface-cli download uoft-cs/cifar10' in str(e), e\n"
+        "    print(e)\n"
         "    sys.exit(0)\n"
         "sys.exit(1)\n"
     )
     env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, capture_output=True)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "the hub copy 'uoft-cs/cifar10' could not be loaded" in r.stdout
+    assert ("no local files under" in r.stdout) == (source == "auto")
+    assert f"python -m train.data.prepare cifar10 --root {tmp_path / 'none'}" in r.stdout
+    assert "huggingface-cli" not in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["hf"] if (tmp_path / "hf").exists() else [])
+
+
+@needs_datasets
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hub_source_loads_through_datasets_like_local_files(tmp_path, streaming):
+    """data.source=hub goes through ``datasets.load_dataset(hub_id)``; a local folder in the hub
+    layout stands in for the hub (offline): the same samples as data.source=local."""
+    root = tmp_path / "c10"
+    _cifar_like(root, "cifar10", n_train=21, n_test=9)
+    # The hub's dataset card reports the split sizes (streaming counts on them), as uoft-cs/cifar10's does.
+    (root / "README.md").write_text("---\ndataset_info:\n  splits:\n  - name: train\n    num_examples: 21\n"
+                                    "  - name: test\n    num_examples: 9\n---\n")
+    kw = dict(name="cifar10", batch_size=4, eval_batch_size=4, streaming=streaming)
+    hub = build_data(cfg(tmp_path, source="hub", hub_id=str(root), **kw), T=1, seed=1)
+    local = build_data(cfg(tmp_path, source="local", root=str(root), **kw), T=1, seed=1)
+    assert hub.origin == f"hub {root}" + (", streaming" if streaming else "")
+    assert local.origin == f"local files under {root}" + (", streaming" if streaming else "")
+    for (xh, yh), (xl, yl) in zip(epoch(hub.test), epoch(local.test), strict=True):
+        assert torch.equal(xh, xl) and torch.equal(yh, yl)
+    # auto: the local folder when it holds the files, else the hub id
+    auto = build_data(cfg(tmp_path, root=str(root), **kw), T=1, seed=1)
+    assert auto.origin.startswith("local files")
+    auto = build_data(cfg(tmp_path, root=str(tmp_path / "none"), hub_id=str(root), **kw), T=1, seed=1)
+    assert auto.origin.startswith(f"hub {root}")
+
+
+@needs_datasets
+def test_streaming_workers_give_the_same_batches(tmp_path):
+    """Decoding in worker processes changes nothing: the same batches, in the same order, per epoch
+    and from a resumed position."""
+    root = tmp_path / "c10"
+    _cifar_like(root, "cifar10", n_train=37, n_test=11)
+    kw = dict(name="cifar10", root=str(root), batch_size=4, eval_batch_size=4, streaming=True, shuffle_buffer=8)
+    inline = build_data(cfg(tmp_path, workers=0, **kw), T=1, seed=3)
+    pooled = build_data(cfg(tmp_path, workers=2, **kw), T=1, seed=3)
+    for a, b in ((epoch(inline.train, 1), epoch(pooled.train, 1)), (epoch(inline.train, 2, 3), epoch(pooled.train, 2, 3)),
+                 (epoch(inline.test), epoch(pooled.test))):
+        assert len(a) == len(b) > 0
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    pooled.train.close()
+    pooled.test.close()
 
 
 @needs_datasets
@@ -485,10 +536,11 @@ def test_non_integer_labels_message(tmp_path, streaming):
 
 def test_missing_images_message(tmp_path):
     with pytest.raises(DataNotFoundError) as err:
-        build_data(cfg(tmp_path, name="cifar10", root=str(tmp_path / "nowhere")), T=1, seed=0)
+        build_data(cfg(tmp_path, name="cifar10", source="local", root=str(tmp_path / "nowhere")), T=1, seed=0)
     msg = str(err.value)
     assert "plain_text/train-*.parquet" in msg and str(tmp_path / "nowhere") in msg
-    assert "huggingface-cli download uoft-cs/cifar10 --repo-type dataset --local-dir" in msg
+    assert f"python -m train.data.prepare cifar10 --root {tmp_path / 'nowhere'}" in msg
+    assert "data.source=hub" in msg
     assert isinstance(err.value, FileNotFoundError)
 
 
@@ -535,7 +587,8 @@ def test_shd_binning(tmp_path):
 
 
 def test_shd_missing_message(tmp_path):
-    pattern = r"(?s)shd_train.h5.*not found under.*spikes/times.*wget https://zenkelab.org/datasets/shd_train.h5.gz"
+    pattern = (r"(?s)shd_train.h5.*not found under.*spikes/times.*wget https://zenkelab.org/datasets/shd_train.h5.gz"
+               r".*Or: python -m train.data.prepare shd --root ")
     with pytest.raises(DataNotFoundError, match=pattern):
         build_data(cfg(tmp_path, name="shd", root=str(tmp_path)), T=250, seed=0)
 
@@ -769,3 +822,82 @@ def test_cuda_steps_do_not_sync():
         assert len(w) == len(g) > 0
         for (xw, yw), (xg, yg) in zip(w, g, strict=True):
             assert xg.is_cuda and torch.equal(xg.cpu(), xw) and torch.equal(yg.cpu(), yw)
+
+
+# ---------------------------------------------------------------------------------- prepare
+
+
+def test_prepare_verifies_what_is_in_place(tmp_path, capsys):
+    from train.data.prepare import main
+
+    _cifar_like(tmp_path / "c10", "cifar10", n_train=5, n_test=3)
+    assert main(["cifar10", "--root", str(tmp_path / "c10")]) == 0
+    out = capsys.readouterr().out
+    assert "train: 5 images in 1 parquet file(s) | test: 3 images" in out and "--data.root=" in out
+
+
+def test_prepare_fetches_image_sets_from_the_hub(tmp_path, monkeypatch, capsys):
+    """The hub download (replaced by a copy of local files in the hub layout) lands in --root in the
+    layout the trainer reads, and is verified; an unreachable hub is a clear error."""
+    import huggingface_hub
+
+    from train.data.prepare import main
+
+    _cifar_like(tmp_path / "remote", "cifar10", n_train=6, n_test=2)
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, repo_type, local_dir, allow_patterns):
+        import shutil
+
+        calls.append((repo_id, repo_type, tuple(allow_patterns)))
+        shutil.copytree(tmp_path / "remote", local_dir, dirs_exist_ok=True)
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert main(["cifar10", "--root", str(tmp_path / "c10")]) == 0
+    assert calls == [("uoft-cs/cifar10", "dataset", ("plain_text/train-*.parquet", "plain_text/test-*.parquet"))]
+    assert "train: 6 images" in capsys.readouterr().out
+
+    def offline(*a, **k):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("outgoing traffic has been disabled")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    assert main(["cifar100", "--root", str(tmp_path / "c100")]) == 1
+    err = capsys.readouterr().err
+    assert "could not download uoft-cs/cifar100 from the Hugging Face hub" in err
+    assert not (tmp_path / "c100").exists()
+
+
+def test_prepare_downloads_shd_and_verifies_it(tmp_path, capsys):
+    import gzip
+
+    pytest.importorskip("h5py")
+    from train.data.prepare import fetch_shd, main
+
+    served = tmp_path / "served"
+    served.mkdir()
+    for split, n in (("train", 3), ("test", 2)):
+        h5 = fx.write_shd_h5(tmp_path / f"shd_{split}.h5", [np.array([0.1], np.float16)] * n,
+                             [np.array([5], np.uint16)] * n, list(range(n)))
+        (served / f"shd_{split}.h5.gz").write_bytes(gzip.compress(h5.read_bytes()))
+    fetch_shd(tmp_path / "shd", base_url=served.as_uri())
+    assert (tmp_path / "shd" / "shd_train.h5").read_bytes() == (tmp_path / "shd_train.h5").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "shd").iterdir()) == ["shd_test.h5", "shd_train.h5"]
+    assert main(["shd", "--root", str(tmp_path / "shd")]) == 0
+    assert "train: 3 samples in shd_train.h5 | test: 2 samples" in capsys.readouterr().out
+    from train.data.prepare import PrepareError
+
+    with pytest.raises(PrepareError, match="gunzip -c shd_train.h5.gz"):
+        fetch_shd(tmp_path / "shd2", base_url=(tmp_path / "nothing").as_uri())
+    assert list((tmp_path / "shd2").iterdir()) == []
+
+
+@pytest.mark.parametrize("name, step", [("cifar10_dvs", "figshare.com"), ("dvs128_gesture", "DvsGesture.tar.gz"),
+                                        ("medley_solos", "zenodo.org/records/3464194")])
+def test_prepare_prints_the_manual_steps(tmp_path, capsys, name, step):
+    from train.data.prepare import main
+
+    assert main([name, "--root", str(tmp_path / name)]) == 1
+    err = capsys.readouterr().err
+    assert step in err and f"python -m train.data.prepare {name} --root {tmp_path / name}" in err
+    assert not (tmp_path / name).exists()

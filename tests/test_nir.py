@@ -25,6 +25,8 @@ from snntorch.import_nir import _nir_to_snntorch_module, import_from_nir
 from torch import nn
 
 import asgl
+from asgl.bn_lif import BatchNormLIF
+from asgl.models.units import BNLIF
 from asgl.nir import NIRExportError, to_nir
 
 DT = 1e-4
@@ -302,6 +304,40 @@ def test_threshold_folded_into_the_next_weights():
     expected = 0.5 * conv.weight.detach() * scale.reshape(-1, 1, 1, 1)
     np.testing.assert_allclose(graph.nodes["features.1.conv"].weight, expected.numpy(), rtol=1e-12)
     assert not any(isinstance(n, nir.Scale) for n in graph.nodes.values())
+
+
+def _fused(model: nn.Module, backend: str) -> nn.Module:
+    """``model`` with each unit's BNLIF replaced by a BatchNormLIF holding the same BN and neuron state."""
+    fused = copy.deepcopy(model)
+    for parent in list(fused.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, BNLIF):
+                unit = BatchNormLIF(child.bn.num_features, backend=backend).double()
+                unit.bn.load_state_dict(child.bn.state_dict())
+                unit.lif.load_state_dict(child.lif.state_dict())
+                setattr(parent, name, unit)
+    return fused.eval()
+
+
+def test_fused_bn_lif_units_export_through_their_children(resnet):
+    """BatchNormLIF in place of BNLIF (BN, the residual sum and the neuron in one module): the same
+    graph, spike for spike on the torch backend; on the triton backend the trace goes through its
+    bn and lif children (the reference the fused kernel computes), and the backends are kept."""
+    model, x, graph = resnet
+    fused = _fused(model, "torch")
+    assert sum(isinstance(m, BatchNormLIF) for m in fused.modules()) == 17  # stem + 2 per block
+    fused_graph = to_nir(fused, x, dt=DT)
+    _check(fused, x, 2, "image", ("reference",), fused_graph)
+    on_triton = _fused(model, "triton")
+    triton_graph = to_nir(on_triton, x, dt=DT)
+    assert {m.backend for m in asgl.neurons(on_triton)} == {"triton"}
+    for g in (fused_graph, triton_graph):
+        assert sorted(g.edges) == sorted(graph.edges)
+        assert list(g.nodes) == list(graph.nodes)
+        for name, node in graph.nodes.items():
+            for key in ("weight", "bias", "tau", "r", "v_threshold", "v_reset"):
+                if hasattr(node, key):
+                    np.testing.assert_array_equal(getattr(g.nodes[name], key), getattr(node, key), err_msg=name)
 
 
 # ------------------------------------------------------------------------------------------ errors

@@ -395,12 +395,172 @@ def test_nonfinite_loss_before_any_checkpoint_says_so(tmp):
     assert not (tmp / "runs" / "nan0" / "last.pt").exists()
 
 
-@pytest.mark.skipif(__import__("importlib.util").util.find_spec("tensorboard") is not None,
-                    reason="tensorboard is installed")
-def test_tensorboard_without_the_package_is_a_config_error(tmp_path):
-    r = run(tiny_args(tmp_path, "tb", "--train.tensorboard=true"), tmp_path)
-    assert r.returncode == 2 and "needs the tensorboard package" in r.stderr
+def test_unknown_tracker_is_a_config_error_and_writes_nothing(tmp_path):
+    r = run(tiny_args(tmp_path, "tr", "--train.trackers=[tensorbord]"), tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "train.trackers must be one of tensorboard, wandb" in r.stderr and "did you mean 'tensorboard'?" in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("tracker", ["wandb", "aim", "mlflow", "comet_ml"])
+def test_missing_tracker_package_is_a_config_error_and_writes_nothing(tmp_path, tracker):
+    import importlib.util
+
+    if importlib.util.find_spec(tracker) is not None:
+        pytest.skip(f"{tracker} is installed")
+    r = run(tiny_args(tmp_path, "tr", f"--train.trackers=[tensorboard,{tracker}]"), tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"train.trackers: {tracker} needs the {tracker} package (pip install {tracker})" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def read_tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value), ...]}`` from the TensorBoard event files under ``folder`` (TFRecord
+    framing: u64 length, u32 crc, the Event proto, u32 crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                out.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out
+
+
+@needs_datasets
+def test_tensorboard_tracker_logs_log_points_and_epochs(tmp):
+    """train.trackers=[tensorboard]: the running loss every train.log_every steps, the epoch rows
+    (per-layer width and firing rate included) at each epoch's last step; the run is unchanged."""
+    pytest.importorskip("tensorboardX")
+    r = run(tiny_args(tmp, "tb", "--train.trackers=[tensorboard]"), tmp)
+    assert r.returncode == 0, r.stderr
+    scalars = read_tensorboard_scalars(tmp / "runs" / "tb" / "logs")
+    assert [step for step, _ in scalars["train/loss"]] == [4, 8, 12, 16, 20, 24]  # log_every=4, 12 steps/epoch
+    m = rows(tmp / "runs" / "tb")
+    assert [v for _, v in scalars["test_acc"]] == pytest.approx([row["test_acc"] for row in m])
+    assert [step for step, _ in scalars["test_acc"]] == [12, 24]
+    for name in m[-1]["width"]:
+        assert scalars[f"width/{name}"][-1][1] == pytest.approx(m[-1]["width"][name])
+        assert scalars[f"firing_rate/{name}"][-1][1] == pytest.approx(m[-1]["firing_rate"][name])
+
+
+@needs_datasets
+def test_progress_lines_without_a_terminal(straight):
+    """stdout is not a terminal here: one line per log point (every 4 steps) with samples/s and ETA."""
+    _, r = straight
+    lines = [line for line in r.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split(" | ")[0] for line in lines] == [f"step {s}/24" for s in (4, 8, 12, 16, 20, 24)]
+    assert all("samples/s" in line and " | eta " in line for line in lines)
+    assert lines[-1].endswith("eta 0m00s")
+
+
+# ------------------------------------------------------------------------------------- knobs
+
+
+def test_label_smoothing_matches_torch_cross_entropy():
+    from train.config import build_config
+    from train.run import make_criterion
+
+    torch.manual_seed(0)
+    logits, y = torch.randn(3, 5, 7), torch.randint(0, 7, (5,))
+    for eps in (0.0, 0.1, 0.5):
+        cfg = build_config(None, {"loss.label_smoothing": eps})
+        want = torch.nn.functional.cross_entropy(logits.mean(0), y, label_smoothing=eps)
+        torch.testing.assert_close(make_criterion(cfg, 7)(logits, y), want)
+    tet = build_config(None, {"loss.name": "tet", "loss.tet_lambda": 0.0, "loss.label_smoothing": 0.2})
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(3), label_smoothing=0.2)
+    torch.testing.assert_close(make_criterion(tet, 7)(logits, y), want)
+
+
+@needs_datasets
+def test_clip_grad_norm_off_by_a_huge_bound_and_on_by_a_small_one(tmp, straight):
+    run_dir, _ = straight
+    r = run(tiny_args(tmp, "clip_big", "--optim.clip_grad_norm=1e9"), tmp)
+    assert r.returncode == 0, r.stderr
+    a, b = params(run_dir), params(tmp / "runs" / "clip_big")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # never reached: the same run bit for bit
+    r = run(tiny_args(tmp, "clip_small", "--optim.clip_grad_norm=0.01"), tmp)
+    assert r.returncode == 0, r.stderr
+    c = params(tmp / "runs" / "clip_small")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert all(torch.isfinite(v).all() for v in c.values() if v.is_floating_point())
+
+
+@needs_datasets
+def test_channels_last_on_a_cpu_and_the_launchers_mixed_precision_warning(tmp):
+    r = run(tiny_args(tmp, "nhwc", "--train.channels_last=true", "--optim.epochs=1"), tmp,
+            env={"ACCELERATE_MIXED_PRECISION": "bf16"})
+    assert r.returncode == 0, r.stderr
+    assert any(line.startswith("run ") and "| channels_last" in line for line in r.stdout.splitlines())
+    assert ("the launcher asks for mixed precision 'bf16'" in r.stderr
+            and "train.mixed_precision='no'; using the config's" in r.stderr)
+    w = params(tmp / "runs" / "nhwc")["features.0.weight"]
+    assert w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    (row,) = rows(tmp / "runs" / "nhwc")
+    assert math.isfinite(row["train_loss"]) and row["test_acc"] >= 0
+
+
+def test_help_describes_every_key():
+    r = subprocess.run([*RUN, "--help"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0
+    assert "--optim.clip_grad_norm=None\n      clip the global gradient norm" in r.stdout
+    assert "--data.source='auto'\n      auto: local files" in r.stdout
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def run_eval(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    e = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    e.pop("TRITON_INTERPRET", None)
+    return subprocess.run(["nice", sys.executable, "-m", "train.eval", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=240, env={**e, "PYTHONPATH": str(REPO)})
+
+
+@needs_datasets
+def test_eval_of_a_run_folder_scores_what_training_logged(tmp, straight):
+    run_dir, _ = straight
+    r = run_eval([str(run_dir), f"--data.root={tmp / 'digits'}", f"--data.cache_dir={tmp / 'cache'}"], tmp)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((run_dir / "eval_best.json").read_text())
+    m = rows(run_dir)
+    best = max(m, key=lambda row: row["test_acc"])
+    # the evaluation code the trainer logs with, on best.pt: the same numbers, bit for bit
+    assert report["top1"] == best["test_acc"] and report["loss"] == best["test_loss"]
+    assert report["top5"] == best["test_top5"] and report["firing_rate"] == best["firing_rate"]
+    assert report["epoch"] == best["epoch"] and report["samples"] == 40 and report["T"] == 2
+    assert len(report["top1_per_step"]) == len(report["top1_upto_step"]) == 2
+    assert report["top1_upto_step"][-1] == report["top1"]
+    assert 0 <= min(report["top1_per_step"]) and max(report["top1_per_step"]) <= 100
+    assert report["top5"] >= report["top1"]
+    (line,) = r.stdout.splitlines()
+    assert line.startswith(f"eval {run_dir / 'best.pt'} | top1 {best['test_acc']:.2f} | top5 ")
+    out = tmp / "last_eval.json"
+    r = run_eval([str(run_dir / "last.pt"), f"--out={out}", f"--data.root={tmp / 'digits'}",
+                  f"--data.cache_dir={tmp / 'cache'}", "--data.eval_batch_size=7"], tmp)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["top1"] == pytest.approx(m[-1]["test_acc"])
+
+
+@needs_datasets
+def test_eval_refuses_a_checkpoint_of_another_model_and_bad_targets(tmp, straight):
+    run_dir, _ = straight
+    before = snapshot(run_dir)
+    common = [f"--data.root={tmp / 'digits'}", f"--data.cache_dir={tmp / 'cache'}"]
+    r = run_eval([str(run_dir / "last.pt"), "--model.name=digits_cnn8", "--out", str(tmp / "x.json"), *common], tmp)
+    assert r.returncode == 2 and "does not fit the model digits_cnn8" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp / "x.json").exists() and snapshot(run_dir) == before
+    for target, message in ((tmp / "nowhere", "no such run folder or checkpoint"),
+                            (tmp / "digits", "no best.pt or last.pt")):
+        r = run_eval([str(target), *common], tmp)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
 def test_plot_without_metrics_is_a_clear_error(tmp_path, capsys):

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +41,8 @@ SCHEDULES = ("cosine", "cyclic_cosine", "none")
 LOSSES = ("ce", "tet")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead")
+# The names Accelerate's ``log_with`` accepts (train/run.py maps each to the package it needs).
+TRACKERS = ("tensorboard", "wandb", "aim", "mlflow", "comet_ml", "clearml", "dvclive", "swanlab", "trackio")
 
 
 class ConfigError(ValueError):
@@ -49,16 +53,16 @@ class ConfigError(ValueError):
 class ModelConfig:
     """The network and its neurons (``asgl.LIF`` keyword arguments, ASGL.md §1–2)."""
 
-    name: str = "digits_cnn"
+    name: str = "digits_cnn"        # network from asgl.create_model (see asgl.list_models())
     T: int = 4                      # time steps
     surrogate: str = "sigmoid"      # relaxation H_α: sigmoid | rectangle
     width: float = 1.0              # initial relaxation width α (larger = smoother)
     learn_width: bool = True        # ASGL: learnable α; SG baseline: false
     width_granularity: str = "layer"  # layer | channel
     decay: float = 0.5              # initial leak λ in (0, 1)
-    learn_decay: bool = True
+    learn_decay: bool = True        # learnable leak λ (stored as a logit)
     thresh: float = 1.0             # threshold θ
-    learn_thresh: bool = False
+    learn_thresh: bool = False      # learnable threshold θ (kept > 0 after each step)
     reset: str = "hard"             # hard | soft
     p: float = 0.2                  # initial analog-mode probability p0 (0 = plain SG)
     min_slope: float | None = 0.01  # floor of a learnable sigmoid slope k = 1/α; null = unbounded (authors')
@@ -70,14 +74,15 @@ class OptimConfig:
     """Weights: SGD or Adam with an LR schedule; neuron parameters: their own Adam (ASGL.md §2)."""
 
     name: str = "sgd"               # sgd | adam
-    lr: float = 0.1
+    lr: float = 0.1                 # base LR of the weights (the schedule scales it)
     momentum: float = 0.9           # SGD only
     weight_decay: float = 5e-4      # conv/linear weights only
     neuron_lr: float = 3e-4         # Adam on decay/width/threshold, no decay, no schedule
-    epochs: int = 100
+    epochs: int = 100               # epochs the schedules span
     schedule: str = "cosine"        # cosine | cyclic_cosine | none, stepped every optimizer step
     cycle_epochs: int = 0           # cyclic_cosine: length of one cosine cycle in epochs
     warmup_epochs: float = 0.0      # linear warmup from 0 (fractions of an epoch allowed)
+    clip_grad_norm: float | None = None  # clip the global gradient norm (all parameters) to this; null: off
 
 
 @dataclass
@@ -90,22 +95,28 @@ class NoiseConfig:
 
 @dataclass
 class LossConfig:
+    """The training loss on the per-step logits ``[T, B, K]`` (ASGL.md §4)."""
+
     name: str = "ce"                # ce (on the T-mean) | tet
-    tet_lambda: float = 1e-3
+    tet_lambda: float = 1e-3        # tet: weight λ of the pull of every logit toward 1
+    label_smoothing: float = 0.0    # ε in [0, 1): target 1-ε+ε/K on the label, ε/K elsewhere (ce and tet)
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    """The run: precision, logging, checkpoints, stopping."""
+
+    seed: int = 0                   # initial weights, data order, augmentation and noise streams
     mixed_precision: str = "no"     # no | bf16 | fp16 (fp16 on a GPU only)
     grad_accum: int = 1             # micro-batches per optimizer step
     compile: str | bool = "none"    # none | default (torch.compile) | reduce-overhead (+ CUDA graphs); true = default
-    log_every: int = 50             # optimizer steps between progress-bar updates (host syncs)
+    log_every: int = 50             # optimizer steps between log points: progress, tracker scalars (host syncs)
     eval_every: int = 1             # epochs between evaluations (the last epoch always evaluates)
-    out_dir: str = "runs"
+    out_dir: str = "runs"           # parent folder of the run folder
     run_name: str = ""              # default: the config file's name
     overwrite: bool = False         # allow writing into an existing non-empty run folder
-    tensorboard: bool = False       # also log to TensorBoard (RUN_DIR/tb) via Accelerate trackers
+    trackers: tuple[str, ...] = ()  # Accelerate trackers, e.g. [tensorboard, wandb]; local ones log in RUN_DIR/logs
+    channels_last: bool | None = None  # NHWC memory for image networks; null: on with CUDA, off on a CPU
     max_steps: int | None = None    # stop after this many optimizer steps in all (saves `last`)
     stop_after_epochs: int | None = None  # stop once this many epochs are done; schedules still span optim.epochs
     debug_ranks: bool = False       # write RUN_DIR/ranks/rank{r}.jsonl: sample indices, eval counts, hashes
@@ -218,6 +229,24 @@ def all_keys(cls=RunConfig, prefix: str = "") -> list[str]:
         else:
             keys.append(f"{prefix}{name}")
     return keys
+
+
+def describe(cls=RunConfig, prefix: str = "") -> dict[str, str]:
+    """``{dotted key: one-line description}``, read from the comment after each field in the source
+    (the one place a key is explained), for ``--help``."""
+    out = {}
+    for name, tp in _fields(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(describe(tp, f"{prefix}{name}."))
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2).strip()
+    for name, tp in _fields(cls).items():
+        if not dataclasses.is_dataclass(tp):
+            out[f"{prefix}{name}"] = comments.get(name, "")
+    return {key: out[key] for key in all_keys(cls, prefix)}
 
 
 def _unknown(key: str) -> ConfigError:
@@ -373,6 +402,9 @@ def validate(cfg: RunConfig) -> None:
                "must be in [1, optim.epochs] for schedule=cyclic_cosine", o.cycle_epochs)
     _check(_finite(o.warmup_epochs) and 0 <= o.warmup_epochs < o.epochs, "optim.warmup_epochs",
            "must be in [0, optim.epochs)", o.warmup_epochs)
+    if o.clip_grad_norm is not None:
+        _check(_finite(o.clip_grad_norm) and o.clip_grad_norm > 0, "optim.clip_grad_norm", "must be > 0 (or null)",
+               o.clip_grad_norm)
 
     _check(_finite(n.gamma) and n.gamma >= 0, "noise.gamma", "must be >= 0", n.gamma)
     for f in n.milestones:
@@ -380,6 +412,8 @@ def validate(cfg: RunConfig) -> None:
 
     _choice(lo.name, "loss.name", LOSSES)
     _check(0 <= lo.tet_lambda <= 1, "loss.tet_lambda", "must be in [0, 1]", lo.tet_lambda)
+    _check(_finite(lo.label_smoothing) and 0 <= lo.label_smoothing < 1, "loss.label_smoothing", "must be in [0, 1)",
+           lo.label_smoothing)
 
     _check(0 <= t.seed < 2**31, "train.seed", "must be in [0, 2**31)", t.seed)
     _choice(t.mixed_precision, "train.mixed_precision", MIXED_PRECISION)
@@ -390,6 +424,9 @@ def validate(cfg: RunConfig) -> None:
     _choice(t.compile, "train.compile", COMPILE_MODES)
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1", t.grad_accum)
     _check(t.log_every >= 1, "train.log_every", "must be >= 1", t.log_every)
+    for name in t.trackers:
+        _choice(name, "train.trackers", TRACKERS)
+    _check(len(set(t.trackers)) == len(t.trackers), "train.trackers", "must not repeat a tracker", list(t.trackers))
     _check(t.eval_every >= 1, "train.eval_every", "must be >= 1", t.eval_every)
     _check(bool(t.out_dir), "train.out_dir", "must not be empty", t.out_dir)
     _check("/" not in t.run_name and t.run_name not in (".", ".."), "train.run_name",

@@ -23,6 +23,7 @@ the files are expected and how to get them; malformed files raise :class:`DataFo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -47,6 +48,7 @@ IMAGE_DATASETS = ("digits", "cifar10", "cifar100", "tiny_imagenet")
 EVENT_DATASETS = ("cifar10_dvs", "dvs128_gesture")
 SEQUENCE_DATASETS = ("shd", "medley_solos")
 DATASETS = IMAGE_DATASETS + EVENT_DATASETS + SEQUENCE_DATASETS
+SOURCES = ("auto", "local", "hub")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -55,17 +57,19 @@ class DataConfig:
     """What to load and how; every value is checked in ``__post_init__`` (``ValueError`` naming the key)."""
 
     name: str = "digits"  # one of DATASETS
-    root: str | None = None  # local folder with the files; None -> hub_id if set, else <repo>/data/<name>
-    hub_id: str | None = None  # e.g. "uoft-cs/cifar10" (image data sets only)
-    streaming: bool = False  # images: stream through datasets.IterableDataset instead of materialising
+    source: str = "auto"  # auto: local files if data.root holds them, else the hub (image sets) | local | hub
+    root: str | None = None  # local folder with the files; null: <repo>/data/<name>
+    hub_id: str | None = None  # image sets: the hub id to load (null: the data set's own, e.g. uoft-cs/cifar10)
+    streaming: bool = False  # images: decode while reading (no decoded cache) instead of materialising once
+    workers: int | None = None  # streaming: image-decoding processes; null: min(8, CPUs); 0: in the loop
     cache_dir: str = ".cache/asgl"  # decoded tensors are cached here
     batch_size: int = 128  # global batch; each of world_size ranks gets batch_size // world_size
     eval_batch_size: int = 256  # global test batch
     # images (applied on the device by train.data.augment)
-    crop_pad: int = 0
-    flip: bool = False
-    cutout: int = 0
-    autoaugment: bool = False
+    crop_pad: int = 0  # images: random crop after zero-padding this many pixels (0: off)
+    flip: bool = False  # random horizontal flip (images and events)
+    cutout: int = 0  # images: side of the random square cut out (0: off)
+    autoaugment: bool = False  # images: AutoAugment's CIFAR-10 policy
     # events
     roll: int = 0  # ± pixels random roll
     frames: int | None = None  # events / audio / shd: time steps (None -> the model's T)
@@ -84,6 +88,11 @@ class DataConfig:
                 raise ValueError(f"data.{key} must be {what}, got {getattr(self, key)!r}")
 
         need(self.name in DATASETS, "name", f"one of {', '.join(DATASETS)}")
+        need(self.source in SOURCES, "source", f"one of {', '.join(SOURCES)}")
+        need(self.source != "hub" or self.name in IMAGE_DATASETS, "source",
+             f"auto or local for {self.name} (only the image sets load from the hub; "
+             f"python -m train.data.prepare {self.name} fetches or explains the others)")
+        need(self.workers is None or _is_int(self.workers) and self.workers >= 0, "workers", "null or an integer >= 0")
         need(self.root is None or isinstance(self.root, str) and bool(self.root), "root", "a folder path or null")
         need(self.hub_id is None or isinstance(self.hub_id, str) and "/" in self.hub_id, "hub_id",
              "null or a hub id like 'uoft-cs/cifar10'")
@@ -123,6 +132,7 @@ class DataBundle:
     input_kind: str  # "image" [B, C, H, W] | "event" [B, T, C, H, W] | "sequence" [B, T, F]
     num_train: int
     num_test: int
+    origin: str = ""  # where the samples came from, for the run's header line
 
 
 def build_data(cfg: DataConfig, *, T: int, seed: int, rank: int = 0, world_size: int = 1,
@@ -148,9 +158,21 @@ def build_data(cfg: DataConfig, *, T: int, seed: int, rank: int = 0, world_size:
     if cfg.name in IMAGE_DATASETS:
         return _build_images(cfg, b_train, b_test, common)
     steps = cfg.frames if cfg.frames is not None else T
-    if cfg.name in EVENT_DATASETS:
-        return _build_events(cfg, steps, b_train, b_test, common)
-    return _build_sequences(cfg, steps, b_train, b_test, common)
+    try:
+        if cfg.name in EVENT_DATASETS:
+            bundle = _build_events(cfg, steps, b_train, b_test, common)
+        else:
+            bundle = _build_sequences(cfg, steps, b_train, b_test, common)
+    except DataNotFoundError as e:
+        raise DataNotFoundError(f"{e}\nOr: {prepare_command(cfg.name, _root(cfg))}") from None
+    bundle.origin = f"local files under {_root(cfg)}"
+    return bundle
+
+
+def prepare_command(name: str, root: Path) -> str:
+    """The command that fetches (or explains how to get) ``name`` into ``root``."""
+    default = _root(DataConfig(name=name))
+    return f"python -m train.data.prepare {name}" + ("" if Path(root) == default else f" --root {root}")
 
 
 def _root(cfg: DataConfig) -> Path:
@@ -179,12 +201,100 @@ def _image_transform(cfg: DataConfig, normalise, *, train: bool):
     return transform
 
 
+def _image_source(cfg: DataConfig):
+    """``(images.ImageSource, description)`` following ``data.source``; DataNotFoundError when the
+    local files are missing and the hub is not to be (or cannot be) tried."""
+    from . import images
+
+    spec = images.IMAGE_SPECS[cfg.name]
+    hub_id = cfg.hub_id or spec.hub_id
+    folder = _root(cfg)
+    if cfg.source != "hub":
+        try:
+            return images.resolve_source(cfg.name, str(folder), None, cfg.label_column), f"local files under {folder}"
+        except DataNotFoundError:
+            if cfg.source == "local" or hub_id is None:
+                raise DataNotFoundError(_images_missing(cfg, folder, None)) from None
+    elif hub_id is None:
+        raise DataNotFoundError(f"data.source=hub: data set {cfg.name!r} has no hub id; set data.hub_id")
+    return images.resolve_source(cfg.name, None, hub_id, cfg.label_column), f"hub {hub_id}"
+
+
+def _images_missing(cfg: DataConfig, folder: Path, hub_error: BaseException | None) -> str:
+    from . import images
+
+    spec = images.IMAGE_SPECS[cfg.name]
+    hub_id = cfg.hub_id or spec.hub_id
+    layout = "\n".join(f"    {folder / p}" for p in spec.patterns.values())
+    if hub_error is not None:
+        why = f"the hub copy {hub_id!r} could not be loaded ({str(hub_error).splitlines()[0][:300]})"
+        head = (f"data set {cfg.name!r}: " + (f"no local files under {folder} and " if cfg.source == "auto" else "")
+                + why + ".")
+    else:
+        head = f"data set {cfg.name!r}: no files under {folder} in the hub parquet layout:\n{layout}"
+    get = (f"python -m train.data.prepare {cfg.name}" + ("" if cfg.root is None else f" --root {folder}")
+           if hub_id is not None or cfg.name == "digits" else "")
+    tail = ["Get it with:", f"    {get}"] if get else []
+    if hub_id is not None and hub_error is not None:
+        tail.append("(needs the network; with a warm cache of the hub copy, HF_HUB_OFFLINE=1 loads it offline)")
+    tail.append("or set data.root to the folder that holds the files"
+                + (", or data.source=hub on a machine that reaches the Hugging Face hub." if hub_id and
+                   cfg.source == "local" else "."))
+    return "\n".join([head, *tail])
+
+
+def _decode_batch(channels: int, size: int, rows: list) -> tuple:
+    """Raw ``(Image cell, label)`` rows -> ``(uint8 [B, C, H, W] array, labels)`` (runs in the
+    streaming loader's worker processes: a module-level function, so it pickles)."""
+    import numpy as np
+
+    from .images import decode_image
+
+    return np.stack([decode_image(cell, channels, size).numpy() for cell, _ in rows]), [label for _, label in rows]
+
+
+def _raw_stream(source, split: str, *, cache_dir: str, epoch: int, shuffle_seed: int | None, buffer_size: int,
+                rank: int, world_size: int):
+    """This rank's stream of undecoded ``(Image cell, label)`` rows for one epoch: the epoch's
+    (seeded, so identical on every rank) stream, rows ``r, r+W, r+2W, ...`` for rank ``r``; the same
+    rows, in the same order, as ``images.open_stream``, whose decoding is left to the loader's workers."""
+    import inspect
+    import itertools
+
+    from . import images
+
+    ds = images._open(source, split, streaming=True, cache_dir=cache_dir)
+    if shuffle_seed is not None:
+        kwargs = {}
+        if "max_buffer_input_shards" in inspect.signature(ds.shuffle).parameters:
+            kwargs["max_buffer_input_shards"] = 1  # as images.open_stream: no 5 s pause per pass
+        ds = ds.shuffle(seed=shuffle_seed % (2**32), buffer_size=buffer_size, **kwargs)
+    ds.set_epoch(epoch)
+    image, label = source.spec.image_column, source.label_column
+    for row in itertools.islice(ds, rank, None, world_size):
+        yield row[image], images._label(row[label], source, split)
+
+
 def _build_images(cfg: DataConfig, b_train: int, b_test: int, common: dict) -> DataBundle:
     from . import images
 
-    source = images.resolve_source(cfg.name, cfg.root, cfg.hub_id, cfg.label_column)
+    source, origin = _image_source(cfg)
+    try:
+        bundle = _load_images(cfg, source, b_train, b_test, common)
+    except DataNotFoundError as e:
+        if source.files is not None:
+            raise
+        raise DataNotFoundError(_images_missing(cfg, _root(cfg), e.__cause__ or e)) from None
+    bundle.origin = origin + (", streaming" if cfg.streaming else "")
+    return bundle
+
+
+def _load_images(cfg: DataConfig, source, b_train: int, b_test: int, common: dict) -> DataBundle:
+    from . import images
+
     spec = source.spec
     normalise = images.normaliser(spec, common["device"])
+    workers = cfg.workers if cfg.workers is not None else min(8, len(os.sched_getaffinity(0)))
     loaders, sizes = {}, {}
     for split, train, bsz in (("train", True, b_train), ("test", False, b_test)):
         transform = _image_transform(cfg, normalise, train=train)
@@ -192,7 +302,7 @@ def _build_images(cfg: DataConfig, b_train: int, b_test: int, common: dict) -> D
             n = images.num_rows(source, split, cfg.cache_dir)
 
             def open_stream(epoch, split=split, train=train):
-                return images.open_stream(
+                return _raw_stream(
                     source, split, cache_dir=cfg.cache_dir, epoch=epoch,
                     shuffle_seed=derive_seed(common["seed"], 0x53485546) if train else None,
                     buffer_size=cfg.shuffle_buffer, rank=common["rank"], world_size=common["world_size"],
@@ -200,7 +310,9 @@ def _build_images(cfg: DataConfig, b_train: int, b_test: int, common: dict) -> D
 
             if train:
                 _check_train_size(n, bsz, common["world_size"])
-            loaders[split] = StreamLoader(open_stream, n, batch_size=bsz, train=train, transform=transform, **common)
+            loaders[split] = StreamLoader(open_stream, n, batch_size=bsz, train=train, transform=transform,
+                                          decode=partial(_decode_batch, spec.channels, spec.size), workers=workers,
+                                          **common)
         else:
             path = Path(cfg.cache_dir) / f"{cfg.name}-{split}-{source.fingerprint(split)}.pt"
             data = cached(path, lambda split=split: images.materialise(source, split, cfg.cache_dir),

@@ -21,12 +21,14 @@ Order and sharding (``W`` ranks, local batch ``B = batch_size // W``, ``N`` samp
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import math
 import os
 import pickle
 import struct
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -196,7 +198,7 @@ class TensorLoader(Loader):
 
 
 class StreamLoader(Loader):
-    """Batches assembled from a stream of ``(sample, label)`` pairs (CPU tensors).
+    """Batches assembled from a stream of samples.
 
     ``open_stream(epoch)`` returns this rank's stream for the epoch: the epoch's stream of all
     ``num_total`` samples (shuffled for training, identical on every rank) split **round-robin**,
@@ -204,6 +206,11 @@ class StreamLoader(Loader):
     samples, ``floor(N/W)`` or ``ceil(N/W)``. The split must not follow the shards of the source
     (``datasets.distributed.split_dataset_by_node`` does that when the shard count is a multiple of
     ``W``): shards of unequal size would give the ranks different step counts and hang DDP.
+
+    The stream yields ``(sample, label)`` pairs of CPU tensors, or, with ``decode``, raw items that
+    ``decode(items) -> (uint8 array [B, ...], labels)`` turns into one batch. ``decode`` runs in
+    ``workers`` processes (0: inline), up to ``2 · workers`` batches ahead of the training loop and
+    handed back in stream order, so the batches are the same whatever the number of workers.
 
     From the known total alone every rank then runs the same number of batches:
 
@@ -218,7 +225,7 @@ class StreamLoader(Loader):
 
     def __init__(
         self,
-        open_stream: Callable[[int], Iterable[tuple[torch.Tensor, int]]],
+        open_stream: Callable[[int], Iterable],
         num_total: int,
         *,
         batch_size: int,
@@ -228,6 +235,8 @@ class StreamLoader(Loader):
         world_size: int,
         device: torch.device | str,
         transform: Transform | None = None,
+        decode: Callable[[list], tuple] | None = None,
+        workers: int = 0,
     ) -> None:
         super().__init__()
         self.open_stream = open_stream
@@ -239,6 +248,9 @@ class StreamLoader(Loader):
         self.world_size = world_size
         self.device = torch.device(device)
         self.transform = transform
+        self.decode = decode if decode is not None else _stack_pairs
+        self.workers = workers if decode is not None else 0
+        self._pool = None
         if train:
             self._sizes = [batch_size] * ((num_total // world_size) // batch_size)
         else:
@@ -252,7 +264,7 @@ class StreamLoader(Loader):
     def __len__(self) -> int:
         return self._len
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _raw_batches(self) -> Iterator[list]:
         stream = iter(self.open_stream(self.epoch))
         skip = sum(self._sizes[: self.start_batch])
         read = sum(1 for _ in itertools.islice(stream, skip))
@@ -265,12 +277,54 @@ class StreamLoader(Loader):
                     f"{self.num_total} samples over {self.world_size} rank(s) gives it "
                     f"{len(range(self.rank, self.num_total, self.world_size))}"
                 )
-            x = to_device(torch.stack([sample for sample, _ in batch]), self.device)
-            y = to_device(torch.tensor([label for _, label in batch], dtype=torch.int64), self.device)
+            yield batch
+
+    def _decoded(self) -> Iterator[tuple]:
+        if self.workers == 0:
+            yield from map(self.decode, self._raw_batches())
+            return
+        if self._pool is None:
+            import concurrent.futures  # noqa: PLC0415
+            import multiprocessing  # noqa: PLC0415
+
+            # Forked, as torch's DataLoader workers are: no re-import of the main script; the
+            # workers only decode bytes (no CUDA, no torch ops).
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self._pool = concurrent.futures.ProcessPoolExecutor(self.workers,
+                                                                mp_context=multiprocessing.get_context(method))
+            # Shut down before the interpreter tears its modules down (at exit or when unused).
+            weakref.finalize(self, self._pool.shutdown, cancel_futures=True)
+        pending: collections.deque = collections.deque()
+        try:
+            for raw in self._raw_batches():
+                pending.append(self._pool.submit(self.decode, raw))
+                if len(pending) >= 2 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # an epoch cut short (a stop, an error): drop the read-ahead
+                future.cancel()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for k, (x, y) in enumerate(self._decoded(), start=self.start_batch):
+            x = to_device(torch.as_tensor(x), self.device)
+            y = to_device(torch.as_tensor(y, dtype=torch.int64), self.device)
             if self.transform is not None:
                 gen = make_generator(derive_seed(self.seed, self.epoch, self.rank, k, _AUG_TAG), self.device)
                 x = self.transform(x, gen)
             yield x, y
+
+    def close(self) -> None:
+        """Stop the decoding workers (they also end with the process)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+def _stack_pairs(batch: list) -> tuple[torch.Tensor, list[int]]:
+    """``[(sample tensor, label), ...]`` -> ``(stacked samples, labels)``."""
+    return torch.stack([sample for sample, _ in batch]), [label for _, label in batch]
 
 
 class SparseSequences:

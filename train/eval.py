@@ -1,0 +1,139 @@
+"""Evaluate a checkpoint: top-1, top-5, accuracy per time step, firing rate per layer.
+
+    python -m train.eval RUN_DIR_or_CHECKPOINT [--out FILE] [--section.key=value ...]
+    accelerate launch -m train.eval runs/cifar10_resnet18_t4 --data.eval_batch_size=512
+
+``RUN_DIR`` means its ``best.pt`` (``last.pt`` if there is no best). The model and data are those of
+the checkpoint's own config; overrides change how it is evaluated (``data.root``, ``data.source``,
+``data.eval_batch_size``, ``model.backend``, ``train.mixed_precision``, ...); an override of the
+network itself makes a model the checkpoint does not fit, which is refused. Any number of ranks
+(``accelerate launch``): each scores its share of the test split, the sums are reduced.
+
+The evaluation is :func:`train.run.evaluate`, the one the trainer logs every epoch, so the top-1 of
+``best.pt`` here is the ``best_test_acc`` of its run. Writes (rank 0) a JSON file, by default
+``eval_<checkpoint name>.json`` beside the checkpoint::
+
+    {"checkpoint", "epoch", "global_step", "model", "T", "data", "samples", "loss", "top1", "top5",
+     "top1_per_step": [T], "top1_upto_step": [T], "firing_rate": {layer: rate}, "world_size"}
+
+(``top1_per_step[t]``: step ``t``'s logits alone; ``top1_upto_step[t]``: the mean of steps
+``0..t``, what stopping inference after ``t + 1`` steps scores; accuracies in percent) and one line
+on stdout: ``eval runs/quickstart/best.pt | top1 98.61 | top5 100.00 | loss 0.0512 | ...``.
+
+Exit codes: 0 done; 2 bad command line, checkpoint, config or data (nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from train import checkpoint as ckpt_io
+from train.config import ConfigError, build_config, parse_overrides
+from train.run import (
+    EXIT_OK, EXIT_USAGE, FiringRates, UsageError, _fail, build_model, evaluate, load_data, make_accelerator,
+    make_criterion, prepare, saved_config, use_channels_last,
+)
+
+
+def resolve_checkpoint(target: str) -> Path:
+    """A run folder's ``best.pt`` (else ``last.pt``), or the checkpoint file itself."""
+    path = Path(target)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise UsageError(f"{path}: no best.pt or last.pt (not a run folder, or no epoch finished yet)")
+    if not path.exists():
+        raise UsageError(f"{path}: no such run folder or checkpoint")
+    return path
+
+
+def split_args(argv: list[str]) -> tuple[str, Path | None, list[str]]:
+    """``(target, --out file or None, overrides)``."""
+    target, out, rest = None, None, []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--out" or arg.startswith("--out="):
+            if "=" in arg:
+                out = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                i += 1
+                out = argv[i]
+            else:
+                raise ConfigError("--out needs a file name")
+            out = Path(out)
+        elif not arg.startswith("--") and target is None:
+            target = arg
+        else:
+            rest.append(arg)
+        i += 1
+    if target is None:
+        raise ConfigError("give a run folder or a checkpoint: python -m train.eval RUN_DIR [--section.key=value ...]")
+    return target, out, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(__doc__.strip())
+        return EXIT_OK
+    try:
+        target, out, rest = split_args(argv)
+        overrides = parse_overrides(rest)
+        path = resolve_checkpoint(target)
+        ckpt = ckpt_io.load(path)
+        cfg = build_config(None, overrides, base=saved_config(ckpt["config"]))
+        cfg.train.trackers = ()  # an evaluation logs to its JSON file only
+        out = out or path.with_name(f"eval_{path.stem}.json")
+        if out.is_dir():
+            raise UsageError(f"--out {out} is a folder; give a file name")
+        if not out.parent.is_dir():
+            raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
+        accelerator = make_accelerator(cfg)
+        torch.manual_seed(cfg.train.seed)
+        data = load_data(cfg, accelerator)
+        try:
+            model = build_model(cfg, data.num_classes, data.in_channels)
+        except ValueError as e:
+            raise UsageError(f"model: {e}") from None
+    except (ConfigError, UsageError, ckpt_io.CheckpointError) as e:
+        return _fail(str(e), EXIT_USAGE)
+
+    channels_last = use_channels_last(cfg, data, accelerator.device)
+    model.to(accelerator.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    fire = FiringRates(model, accelerator.device)
+    model = prepare(accelerator, cfg, model)[0]
+    try:
+        ckpt_io.load_model_state(model, ckpt["model"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        return _fail(f"checkpoint {path} does not fit the model {cfg.model.name} of this config: "
+                     f"{detail[:400]}{' ...' if len(detail) > 400 else ''}", EXIT_USAGE)
+    del ckpt["model"]
+    criterion = make_criterion(cfg, data.num_classes, label_smoothing=0.0)
+    result = evaluate(model, data.test, criterion, accelerator, fire, channels_last=channels_last)
+    if accelerator.is_main_process:
+        report = {"checkpoint": str(path), "epoch": int(ckpt["epoch"]), "global_step": int(ckpt["global_step"]),
+                  "model": cfg.model.name, "T": cfg.model.T, "data": cfg.data.name, **result,
+                  "world_size": accelerator.num_processes}
+        report.pop("samples_rank")
+        ckpt_io.write_atomic((json.dumps(report, indent=1) + "\n").encode(), out)
+        rates = result["firing_rate"]
+        fire_text = f"{sum(rates.values()) / len(rates):.3f}" if rates else "-"
+        print(f"eval {path} | top1 {result['top1']:.2f} | top5 {result['top5']:.2f} | loss {result['loss']:.4f} | "
+              f"top1 per step {' '.join(f'{a:.1f}' for a in result['top1_per_step'])} | fire {fire_text} | "
+              f"{result['samples']} samples ({data.origin}) | {out}", flush=True)
+    accelerator.wait_for_everyone()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
