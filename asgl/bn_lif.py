@@ -4,7 +4,7 @@ In every network of the paper a convolution (or linear layer) feeds a time-folde
 feeds a LIF neuron, and at the end of a residual block ``BN(conv) + shortcut`` feeds the neuron.
 :class:`BatchNormLIF` is that ``BN (+ shortcut) -> LIF`` tail as one module: on the ``torch``
 backend it is exactly ``LIF(TimeBatchNorm(x) + shortcut)``; on the ``triton`` backend it runs
-:func:`kernels.bn_lif.bn_lif_fused` (statistics, normalisation, shortcut and the neuron in one
+:func:`asgl.kernels.bn_lif.bn_lif_fused` (statistics, normalisation, shortcut and the neuron in one
 pass each way, and only x saved for backward for T <= 8).
 
 Every network uses it: its conv -> BN -> LIF units (:class:`asgl.models.units.ConvBNLIF`) end in
@@ -71,10 +71,10 @@ class BatchNormLIF(nn.Module):
     def forward(self, x_seq: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         self._check(x_seq, residual)
         lif, bn = self.lif, self.bn
-        if not self.fused or F.resolve_backend(lif.backend, x_seq, fused_module="kernels.bn_lif") == "torch":
+        if not self.fused or F.resolve_backend(lif.backend, x_seq, fused_module="asgl.kernels.bn_lif") == "torch":
             z = bn(x_seq)
             return lif(z if residual is None else z + residual)
-        from kernels.bn_lif import bn_lif_fused
+        from asgl.kernels.bn_lif import bn_lif_fused
 
         if residual is not None and residual.dtype != x_seq.dtype:
             # under autocast the shortcut may come out of another op in another dtype: the kernel

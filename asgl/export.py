@@ -7,7 +7,7 @@ A pretrained folder holds
     model.safetensors    the model's state_dict (weights, BN running statistics, neuron decays,
                          widths, thresholds), readable without running pickled code
 
-``python -m train.export RUN_DIR OUT_DIR`` writes one from a training run. ``load_pretrained(OUT_DIR)``
+``python -m asgl.train.export RUN_DIR OUT_DIR`` writes one from a training run. ``load_pretrained(OUT_DIR)``
 rebuilds the network in evaluation mode on any backend (the torch reference or the Triton kernels).
 ``safetensors`` is imported on first use (``pip install asgl[deploy]``).
 """
@@ -132,7 +132,7 @@ def load_pretrained(path: str | Path, *, backend: str = "auto", device: str | to
     config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
     if not config_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(f"{path} is not a pretrained folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
-                                "(written by `python -m train.export RUN_DIR OUT_DIR`)")
+                                "(written by `python -m asgl.train.export RUN_DIR OUT_DIR`)")
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:

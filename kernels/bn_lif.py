@@ -3,7 +3,7 @@
 The input ``x_seq [T, B, C, ...]`` is a convolution's (or linear layer's) output. The op computes
 ``LIF(γ·s·(x - μ)/sqrt(σ² + ε) + β + residual)`` with per-channel statistics over ``T·B·...``
 (tdBN, ``docs/ASGL.md`` §4), the reference being :func:`bn_lif_ref` (batch norm on the folded
-tensor, then :func:`kernels.lif_ref.lif_ref`).
+tensor, then :func:`asgl.kernels.lif_ref.lif_ref`).
 
 Kernels (every one walks the same tiles, see ``_tile``):
 
@@ -27,10 +27,10 @@ shortcut, when there is one, is saved too (2 B, and usually already kept by auto
 shortcut is the block's input, which the first convolution saves). For T > 8 u is stored as well
 (+2 B forward, and the backward reads u instead of recomputing).
 
-Noise: spike-mode decisions ``m = 1[r >= p]`` come from the Philox draws of :mod:`kernels.common`
+Noise: spike-mode decisions ``m = 1[r >= p]`` come from the Philox draws of :mod:`asgl.kernels.common`
 through one function, :func:`_spike_mode_bits`, which packs the four decisions of a Philox block
 into the low bits of an int32; the recompute keeps every step's decision in one register. The
-keying (seed, step, kernel-order element index) is that of :mod:`kernels.lif`, so for the same seed
+keying (seed, step, kernel-order element index) is that of :mod:`asgl.kernels.lif`, so for the same seed
 and memory layout the mask is the one ``lif_fused`` draws.
 """
 
@@ -76,7 +76,7 @@ MAX_BLOCK_C = 64
 def _spike_mode_bits(seed, t, offs_key, p_hi):
     """Spike-mode decisions ``1[r16 >= p16]`` of steps ``8·(t // 8) + 0..7`` in bits 0..7 (int32).
 
-    The one place this file draws random numbers (the Philox keying of :mod:`kernels.common`).
+    The one place this file draws random numbers (the Philox keying of :mod:`asgl.kernels.common`).
     """
     return spike_mode_bits(seed, t, offs_key, p_hi)
 
@@ -128,7 +128,7 @@ def _bn_input(x_ptr, r_ptr, offs, in_range, a, b, HAS_RESIDUAL: tl.constexpr):
 @triton.jit
 def _grad_step(dy, u, o, h, z, v_prev, dv, lam, theta, k, v_reset, SIGMOID: tl.constexpr,
                HARD_RESET: tl.constexpr):
-    """One reverse step of the LIF: ``(du, dv[t-1], dλ term, dθ term, dk term)`` (as kernels.lif)."""
+    """One reverse step of the LIF: ``(du, dv[t-1], dλ term, dθ term, dk term)`` (as asgl.kernels.lif)."""
     dh_dz, dh_dk = relaxation_grads(z, k, h, SIGMOID)
     if HARD_RESET:
         do = theta * dy + dv * (v_reset - u)
@@ -706,7 +706,7 @@ def bn_lif_ref(
     threshold_scale: float | None = None, **lif_kwargs,
 ) -> Tensor:
     """Reference: time-folded batch norm of ``x_seq [T, B, C, ...]`` (+ ``residual``), then
-    :func:`kernels.lif_ref.lif_ref` (``lif_kwargs``: reset, v_reset, surrogate, p, training, mask,
+    :func:`asgl.kernels.lif_ref.lif_ref` (``lif_kwargs``: reset, v_reset, surrogate, p, training, mask,
     generator). Updates the running statistics in place as ``F.batch_norm`` does."""
     _check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, use_batch_stats=use_batch_stats,
                    momentum=momentum, eps=eps, threshold_scale=threshold_scale)
@@ -753,7 +753,7 @@ def bn_lif_fused(
 
         x̂ = (x - μ_c)·rstd_c,  rstd_c = 1/sqrt(σ²_c + ε)       σ² biased
         in = γ_c·s·x̂ + β_c (+ residual) = x·A_c + B_c (+ residual)
-        y = LIF(in)                       (kernels.lif.lif_fused: every option, same mask keying)
+        y = LIF(in)                       (asgl.kernels.lif.lif_fused: every option, same mask keying)
 
     With batch statistics and running buffers the buffers are updated in place, as
     ``nn.BatchNorm2d`` does: ``μ_run <- (1-m)·μ_run + m·μ``, ``σ²_run <- (1-m)·σ²_run + m·σ²·n/(n-1)``
@@ -770,7 +770,7 @@ def bn_lif_fused(
         weight, bias: γ, β ``[C]`` or None (``affine=False``).
         running_mean, running_var: ``[C]`` buffers or None (``track_running_stats=False``).
         decay_logit, width_param, thresh, reset, v_reset, surrogate, p, training, seed,
-            return_mask: as in :func:`kernels.lif.lif_fused` (``training`` only switches the noise).
+            return_mask: as in :func:`asgl.kernels.lif.lif_fused` (``training`` only switches the noise).
         residual: the shortcut added after the batch norm, x_seq's shape, dtype and device.
         use_batch_stats: normalise with this batch's statistics (training, or no running buffers).
 

@@ -3,7 +3,7 @@
 One program owns ``BLOCK_N`` neurons of the flattened ``[T, N]`` view and loops over time with the
 state in float32 registers; the backward program walks the same neurons from ``t = T-1`` down to 0
 carrying ``dL/du[t+1]``. The mask of the noisy hybrid never exists in memory: it is drawn in-kernel
-from Philox, 16 bits per step so that one draw serves 8 steps (keying in :mod:`kernels.common`),
+from Philox, 16 bits per step so that one draw serves 8 steps (keying in :mod:`asgl.kernels.common`),
 and redrawn bit-identically in the backward. Both time loops run 8 steps per iteration, unrolled,
 so each step reads its field of the draw with a compile-time shift.
 
@@ -22,7 +22,7 @@ per-step layout conversions of the mask through shared memory, the previous desi
 (``tests/test_kernel_aot.py``); 16-byte loads/stores of the [T, N] streams when N % 16 == 0.
 Launch configuration by N (:func:`_launch_config`); the GPU run is still to confirm it.
 
-The equations are in :func:`lif_fused`; the reference is :func:`kernels.lif_ref.lif_ref`.
+The equations are in :func:`lif_fused`; the reference is :func:`asgl.kernels.lif_ref.lif_ref`.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ FINALIZE_BLOCK = 1024
 # Floating-point contraction pinned (triton 3.6-3.9 fuse a·b + c into FMA by default, 3.10 will not):
 # one rounding fewer per update, and every supported triton compiles the same arithmetic.
 COMPILE_OPTIONS = {"enable_fp_fusion": True}
-# the parameter loader under the name kernels.rlif imports it by
+# the parameter loader under the name asgl.kernels.rlif imports it by
 _load_params = load_neuron_params
 
 
@@ -117,7 +117,7 @@ def _lif_fwd_kernel(
 
     v = tl.zeros([BLOCK_N], dtype=tl.float32)
     # 8 steps per iteration, unrolled: one Philox draw serves all of them and each step reads its
-    # 16-bit field with a compile-time shift (see kernels.common)
+    # 16-bit field with a compile-time shift (see asgl.kernels.common)
     for t0 in range(0, T, STEPS_PER_DRAW):
         if NOISE == 2:
             # x[t0] again in step t0 (an L1/L2 hit): see layout_anchor
@@ -535,7 +535,7 @@ def lif_fused(
 ):
     """Fused multi-step ASGL LIF, ``x_seq [T, B, ...] -> y_seq`` (same shape and dtype).
 
-    Computes :func:`kernels.lif_ref.lif_ref` in two kernels (forward over all T, backward over all
+    Computes :func:`asgl.kernels.lif_ref.lif_ref` in two kernels (forward over all T, backward over all
     T in reverse). For t = 0..T-1, v[-1] = 0, λ = sigmoid(decay_logit), k the slope::
 
         u[t] = round_dtype(λ·v[t-1] + x[t])         stored for backward (the only saved tensor)
@@ -554,14 +554,14 @@ def lif_fused(
     value, so the backward (which only sees the stored u) recomputes the forward's spike decisions
     exactly; for float32 the rounding is a no-op. ``r16`` is a 16-bit Philox uniform and
     ``p16 = round(p·65536)`` (clamped to [1, 65535] for 0 < p < 1): the analog-mode probability
-    has a resolution of 1.5e-5 (:mod:`kernels.common`).
+    has a resolution of 1.5e-5 (:mod:`asgl.kernels.common`).
 
     Args:
         x_seq: ``[T, B, ...]`` float32/float16/bfloat16 (channels-last memory runs without a copy).
         decay_logit: 0-dim tensor.
         width_param: 0-dim (one width per layer) or ``[C]`` with ``C = x_seq.shape[2]``.
         thresh: θ, a Python float or a 0-dim tensor (which may require grad).
-        reset, v_reset, surrogate, p, training: as in :func:`kernels.lif_ref.lif_ref`.
+        reset, v_reset, surrogate, p, training: as in :func:`asgl.kernels.lif_ref.lif_ref`.
         seed: ``0 <= seed < 2**31``, an int or a one-element int64 tensor on ``x_seq``'s device;
             with ``0 < p < 1`` it keys the in-kernel Philox draws. A tensor seed (what
             :func:`asgl.functional.draw_seed` gives) is read by the kernel, so neither eager mode

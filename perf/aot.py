@@ -16,7 +16,7 @@ was asked for: the PTX, the cubin, its SASS (``nvdisasm`` from triton's own bund
 ``"fp32"``; constexprs as ``"constexpr"``), the spelling of ``triton.compiler.ASTSource`` since
 triton 3.2 (names as keys, constexpr values in a separate dict). ``divisible`` lists the arguments
 the JIT would specialise as multiples of 16 (16-byte-aligned pointers, sizes divisible by 16).
-Compiles use the launchers' options (``kernels.lif.COMPILE_OPTIONS``), so they are the kernels a
+Compiles use the launchers' options (``asgl.kernels.lif.COMPILE_OPTIONS``), so they are the kernels a
 launch would run.
 """
 
@@ -99,7 +99,7 @@ def _compile_one(spec: dict, outputs: list) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels.lif import COMPILE_OPTIONS
+    from asgl.kernels.lif import COMPILE_OPTIONS
 
     module, attr = spec["kernel"].split(":")
     fn = getattr(importlib.import_module(module), attr)
@@ -198,15 +198,15 @@ def _label(kind, arch, dtype, constexprs):
 
 
 def lif_config(block_n: int | None = None) -> tuple[int, int]:
-    """``(BLOCK_N, num_warps)`` of :data:`kernels.lif.CONFIGS` (default: the largest)."""
-    from kernels.lif import CONFIGS
+    """``(BLOCK_N, num_warps)`` of :data:`asgl.kernels.lif.CONFIGS` (default: the largest)."""
+    from asgl.kernels.lif import CONFIGS
 
     return next(c for c in CONFIGS if block_n in (None, c[0]))
 
 
 def lif_fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STORE_U, STORE_MASK=False,
                  BLOCK_N=None) -> KernelSpec:
-    from kernels.common import STEPS_PER_DRAW
+    from asgl.kernels.common import STEPS_PER_DRAW
 
     block_n, num_warps = lif_config(BLOCK_N)
     signature = {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "u_ptr": f"*{dtype}", "mask_ptr": "*i8",
@@ -216,12 +216,12 @@ def lif_fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STOR
                       BLOCK_N=block_n)
     signature.update({k: "constexpr" for k in constexprs})
     label = _label("fwd", arch, dtype, constexprs) + ("" if BLOCK_N is None else f" BLOCK_N={block_n}")
-    return KernelSpec("kernels.lif:_lif_fwd_kernel", signature, constexprs, _LIF_DIVISIBLE_FWD, arch, num_warps,
+    return KernelSpec("asgl.kernels.lif:_lif_fwd_kernel", signature, constexprs, _LIF_DIVISIBLE_FWD, arch, num_warps,
                       label, dtype, int(STEPS_PER_DRAW), block_n / (32 * num_warps))
 
 
 def lif_bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, BLOCK_N=None) -> KernelSpec:
-    from kernels.common import STEPS_PER_DRAW
+    from asgl.kernels.common import STEPS_PER_DRAW
 
     block_n, num_warps = lif_config(BLOCK_N)
     signature = {"dy_ptr": f"*{dtype}", "u_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}", "dk_ptr": "*fp32",
@@ -230,19 +230,19 @@ def lif_bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, BLOC
                       CHANNEL_WIDTH=bool(CHANNEL_WIDTH), BLOCK_N=block_n)
     signature.update({k: "constexpr" for k in constexprs})
     label = _label("bwd", arch, dtype, constexprs) + ("" if BLOCK_N is None else f" BLOCK_N={block_n}")
-    return KernelSpec("kernels.lif:_lif_bwd_kernel", signature, constexprs, _LIF_DIVISIBLE_BWD, arch, num_warps,
+    return KernelSpec("asgl.kernels.lif:_lif_bwd_kernel", signature, constexprs, _LIF_DIVISIBLE_BWD, arch, num_warps,
                       label, dtype, int(STEPS_PER_DRAW), block_n / (32 * num_warps))
 
 
 def lif_finalize_spec(arch, *, SIGMOID, CHANNEL_WIDTH) -> KernelSpec:
-    from kernels.lif import FINALIZE_BLOCK
+    from asgl.kernels.lif import FINALIZE_BLOCK
 
     signature = {"partial_ptr": "*fp32", "dk_ptr": "*fp32", "decay_logit_ptr": "*fp32", "width_ptr": "*fp32",
                  "d_decay_ptr": "*fp32", "d_width_ptr": "*fp32", "d_theta_ptr": "*fp32", "NPROG": "i32",
                  "C": "i32"}
     constexprs = dict(SIGMOID=bool(SIGMOID), CHANNEL_WIDTH=bool(CHANNEL_WIDTH), BLOCK=FINALIZE_BLOCK)
     signature.update({k: "constexpr" for k in constexprs})
-    return KernelSpec("kernels.lif:_finalize_kernel", signature, constexprs, tuple(k for k in signature if
+    return KernelSpec("asgl.kernels.lif:_finalize_kernel", signature, constexprs, tuple(k for k in signature if
                       k.endswith("_ptr")), arch, 4, _label("finalize", arch, "fp32", constexprs), "fp32")
 
 
@@ -255,7 +255,7 @@ _RLIF_DIVISIBLE_BWD = ("dy_ptr", "u_ptr", "r_ptr", "dwx_ptr", "o_ptr", "scratch_
 
 
 def rlif_blocks(H: int = RLIF_H) -> dict:
-    from kernels.rlif import BLOCK_B, _blocks
+    from asgl.kernels.rlif import BLOCK_B, _blocks
 
     block_h, block_k, num_warps = _blocks(H)
     return dict(BLOCK_B=BLOCK_B, BLOCK_H=block_h, BLOCK_K=block_k), num_warps
@@ -269,7 +269,7 @@ def _rlif_geometry(blocks, num_warps, H):
 
 def rlif_fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STORE_U, STORE_MASK=False,
                   H=RLIF_H) -> KernelSpec:
-    # 16-bit storage feeds the forward product in fp16 (kernels.rlif._fwd_dot_dtype)
+    # 16-bit storage feeds the forward product in fp16 (asgl.kernels.rlif._fwd_dot_dtype)
     dot = "fp32" if dtype == "fp32" else "fp16"
     blocks, num_warps = rlif_blocks(H)
     signature = {"wx_ptr": f"*{dtype}", "rt_ptr": f"*{dot}", "y_ptr": f"*{dtype}", "u_ptr": f"*{dtype}",
@@ -279,7 +279,7 @@ def rlif_fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STO
                       **blocks)
     signature.update({k: "constexpr" for k in constexprs})
     per_thread, trips = _rlif_geometry(blocks, num_warps, H)
-    return KernelSpec("kernels.rlif:_rlif_fwd_kernel", signature, constexprs, _RLIF_DIVISIBLE_FWD, arch, num_warps,
+    return KernelSpec("asgl.kernels.rlif:_rlif_fwd_kernel", signature, constexprs, _RLIF_DIVISIBLE_FWD, arch, num_warps,
                       _label("rfwd", arch, dtype, constexprs), dtype, 1, per_thread, trips)
 
 
@@ -291,11 +291,11 @@ def rlif_bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, H=R
                       CHANNEL_WIDTH=bool(CHANNEL_WIDTH), **blocks)
     signature.update({k: "constexpr" for k in constexprs})
     per_thread, trips = _rlif_geometry(blocks, num_warps, H)
-    return KernelSpec("kernels.rlif:_rlif_bwd_kernel", signature, constexprs, _RLIF_DIVISIBLE_BWD, arch, num_warps,
+    return KernelSpec("asgl.kernels.rlif:_rlif_bwd_kernel", signature, constexprs, _RLIF_DIVISIBLE_BWD, arch, num_warps,
                       _label("rbwd", arch, dtype, constexprs), dtype, 1, per_thread, trips)
 
 
-# the fused batch norm + LIF (kernels.bn_lif): (BLOCK_O, BLOCK_C, BLOCK_I) per tile orientation
+# the fused batch norm + LIF (asgl.kernels.bn_lif): (BLOCK_O, BLOCK_C, BLOCK_I) per tile orientation
 # (BLOCK_O, BLOCK_C, BLOCK_I) for 1024- and 512-element tiles, per orientation
 BN_LIF_TILES = {(layout, block): (block // 64, 64, 1) if layout == "channels_last" else (block // 64, 1, 64)
          for layout in ("contiguous", "channels_last") for block in (1024, 512, 256)}
@@ -312,7 +312,7 @@ def _bn_lif_sizes(layout):
 
 def _bn_lif_spec(kernel, label, signature, constexprs, divisible, arch, num_warps, dtype, steps, per_thread):
     signature = {**signature, **{k: "constexpr" for k in constexprs if k not in signature}}
-    return KernelSpec(f"kernels.bn_lif:{kernel}", signature, constexprs, divisible, arch, num_warps, label, dtype,
+    return KernelSpec(f"asgl.kernels.bn_lif:{kernel}", signature, constexprs, divisible, arch, num_warps, label, dtype,
                       steps, per_thread)
 
 
@@ -332,7 +332,7 @@ def bn_lif_fwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_
 
 def bn_lif_bwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, HAS_RESIDUAL, RECOMPUTE_T):
     sizes, const = _bn_lif_sizes(layout)
-    block = {0: 1024, 4: 512, 8: 256}[RECOMPUTE_T]  # kernels.bn_lif.BWD_BLOCK
+    block = {0: 1024, 4: 512, 8: 256}[RECOMPUTE_T]  # asgl.kernels.bn_lif.BWD_BLOCK
     bo, bc, bi = BN_LIF_TILES[layout, block]
     sig = {"dy_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "r_ptr": f"*{dtype}", "u_ptr": f"*{dtype}",
            "g_ptr": f"*{dtype}", "partial_ptr": "*fp32", "chan_ptr": "*fp32", "scale_ptr": "*fp32",
@@ -403,10 +403,10 @@ def all_specs(fwd_spec, bwd_spec, archs=ARCHS) -> list[KernelSpec]:
 
 
 def config_specs(archs=ARCHS) -> list[KernelSpec]:
-    """Every launch configuration of :data:`kernels.lif.CONFIGS` but the default one, for each dtype
+    """Every launch configuration of :data:`asgl.kernels.lif.CONFIGS` but the default one, for each dtype
     (the default BLOCK_N is what :func:`covering_specs` and :func:`all_specs` compile), with the
     NOISE modes and flags rotated through the configurations."""
-    from kernels.lif import CONFIGS
+    from asgl.kernels.lif import CONFIGS
 
     specs = []
     for arch, (i, dtype) in itertools.product(archs, enumerate(DTYPES)):

@@ -12,7 +12,7 @@ PEAK_FLOPS``: bf16 tensor cores for bf16 autocast; for fp32 the TF32 peak when c
 use TF32 for that network's layers — PyTorch's default for convolutions — else plain fp32).
 
 Inputs (``--data``): ``tensor`` times the model alone on one synthetic batch; ``trainer`` draws every
-step's batch through the trainer's own data path (``train.data``: cached uint8 images of CIFAR
+step's batch through the trainer's own data path (``asgl.train.data``: cached uint8 images of CIFAR
 shape on the device, the recipe's crop + flip + AutoAugment + Cutout, normalisation), so its
 samples/s is that of the step a user trains. ``--device-check`` reports both for ResNet-18 T = 4.
 
@@ -202,11 +202,11 @@ def build(cfg: Config, device: str, p: float):
 
 
 def trainer_batches(cfg: Config, device: str):
-    """Endless ``(x, y)`` batches from the trainer's own data path (``train.data``): cached uint8
+    """Endless ``(x, y)`` batches from the trainer's own data path (``asgl.train.data``): cached uint8
     images on the device, the CIFAR recipe's augmentation, normalisation; a new epoch (shuffle and
     draws) whenever one runs out."""
-    from train.data import DataConfig
-    from train.data.images import synthetic_train_loader
+    from asgl.train.data import DataConfig
+    from asgl.train.data.images import synthetic_train_loader
 
     data = DataConfig(name=TRAINER_DATA[cfg.model], batch_size=cfg.batch, crop_pad=4, flip=True,
                       autoaugment=True, cutout=16)

@@ -165,7 +165,7 @@ class LoopCost:
 
 def loop_cost(sass: str, spec: KernelSpec) -> LoopCost:
     """Amortised SASS cost per element-step of the time loop (see the module docstring)."""
-    from kernels.common import STEPS_PER_DRAW
+    from asgl.kernels.common import STEPS_PER_DRAW
 
     blocks = parse_sass(sass)
     total = sum(len(b.instructions) for b in blocks)

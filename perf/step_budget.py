@@ -8,7 +8,7 @@ At a 15 ms step every launch from Python (≈ 4-6 µs) counts, and a host sync s
 queue. Both can be counted exactly without a GPU: a ``TorchDispatchMode`` sees every aten op the
 step dispatches. The step is the trainer's (``train/run.py``, one process, ``train.compile=none``):
 a batch from the trainer's own data path over synthetic images of the data set's shape
-(``train.data.images.synthetic_train_loader``: the real gather, augmentation and normalisation),
+(``asgl.train.data.images.synthetic_train_loader``: the real gather, augmentation and normalisation),
 the forward under the recipe's autocast, the loss, the backward, ``optimizer_step`` and the LR
 schedule, and the per-step metric sums. A log point (every ``train.log_every`` steps) is counted on
 its own. One warm-up step runs first (the optimizers create their state lazily).
@@ -68,7 +68,7 @@ STEP_PHASES = ("data", "augment", "forward", "backward", "optimizer", "metrics")
 FUSED_OP_LAUNCHES = {
     "asgl::augment_images": 1,
     "asgl::lif_fwd": 1,
-    "asgl::lif_bwd": 2,  # the backward kernel and the finalize kernel (kernels.lif._launch_bwd)
+    "asgl::lif_bwd": 2,  # the backward kernel and the finalize kernel (asgl.kernels.lif._launch_bwd)
 }
 
 
@@ -171,8 +171,8 @@ def _has_bool_index(args) -> bool:
 def _stand_in(opname: str, args):
     """CPU values for a fused custom op (its launches are counted, not run): the reference for the
     forward, zeros for the backward's gradients. Called with the counter off."""
-    from kernels.common import NOISE_NONE
-    from kernels.lif_ref import lif_ref
+    from asgl.kernels.common import NOISE_NONE
+    from asgl.kernels.lif_ref import lif_ref
 
     if opname == "lif_fwd":
         x, decay_logit, width, thresh, hard_reset, v_reset, sigmoid, noise, p, _seed, store_u, store_mask = args
@@ -182,7 +182,7 @@ def _stand_in(opname: str, args):
         u = x.clone() if store_u else x.new_empty(0)
         return y, u, torch.zeros(x.shape if store_mask else (0,), dtype=torch.bool)
     if opname == "augment_images":
-        from train.data.augment import AugmentDraws, apply_augment_ref
+        from asgl.train.data.augment import AugmentDraws, apply_augment_ref
 
         x, shift, flip, policy, u, sign, cut_y, cut_x, _table, cutout = args
         return apply_augment_ref(x, AugmentDraws(shift, flip, policy, u, sign, cut_y, cut_x, cutout))
@@ -220,7 +220,7 @@ def _fused_backends():
     import asgl.functional as F
 
     saved = F.resolve_backend
-    F.resolve_backend = lambda backend, x, fused_module="kernels.lif": "triton"
+    F.resolve_backend = lambda backend, x, fused_module="asgl.kernels.lif": "triton"
     try:
         yield
     finally:
@@ -230,9 +230,9 @@ def _fused_backends():
 def count_step(cfg, *, batch: int = 8, backend: str = "fused", seed: int = 0) -> StepCounter:
     """Run one warm-up and one counted training step of ``cfg`` (a ``RunConfig``) on the CPU."""
     import asgl
-    from train.data import augment as augment_mod
-    from train.data.images import IMAGE_SPECS, synthetic_train_loader
-    from train.run import build_model, optimizer_step
+    from asgl.train.data import augment as augment_mod
+    from asgl.train.data.images import IMAGE_SPECS, synthetic_train_loader
+    from asgl.train.run import build_model, optimizer_step
 
     if backend not in ("fused", "torch"):
         raise ValueError(f"backend must be 'fused' or 'torch', got {backend!r}")
@@ -316,7 +316,7 @@ def count_step(cfg, *, batch: int = 8, backend: str = "fused", seed: int = 0) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.config import ConfigError, build_config, parse_overrides
+    from asgl.train.config import ConfigError, build_config, parse_overrides
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aot_util import KernelSpec, compile_kernels
 
-from train.data.augment_triton import num_warps
+from asgl.train.data.augment_triton import num_warps
 
 SIGNATURE = {
     "x_ptr": "*u8", "out_ptr": "*u8", "scratch_ptr": "*i32", "lut_ptr": "*i32", "shift_ptr": "*i64",
@@ -23,7 +23,7 @@ def spec(arch, *, C, BLOCK, crop, flip, autoaugment, cutout):
                       HAS_CUTOUT=cutout > 0)
     signature = {**SIGNATURE, **{k: "constexpr" for k in constexprs}}
     label = f"augment sm_{arch} C={C} BLOCK={BLOCK} crop={crop} flip={flip} aa={autoaugment} cutout={cutout}"
-    return KernelSpec("train.data.augment_triton:_augment_kernel", signature, constexprs,
+    return KernelSpec("asgl.train.data.augment_triton:_augment_kernel", signature, constexprs,
                       ("x_ptr", "out_ptr", "scratch_ptr", "lut_ptr"), arch, num_warps(BLOCK), label)
 
 

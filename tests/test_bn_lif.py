@@ -1,4 +1,4 @@
-"""The fused batch norm + LIF (``kernels.bn_lif``) against its reference, and ``asgl.BatchNormLIF``.
+"""The fused batch norm + LIF (``asgl.kernels.bn_lif``) against its reference, and ``asgl.BatchNormLIF``.
 
 Runs under ``TRITON_INTERPRET=1`` on the CPU (tiny shapes). The fused op hands back the mask it drew
 and the reference replays it. Tolerance rules are those of ``tests/test_lif_kernel.py`` (read its
@@ -27,8 +27,8 @@ from test_lif_kernel import (
     check_rule, diverged_neurons, make_params, reference_membrane, reference_rounded,
 )
 
-import kernels.bn_lif as bn_mod
-from kernels.bn_lif import bn_lif_fused, bn_lif_ref
+import asgl.kernels.bn_lif as bn_mod
+from asgl.kernels.bn_lif import bn_lif_fused, bn_lif_ref
 
 MODES = {"sg": (0.0, True), "mixed": (0.3, True), "analog": (1.0, True), "eval": (0.3, False)}
 SHAPES = {  # [B, C, ...] per step; ragged everywhere
@@ -293,7 +293,7 @@ def test_recompute_and_stored_membrane_agree(p, device, monkeypatch):
 @pytest.mark.interpret
 def test_mask_is_that_of_lif_fused(device):
     """Same seed, same memory layout: the fused op draws the spike-mode mask ``lif_fused`` draws."""
-    from kernels.lif import lif_fused
+    from asgl.kernels.lif import lif_fused
 
     x, bn, params = make_unit_inputs(device, T=5)
     _, mask = bn_lif_fused(x, *bn[:4], *params, p=0.3, seed=21, return_mask=True)
@@ -479,7 +479,7 @@ def test_bytes_per_element_step(device, monkeypatch):
     """A bf16 training step (T = 4, p = 0.3, every parameter learnable), counted from the kernels:
     fused BN+LIF <= 18 B per element-step and saves <= 2 B; today's path (PyTorch batch norm, then the
     fused LIF, whose kernels are counted the same way) is printed beside it (run with -s)."""
-    from kernels.lif import lif_fused
+    from asgl.kernels.lif import lif_fused
 
     T, shape = 4, (2, 8, 16, 16)
     x = make_conv_output(T, shape, BF16, "5d", device).requires_grad_()
@@ -513,7 +513,7 @@ def test_bytes_per_element_step(device, monkeypatch):
     fused_saved = sum(saved.values()) / elem_steps
 
     # today: PyTorch batch norm (modelled above), then lif_fused (counted)
-    import kernels.lif as lif_mod
+    import asgl.kernels.lif as lif_mod
 
     counter_lif = TrafficCounter(monkeypatch, [])
     lif_alloc = lif_mod._alloc_like

@@ -45,7 +45,7 @@ def check(results):
         if r.error:
             continue
         if "RECOMPUTE_T=4" in r.spec.label or "RECOMPUTE_T=8" in r.spec.label:
-            continue  # 2-4 elements per thread by design (kernels.bn_lif.BWD_BLOCK): narrower vectors
+            continue  # 2-4 elements per thread by design (asgl.kernels.bn_lif.BWD_BLOCK): narrower vectors
         if 4 not in r.vector_widths("ld.global"):
             problems.append(f"{r.spec.label}: no 16-byte global loads {r.vector_widths('ld.global')}")
         if not r.spec.label.startswith("stats") and 4 not in r.vector_widths("st.global"):

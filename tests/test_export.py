@@ -1,4 +1,4 @@
-"""Export of a run's checkpoint (python -m train.export) and asgl.load_pretrained: round trip to the
+"""Export of a run's checkpoint (python -m asgl.train.export) and asgl.load_pretrained: round trip to the
 same logits, and bad inputs refused with one error line and nothing written."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import torch
 
 import asgl
 from asgl.export import save_pretrained
-from train import checkpoint as ckpt_io
-from train.config import build_config, to_dict
-from train.export import main
-from train.run import build_model
+from asgl.train import checkpoint as ckpt_io
+from asgl.train.config import build_config, to_dict
+from asgl.train.export import main
+from asgl.train.run import build_model
 
 
 def _run_dir(tmp_path, name: str = "digits_cnn", T: int = 2, state_from=None, **model_keys):

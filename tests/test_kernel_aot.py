@@ -5,8 +5,8 @@ and stores of the [T, N] tensors 16 bytes wide (``.v4.b32``: 4 fp32 or 8 fp16/bf
 N is a multiple of 16, which is the case the JIT specialises; the one configuration with 4 neurons
 per thread (BLOCK_N = 128) keeps them 8 bytes wide in 16-bit dtypes. The default run compiles a
 covering subset (every dtype, every value of every constexpr, both kernels, both archs), every
-launch configuration :func:`kernels.lif._launch_config` can choose, and the finalize kernel; a
-second test compiles every specialisation ``kernels.lif`` can launch at the default configuration
+launch configuration :func:`asgl.kernels.lif._launch_config` can choose, and the finalize kernel; a
+second test compiles every specialisation ``asgl.kernels.lif`` can launch at the default configuration
 (about 2-3 minutes cold on 2 cores; part of the normal run). Compiles are cached by triton, so
 reruns only pay for ``ptxas -v``.
 """
@@ -64,7 +64,7 @@ def test_launch_configuration_two_programs_per_sm(N):
     import torch
     import triton
 
-    from kernels.lif import CONFIGS, DEFAULT_SMS, _launch_config
+    from asgl.kernels.lif import CONFIGS, DEFAULT_SMS, _launch_config
 
     block_n, num_warps = _launch_config(N, torch.device("cpu"))
     assert (block_n, num_warps) in CONFIGS

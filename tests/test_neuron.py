@@ -1,4 +1,4 @@
-"""The ASGL neuron: the reference (``kernels.lif_ref``) and ``asgl.LIF`` on its torch backend.
+"""The ASGL neuron: the reference (``asgl.kernels.lif_ref``) and ``asgl.LIF`` on its torch backend.
 
 Values are checked against hand computations and against a scalar re-derivation of the contract
 (``docs/ASGL.md`` §1–2) written here in plain Python floats. Gradients are checked in float64
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import asgl
-from kernels.lif_ref import lif_ref, spike_mask_ref, width_param_from_width
+from asgl.kernels.lif_ref import lif_ref, spike_mask_ref, width_param_from_width
 
 
 # --------------------------------------------------------------------------- scalar re-derivation
@@ -405,7 +405,7 @@ def test_packages_import_without_datasets_and_without_touching_cuda():
         "calls = []\n"
         "torch.cuda.is_available = lambda: calls.append('is_available') or False\n"
         "torch.cuda.device_count = lambda: calls.append('device_count') or 0\n"
-        "import asgl, kernels, kernels.lif, kernels.rlif\n"
+        "import asgl, kernels, asgl.kernels.lif, asgl.kernels.rlif\n"
         "m = asgl.create_model('digits_cnn')\n"
         "assert 'datasets' not in [k for k, v in sys.modules.items() if v is not None]\n"
         "assert not calls, calls\n"
@@ -500,8 +500,8 @@ def test_slope_floor_same_trajectory_on_both_backends():
 
 
 def test_min_slope_config_key_reaches_every_neuron():
-    from train.config import ConfigError, build_config
-    from train.run import build_model
+    from asgl.train.config import ConfigError, build_config
+    from asgl.train.run import build_model
 
     default = build_model(build_config(None, {"model.name": "digits_cnn"}), 10, 1)
     assert {m.min_slope for m in asgl.neurons(default)} == {0.01}

@@ -40,7 +40,7 @@ _NO_KERNEL = re.compile(
 
 
 class _Launches:
-    """Kernel launches of a region: Triton launches from ``kernels.lif`` by kernel name, and every
+    """Kernel launches of a region: Triton launches from ``asgl.kernels.lif`` by kernel name, and every
     other aten op dispatched outside them that would launch a kernel (allocations and views aside).
     Triton launches are counted by wrapping the ``run`` method of the kernels' launcher class
     (``JITFunction`` compiled, ``InterpretedFunction`` under the interpreter)."""
@@ -65,10 +65,10 @@ def launches(monkeypatch):
     import triton
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    import kernels.lif as lif_module
+    import asgl.kernels.lif as lif_module
 
     kernels = {id(v): name for name, v in vars(lif_module).items() if isinstance(v, triton.runtime.KernelInterface)}
-    assert kernels, "kernels.lif defines no Triton kernels"
+    assert kernels, "asgl.kernels.lif defines no Triton kernels"
     record = _Launches()
     classes = {type(v) for v in vars(lif_module).values() if isinstance(v, triton.runtime.KernelInterface)}
     for cls in classes:
@@ -124,7 +124,7 @@ def test_every_launch_of_a_training_forward_and_backward(launches, device, p, ch
     kernel (the parameter gradients' second stage and chain rule), plus, for a channel-wise width,
     the one reduction of the per-neuron width gradient over batch and positions. Nothing else: no
     copies, casts, fills or small arithmetic on the parameters."""
-    from kernels.lif import lif_fused
+    from asgl.kernels.lif import lif_fused
 
     x, decay_logit, width_param = _inputs(device, channels=channels)
     thresh = torch.tensor(1.0, device=device, requires_grad=True)
@@ -150,7 +150,7 @@ def test_every_launch_of_a_training_forward_and_backward(launches, device, p, ch
 
 @pytest.mark.interpret
 def test_one_launch_in_eval(launches, device):
-    from kernels.lif import lif_fused
+    from asgl.kernels.lif import lif_fused
 
     x, decay_logit, width_param = _inputs(device, channels=False, requires_grad=False)
     thresh = torch.tensor(1.0, device=device)

@@ -4,7 +4,7 @@ No GPU needed: :mod:`aot_util` compiles in a subprocess without ``TRITON_INTERPR
 ``ptxas -v``. Each compile must succeed and must not spill (the [16, 256] float32 state tiles and
 the streamed Rᵀ chunks have to fit in registers at 8 warps). The default test compiles a covering
 subset (every dtype, every value of every constexpr, both kernels, both archs); the ``slow`` test
-compiles every specialisation ``kernels.rlif`` can launch. Register counts are printed (``-s``).
+compiles every specialisation ``asgl.kernels.rlif`` can launch. Register counts are printed (``-s``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from perf.aot import rlif_blocks
 from perf.aot import rlif_bwd_spec as bwd_spec
 from perf.aot import rlif_fwd_spec as fwd_spec
 
-BLOCK_H, BLOCK_K, NUM_WARPS = 256, 16, 8  # what kernels.rlif._blocks(240) picks
+BLOCK_H, BLOCK_K, NUM_WARPS = 256, 16, 8  # what asgl.kernels.rlif._blocks(240) picks
 
 
 def check(results):
@@ -40,7 +40,7 @@ def check(results):
 
 
 def test_specs_use_the_launch_configuration():
-    from kernels.rlif import BLOCK_B, _blocks
+    from asgl.kernels.rlif import BLOCK_B, _blocks
 
     blocks, num_warps = rlif_blocks(H)
     assert _blocks(H) == (BLOCK_H, BLOCK_K, NUM_WARPS) == (blocks["BLOCK_H"], blocks["BLOCK_K"], num_warps)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from perf import step_budget as sb
-from train.config import build_config
+from asgl.train.config import build_config
 
 RECIPE = "configs/cifar10_resnet18_t4.yaml"
 
@@ -52,7 +52,7 @@ def test_every_phase_launches_something(recipe_step):
 def test_neuron_share_is_the_fused_ops_launch_counts(recipe_step):
     cfg, counter = recipe_step
     import asgl
-    from train.run import build_model
+    from asgl.train.run import build_model
 
     lifs = sum(isinstance(m, asgl.LIF) for m in build_model(cfg, 10, 3).modules())
     assert lifs == 17

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("datasets")  # the trainer's data loaders (the digits are in the hub parquet layout)
 
-from train.studies import common, dynamics, noise_probability, report, temporal_task, width_robustness  # noqa: E402
+from asgl.train.studies import common, dynamics, noise_probability, report, temporal_task, width_robustness  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -208,7 +208,7 @@ def test_report_marker_errors():
 # ---- the large test set and the intervals ---------------------------------------------------------
 
 def test_intervals_by_hand():
-    from train.studies.digits_jitter import difference_interval, wilson_interval
+    from asgl.train.studies.digits_jitter import difference_interval, wilson_interval
 
     lo, hi = wilson_interval(50.0, 100)  # textbook: [40.38, 59.62]
     assert (lo, hi) == (pytest.approx(40.383, abs=1e-3), pytest.approx(59.617, abs=1e-3))
@@ -227,7 +227,7 @@ def test_intervals_by_hand():
 def test_jittered_test_set_is_deterministic_and_held_out(tmp_path):
     import torch
 
-    from train.studies import digits_jitter
+    from asgl.train.studies import digits_jitter
 
     root = digits_jitter.ensure(tmp_path / "dj")
     images, labels = digits_jitter._read_images(root / digits_jitter.TEST_FILE)

@@ -1,8 +1,8 @@
 """Export a trained network from a run folder.
 
-    python -m train.export RUN_DIR OUT_DIR                  # OUT_DIR/config.json + model.safetensors
-    python -m train.export RUN_DIR OUT.nir --format nir     # the NIR graph (asgl.to_nir)
-    python -m train.export RUN_DIR/last.pt OUT_DIR          # a given checkpoint (default: RUN_DIR/best.pt)
+    python -m asgl.train.export RUN_DIR OUT_DIR                  # OUT_DIR/config.json + model.safetensors
+    python -m asgl.train.export RUN_DIR OUT.nir --format nir     # the NIR graph (asgl.to_nir)
+    python -m asgl.train.export RUN_DIR/last.pt OUT_DIR          # a given checkpoint (default: RUN_DIR/best.pt)
 
 The safetensors folder loads back with ``asgl.load_pretrained(OUT_DIR)`` on any backend. The NIR
 file is the evaluation network per time step and per sample (see ``asgl/nir.py``); ``--dt`` sets
@@ -26,8 +26,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch
 
-from train import checkpoint as ckpt_io
-from train.config import ConfigError, build_config, flatten
+from asgl.train import checkpoint as ckpt_io
+from asgl.train.config import ConfigError, build_config, flatten
 
 EXIT_OK, EXIT_USAGE = 0, 2
 FORMATS = ("safetensors", "nir")
@@ -36,26 +36,26 @@ FORMATS = ("safetensors", "nir")
 def data_dims(data) -> tuple[int, int, tuple[int, ...]]:
     """Classes, input channels and the shape of one input sample (batch dim excluded) of the data
     set ``data`` (a ``DataConfig``), from the data modules' constants: no data files are read."""
-    from train.data import EVENT_DATASETS, IMAGE_DATASETS  # noqa: PLC0415
+    from asgl.train.data import EVENT_DATASETS, IMAGE_DATASETS  # noqa: PLC0415
 
     T = data.frames
     if data.name in IMAGE_DATASETS:
-        from train.data import _num_classes  # noqa: PLC0415
-        from train.data.images import IMAGE_SPECS  # noqa: PLC0415
+        from asgl.train.data import _num_classes  # noqa: PLC0415
+        from asgl.train.data.images import IMAGE_SPECS  # noqa: PLC0415
 
         spec = IMAGE_SPECS[data.name]
         return _num_classes(data, spec), spec.channels, (spec.channels, spec.size, spec.size)
     if data.name in EVENT_DATASETS:
-        from train.data import events  # noqa: PLC0415
+        from asgl.train.data import events  # noqa: PLC0415
 
         side = data.resolution or events.SENSOR
         classes = 10 if data.name == "cifar10_dvs" else events.GESTURE_CLASSES
         return classes, 2, (T, 2, side, side)
     if data.name == "shd":
-        from train.data import shd  # noqa: PLC0415
+        from asgl.train.data import shd  # noqa: PLC0415
 
         return shd.NUM_CLASSES, shd.UNITS, (T, shd.UNITS)
-    from train.data import audio  # noqa: PLC0415
+    from asgl.train.data import audio  # noqa: PLC0415
 
     return audio.NUM_CLASSES, 2 * data.n_mels, (T, 2 * data.n_mels)
 
@@ -63,7 +63,7 @@ def data_dims(data) -> tuple[int, int, tuple[int, ...]]:
 def load_model(source: Path) -> tuple[torch.nn.Module, object, Path]:
     """The network of a run folder (its ``best.pt``) or of a checkpoint file, in eval mode, on the CPU."""
     from asgl.export import check_state_fits  # noqa: PLC0415
-    from train.run import build_model  # noqa: PLC0415
+    from asgl.train.run import build_model  # noqa: PLC0415
 
     path = source / "best.pt" if source.is_dir() else source
     if source.is_dir() and not path.is_file() and (source / "last.pt").is_file():
@@ -112,7 +112,7 @@ def export(source: str | Path, out: str | Path, *, format: str = "safetensors", 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m asgl.train.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="run folder (its best.pt, else last.pt) or a checkpoint file")
     parser.add_argument("out", help="folder to create (safetensors) or .nir file to write (nir)")
     parser.add_argument("--format", choices=FORMATS, default="safetensors")

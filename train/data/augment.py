@@ -698,7 +698,7 @@ def augment_images(
     B, C, H, W = x.shape
     if autoaugment and C not in (1, 3):
         raise ValueError(f"x must have 1 or 3 channels for AutoAugment, got C={C}")
-    use = F.resolve_backend(backend, x, fused_module="train.data.augment_triton")
+    use = F.resolve_backend(backend, x, fused_module="asgl.train.data.augment_triton")
     if not (crop_pad or flip or autoaugment or cutout):
         return x
     d = draw_augment(B, H, W, crop_pad=crop_pad, flip=flip, autoaugment=autoaugment, cutout=cutout,

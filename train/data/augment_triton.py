@@ -1,4 +1,4 @@
-"""The image augmentation of :func:`train.data.augment.augment_images` in one Triton launch.
+"""The image augmentation of :func:`asgl.train.data.augment.augment_images` in one Triton launch.
 
 One program per image runs the whole pipeline on the draws the caller made: random crop (padded
 with zeros) -> horizontal flip -> the two AutoAugment steps -> Cutout. The image stays in
@@ -11,7 +11,7 @@ Why: the eager reference launches one kernel per op per batch (≈ 960 with Auto
 batch size, see ``perf/step_budget.py``), ≈ 4 ms of launch overhead per step on a GPU; this is one
 launch plus the 11 launches of the draws. The arithmetic is the reference's, operation for operation, in fp32
 with FMA contraction off (``enable_fp_fusion=False``), so the output equals
-:func:`train.data.augment.apply_augment_ref` bit for bit (tested in the interpreter); rotation
+:func:`asgl.train.data.augment.apply_augment_ref` bit for bit (tested in the interpreter); rotation
 cosines and sines come from the same torch calls the reference makes.
 """
 

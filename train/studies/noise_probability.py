@@ -1,6 +1,6 @@
 """Noise probability: test accuracy of the SNN against the analog-mode probability p at a large α.
 
-    python -m train.studies.noise_probability [--quick] [--seeds 3] [--ps 0.2 0.8 1]
+    python -m asgl.train.studies.noise_probability [--quick] [--seeds 3] [--ps 0.2 0.8 1]
 
 Same network and shared settings as the width study (:data:`width_robustness.SHARED`), initial
 width α = ``ALPHA`` (learnable), p ∈ ``PS`` kept constant (γ = 1). p = 0 is learnable-width SG
@@ -11,7 +11,7 @@ fully smooth transfers to spikes.
 Every p runs twice: with the default slope floor (``model.min_slope`` = 0.01) and with the authors'
 unbounded slope (``model.min_slope=null``), to measure what the floor changes where the unbounded
 slope crossed zero before (p ≥ 0.8). Evaluated on the 10,000-image jittered test set
-(:mod:`train.studies.digits_jitter`).
+(:mod:`asgl.train.studies.digits_jitter`).
 
 Writes ``OUT/noise_probability.json`` and ``OUT/noise_probability.png``.
 """
@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from train.studies import common, digits_jitter
-from train.studies.width_robustness import QUICK_SHARED, SHARED
+from asgl.train.studies import common, digits_jitter
+from asgl.train.studies.width_robustness import QUICK_SHARED, SHARED
 
 ALPHA = 10.0
 PS = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)

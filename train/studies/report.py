@@ -1,6 +1,6 @@
 """Regenerate the tables of ``docs/REPRODUCTION.md`` from the study JSON files.
 
-    python -m train.studies.report [--results docs/results] [--doc docs/REPRODUCTION.md] [--check]
+    python -m asgl.train.studies.report [--results docs/results] [--doc docs/REPRODUCTION.md] [--check]
 
 Every table lives between two marker comments in the document::
 
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from train.studies import common, digits_jitter
+from asgl.train.studies import common, digits_jitter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -366,7 +366,7 @@ def forward_gflop(model: str, classes: int, shape: tuple) -> float:
 
 def table_gpu_estimate() -> str:
     """Per-epoch and per-run GPU time ESTIMATES for the full-scale runs (nothing here is measured)."""
-    from train.config import build_config  # noqa: PLC0415  (imports the model registry)
+    from asgl.train.config import build_config  # noqa: PLC0415  (imports the model registry)
 
     lo, hi = ASSUMED_TFLOPS
     rows = []
@@ -446,7 +446,7 @@ def update_document(text: str, tables: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.studies.report", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m asgl.train.studies.report", description=__doc__.split("\n")[0])
     p.add_argument("--results", type=Path, default=REPO_ROOT / "docs" / "results")
     p.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "REPRODUCTION.md")
     p.add_argument("--check", action="store_true", help="exit 1 if the document is out of date; write nothing")
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     new = update_document(text, render_tables(args.results, names))
     if args.check:
         if new != text:
-            print(f"{args.doc} is out of date; run python -m train.studies.report", file=sys.stderr)
+            print(f"{args.doc} is out of date; run python -m asgl.train.studies.report", file=sys.stderr)
             return 1
         return 0
     args.doc.write_text(new)

@@ -1,6 +1,6 @@
 """Width robustness (ASGL.md §5): SG collapses as the relaxation width α grows, ASGL does not.
 
-    python -m train.studies.width_robustness [--quick] [--seeds 3] [--alphas 0.5 1 ...]
+    python -m asgl.train.studies.width_robustness [--quick] [--seeds 3] [--alphas 0.5 1 ...]
         [--part sweep|unbounded|tuning|paper_lr|diagnose|length|depth|all]
 
 For every initial width α in ``ALPHAS`` and every seed, two runs of the 8-conv digits net
@@ -17,7 +17,7 @@ O(10); over the ~130 steps of a digits run (6 epochs × 22) it moves by < 0.04, 
 ``--part diagnose``), so the sweep uses ``NEURON_LR`` instead (the same for both methods).
 
 Evaluation: the final epoch only, on the 10,000-image jittered test set of
-:mod:`train.studies.digits_jitter` (one image = 0.01 %), so that one run's accuracy has a 95 %
+:mod:`asgl.train.studies.digits_jitter` (one image = 0.01 %), so that one run's accuracy has a 95 %
 interval of about ± 0.3–1 point instead of the 360-image set's ± 1.5–5.
 
 Parts (``--part``, default ``all``), each with its own JSON in OUT:
@@ -44,8 +44,8 @@ import sys
 import time
 from pathlib import Path
 
-from train.data.loader import train_batches
-from train.studies import common, digits_jitter
+from asgl.train.data.loader import train_batches
+from asgl.train.studies import common, digits_jitter
 
 ALPHAS = (0.5, 1.0, 2.5, 5.0, 10.0)
 P_ASGL = 0.2
