@@ -1,7 +1,7 @@
 """Functional form of the ASGL neurons, with backend dispatch.
 
-``backend="torch"`` runs the plain-PyTorch reference (:mod:`kernels.lif_ref`); ``"triton"`` the
-fused kernel (:mod:`kernels.lif`); ``"auto"`` picks the fused kernel for CUDA tensors and the
+``backend="torch"`` runs the plain-PyTorch reference (:mod:`asgl.kernels.lif_ref`); ``"triton"`` the
+fused kernel (:mod:`asgl.kernels.lif`); ``"auto"`` picks the fused kernel for CUDA tensors and the
 reference otherwise. The Triton backend also runs CPU tensors when ``TRITON_INTERPRET=1`` was set
 before ``triton`` was imported (the test suite does this).
 """
@@ -13,8 +13,8 @@ import os
 
 import torch
 
-from kernels.lif_ref import RESETS, SURROGATES, lif_ref
-from kernels.rlif_ref import recurrent_lif_ref
+from asgl.kernels.lif_ref import RESETS, SURROGATES, lif_ref
+from asgl.kernels.rlif_ref import recurrent_lif_ref
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -23,7 +23,7 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, x: torch.Tensor, fused_module: str = "kernels.lif") -> str:
+def resolve_backend(backend: str, x: torch.Tensor, fused_module: str = "asgl.kernels.lif") -> str:
     """``"auto"`` -> ``"triton"`` on CUDA tensors when the fused kernel exists, else ``"torch"``."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -73,7 +73,7 @@ def lif(
 ) -> torch.Tensor:
     """Multi-step ASGL LIF neuron, ``x_seq [T, B, ...] -> y_seq = θ·o`` (same shape and dtype).
 
-    See :func:`kernels.lif_ref.lif_ref` for the equations. ``generator`` seeds the noise mask:
+    See :func:`asgl.kernels.lif_ref.lif_ref` for the equations. ``generator`` seeds the noise mask:
     the reference draws the mask from it, the fused kernel draws one seed from it.
     """
     check_neuron_args(reset=reset, surrogate=surrogate, p=p)
@@ -89,7 +89,7 @@ def lif(
             x_seq, decay_logit, width_param, thresh, reset=reset, v_reset=v_reset,
             surrogate=surrogate, p=p, training=training, generator=generator,
         )
-    from kernels.lif import lif_fused
+    from asgl.kernels.lif import lif_fused
 
     return lif_fused(
         x_seq, decay_logit, width_param, thresh, reset=reset, v_reset=v_reset,
@@ -114,7 +114,7 @@ def recurrent_lif(
 ) -> torch.Tensor:
     """Recurrent multi-step ASGL LIF, ``wx_seq [T, B, H] -> y_seq [T, B, H]``.
 
-    See :func:`kernels.rlif_ref.recurrent_lif_ref` for the equations.
+    See :func:`asgl.kernels.rlif_ref.recurrent_lif_ref` for the equations.
     """
     check_neuron_args(reset=reset, surrogate=surrogate, p=p)
     if wx_seq.dim() != 3:
@@ -122,12 +122,12 @@ def recurrent_lif(
     H = wx_seq.shape[2]
     if tuple(recurrent_weight.shape) != (H, H):
         raise ValueError(f"recurrent_weight must be [{H}, {H}], got {tuple(recurrent_weight.shape)}")
-    if resolve_backend(backend, wx_seq, fused_module="kernels.rlif") == "torch":
+    if resolve_backend(backend, wx_seq, fused_module="asgl.kernels.rlif") == "torch":
         return recurrent_lif_ref(
             wx_seq, recurrent_weight, decay_logit, width_param, thresh, reset=reset,
             v_reset=v_reset, surrogate=surrogate, p=p, training=training, generator=generator,
         )
-    from kernels.rlif import recurrent_lif_fused
+    from asgl.kernels.rlif import recurrent_lif_fused
 
     return recurrent_lif_fused(
         wx_seq, recurrent_weight, decay_logit, width_param, thresh, reset=reset,

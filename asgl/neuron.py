@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from kernels.lif_ref import RESETS, SURROGATES, slope_from_width_param, width_param_from_width
+from asgl.kernels.lif_ref import RESETS, SURROGATES, slope_from_width_param, width_param_from_width
 
 from . import functional as F
 

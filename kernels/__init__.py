@@ -1,7 +1,7 @@
 """Triton kernels of the ASGL neuron and their plain-PyTorch references.
 
-Only the references are imported here; the fused kernels live in ``kernels.lif`` (and
-``kernels.rlif``) and are imported on first use, so ``import kernels`` costs nothing and never
+Only the references are imported here; the fused kernels live in ``asgl.kernels.lif`` (and
+``asgl.kernels.rlif``) and are imported on first use, so ``import asgl.kernels`` costs nothing and never
 touches a GPU.
 """
 

@@ -1,6 +1,6 @@
-"""``@triton.jit`` helpers shared by the fused LIF kernels (``kernels.lif``, ``kernels.rlif``).
+"""``@triton.jit`` helpers shared by the fused LIF kernels (``asgl.kernels.lif``, ``asgl.kernels.rlif``).
 
-Everything here runs on float32 registers. The equations are those of :mod:`kernels.lif_ref`
+Everything here runs on float32 registers. The equations are those of :mod:`asgl.kernels.lif_ref`
 (``docs/ASGL.md`` §1–2); the helpers exist so that the forward kernel and the recomputation in
 the backward kernel execute the *same* instructions in the same order, which is what makes the
 recomputed spike decisions bit-identical to the forward ones.

@@ -3,7 +3,7 @@
 One program owns ``BLOCK_N`` neurons of the flattened ``[T, N]`` view and loops over time with the
 state in float32 registers; the backward program walks the same neurons from ``t = T-1`` down to 0
 carrying ``dL/dv``. The mask of the noisy hybrid never exists in memory: it is drawn in-kernel from
-Philox (keying in :mod:`kernels.common`) and redrawn bit-identically in the backward.
+Philox (keying in :mod:`asgl.kernels.common`) and redrawn bit-identically in the backward.
 
 Memory traffic per element and time step (bf16): forward reads x and writes y and u (6 B),
 backward reads u and dy and writes dx (6 B): about 12 B per element-step for a training step,
@@ -15,7 +15,7 @@ ptxas -v (sm_90, BLOCK_N = 1024, 4 warps, every specialisation): forward 28-128 
 live), no spills, 16-byte loads/stores of the [T, N] streams when N % 16 == 0
 (``tests/test_kernel_aot.py``). Block size and warps are not yet tuned on a GPU.
 
-The equations are in :func:`lif_fused`; the reference is :func:`kernels.lif_ref.lif_ref`.
+The equations are in :func:`lif_fused`; the reference is :func:`asgl.kernels.lif_ref.lif_ref`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # two in fp32, with enough independent neurons per SM to hide the latency of the serial T loop.
 BLOCK_N = 1024
 NUM_WARPS = 4
-# the parameter loader under the name kernels.rlif imports it by
+# the parameter loader under the name asgl.kernels.rlif imports it by
 _load_params = load_neuron_params
 
 
@@ -445,7 +445,7 @@ def lif_fused(
 ):
     """Fused multi-step ASGL LIF, ``x_seq [T, B, ...] -> y_seq`` (same shape and dtype).
 
-    Computes :func:`kernels.lif_ref.lif_ref` in two kernels (forward over all T, backward over all
+    Computes :func:`asgl.kernels.lif_ref.lif_ref` in two kernels (forward over all T, backward over all
     T in reverse). For t = 0..T-1, v[-1] = 0, λ = sigmoid(decay_logit), k the slope::
 
         u[t] = round_dtype(λ·v[t-1] + x[t])         stored for backward (the only saved tensor)
@@ -469,7 +469,7 @@ def lif_fused(
         decay_logit: 0-dim tensor.
         width_param: 0-dim (one width per layer) or ``[C]`` with ``C = x_seq.shape[2]``.
         thresh: θ, a Python float or a 0-dim tensor (which may require grad).
-        reset, v_reset, surrogate, p, training: as in :func:`kernels.lif_ref.lif_ref`.
+        reset, v_reset, surrogate, p, training: as in :func:`asgl.kernels.lif_ref.lif_ref`.
         seed: ``0 <= seed < 2**31``, an int or a one-element int64 tensor on ``x_seq``'s device;
             with ``0 < p < 1`` it keys the in-kernel Philox draws. A tensor seed (what
             :func:`asgl.functional.draw_seed` gives) is read by the kernel, so neither eager mode

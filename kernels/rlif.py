@@ -5,8 +5,8 @@ The recurrence couples every hidden unit of a batch row to every other one throu
 power of two ``BLOCK_H``) and runs all T steps in one launch with ``v`` in float32 registers; the
 backward program walks the same rows from ``t = T-1`` down to 0 carrying ``dL/dv`` and
 ``du[t+1]``. The per-step neuron update, the Philox keying ``(seed, t, b·H + h)`` and the
-relaxation gradients are the helpers of :mod:`kernels.common`, i.e. the same instructions as the
-feed-forward kernel (:mod:`kernels.lif`), so a mask drawn here can be replayed through either
+relaxation gradients are the helpers of :mod:`asgl.kernels.common`, i.e. the same instructions as the
+feed-forward kernel (:mod:`asgl.kernels.lif`), so a mask drawn here can be replayed through either
 reference.
 
 Where R lives. ``tl.dot`` needs both operands whole, and Rᵀ at H = 240 (BLOCK_H = 256) is 256 KiB in
@@ -39,7 +39,7 @@ its operands ``o`` (0/1 spikes, exact, or ``H(z)`` in [0, 1]) and R go to the te
 ones) and, as measured above, its registers fit where a tf32 mma's do not.
 
 The equations are in :func:`recurrent_lif_fused`; the reference is
-:func:`kernels.rlif_ref.recurrent_lif_ref`.
+:func:`asgl.kernels.rlif_ref.recurrent_lif_ref`.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _recurrent_matmul(a_ptr, w_ptr, H, offs_bl, offs_h, BLOCK_B: tl.constexpr, B
 def _draw_modes(seed, t, key, p):
     """Spike-mode bits ``m = 1[r >= p]`` of the Philox block of step ``t``, packed in bits 0..3.
 
-    :func:`kernels.common.rand_block` draws the uniforms of steps ``4·(t//4) + 0..3`` at once;
+    :func:`asgl.kernels.common.rand_block` draws the uniforms of steps ``4·(t//4) + 0..3`` at once;
     carrying 4 bits instead of 4 floats through the T loop saves 3 registers per element (48 per
     thread at [16, 256] and 8 warps), which is what keeps these kernels free of spills.
     """
@@ -421,7 +421,7 @@ def recurrent_lif_fused(
 ):
     """Fused recurrent ASGL LIF, ``wx_seq [T, B, H]``, ``recurrent_weight [H, H]`` -> ``y_seq [T, B, H]``.
 
-    Computes :func:`kernels.rlif_ref.recurrent_lif_ref` in two kernels (forward over all T, backward
+    Computes :func:`asgl.kernels.rlif_ref.recurrent_lif_ref` in two kernels (forward over all T, backward
     over all T in reverse). For t = 0..T-1, v[-1] = 0, o[-1] = 0, λ = sigmoid(decay_logit), k the
     slope::
 
@@ -442,7 +442,7 @@ def recurrent_lif_fused(
         decay_logit: 0-dim tensor.
         width_param: 0-dim (one width per layer) or ``[H]`` (one per hidden unit).
         thresh: θ, a Python float or a 0-dim tensor (which may require grad).
-        reset, v_reset, surrogate, p, training: as in :func:`kernels.rlif_ref.recurrent_lif_ref`.
+        reset, v_reset, surrogate, p, training: as in :func:`asgl.kernels.rlif_ref.recurrent_lif_ref`.
         seed: ``0 <= seed < 2**31``, an int or a one-element int64 tensor on ``wx_seq``'s device
             (what :func:`asgl.functional.draw_seed` gives; the kernels read it, so there is no host
             sync); with ``0 < p < 1`` it keys the in-kernel Philox draws.

@@ -3,7 +3,7 @@
 For t = 0..T-1, with v[-1] = 0 and o[-1] = 0::
 
     u[t] = λ·v[t-1] + wx[t] + o[t-1] @ Rᵀ
-    o[t], v[t] = the LIF step of :func:`kernels.lif_ref.lif_step_ref` (hybrid output, reset)
+    o[t], v[t] = the LIF step of :func:`asgl.kernels.lif_ref.lif_step_ref` (hybrid output, reset)
     y[t] = θ·o[t]
 
 ``wx_seq = x_seq @ Wᵀ`` is the input projection for all steps, computed by the caller as one
@@ -35,7 +35,7 @@ def recurrent_lif_ref(
 ) -> torch.Tensor:
     """Recurrent multi-step ASGL LIF: ``wx_seq [T, B, H]``, ``recurrent_weight [H, H]`` -> ``y [T, B, H]``.
 
-    Other arguments as in :func:`kernels.lif_ref.lif_ref`; a ``[H]`` ``width_param`` is one
+    Other arguments as in :func:`asgl.kernels.lif_ref.lif_ref`; a ``[H]`` ``width_param`` is one
     width per hidden unit.
     """
     if reset not in RESETS:

@@ -61,7 +61,7 @@ def epoch_time(loader, epoch: int = 0) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.data import DataConfig, build_data
+    from asgl.train.data import DataConfig, build_data
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)

@@ -3,8 +3,8 @@
 Paths, all on the same ``x_seq [T, N]`` (one layer-wide width, learnable decay and width, so the
 backward also reduces dλ and dk):
 
-* ``fused``         ``kernels.lif.lif_fused`` (GPU only);
-* ``eager``         ``kernels.lif_ref.lif_ref``, the reference loop over T;
+* ``fused``         ``asgl.kernels.lif.lif_fused`` (GPU only);
+* ``eager``         ``asgl.kernels.lif_ref.lif_ref``, the reference loop over T;
 * ``compile``       ``torch.compile(lif_ref)`` (the T loop unrolls: one graph per shape, so T above
                     ``--compile-max-t`` is skipped for its compile time);
 * ``spikingjelly``  SpikingJelly's multi-step ``LIFNode`` on its Triton (else CuPy) backend, only
@@ -49,7 +49,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from kernels.lif_ref import lif_ref
+from asgl.kernels.lif_ref import lif_ref
 from perf.common import (
     append_jsonl,
     bench,
@@ -159,7 +159,7 @@ def make_path(path: str, *, device: str, p: float, T: int, compile_max_t: int, p
     """``(fn, None)`` with ``fn(x_seq) -> y_seq`` for ``path``, or ``(None, why it is skipped)``.
 
     ``interpret``: let the fused path run on CPU tensors (``TRITON_INTERPRET=1`` set before
-    ``kernels.lif`` is imported): exercises this script without a GPU, times mean nothing.
+    ``asgl.kernels.lif`` is imported): exercises this script without a GPU, times mean nothing.
     """
     decay_logit, width_param = params
     kwargs = dict(reset="hard", v_reset=0.0, surrogate="sigmoid", p=p, training=True)
@@ -173,7 +173,7 @@ def make_path(path: str, *, device: str, p: float, T: int, compile_max_t: int, p
     if path == "fused":
         if not device.startswith("cuda") and not interpret:
             return None, "skipped: the fused Triton kernel needs a CUDA GPU"
-        from kernels.lif import lif_fused
+        from asgl.kernels.lif import lif_fused
 
         seed = 12345
         return (lambda x: lif_fused(x, decay_logit, width_param, THRESH, seed=seed, **kwargs)), None
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
     if not on_gpu:
         cpu_threads(args.threads)
         if args.interpret_smoke:
-            # before kernels.lif (and its @triton.jit) is imported
+            # before asgl.kernels.lif (and its @triton.jit) is imported
             os.environ["TRITON_INTERPRET"] = "1"
     args.interpret_smoke = args.interpret_smoke and not on_gpu
     try:  # one compiled graph per (T, N, dtype): lift dynamo's per-function recompile limit

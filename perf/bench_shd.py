@@ -5,9 +5,9 @@ The network is the SHD model of ``docs/ASGL.md`` §4 (:class:`asgl.models.shd.SH
 ``loss = CE(mean_t logits, label); loss.backward()`` on a batch of Bernoulli(0.05) input spikes
 (the binned SHD spike counts are that sparse). Paths:
 
-* ``fused``      ``backend="triton"``: ``kernels.rlif.recurrent_lif_fused``, one forward and one
+* ``fused``      ``backend="triton"``: ``asgl.kernels.rlif.recurrent_lif_fused``, one forward and one
                  backward launch for all T (GPU only);
-* ``reference``  ``backend="torch"``: ``kernels.rlif_ref.recurrent_lif_ref``, a PyTorch loop over T.
+* ``reference``  ``backend="torch"``: ``asgl.kernels.rlif_ref.recurrent_lif_ref``, a PyTorch loop over T.
 
 Passes: ``fwd`` (training forward, autograd recording) and ``fwd+bwd`` (the step). Times are medians
 of ``triton.testing.do_bench`` on a GPU and of a ``perf_counter`` loop on the CPU. Precisions:

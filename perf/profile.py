@@ -44,7 +44,7 @@ sys.path.insert(0, {root!r})
 
 import torch
 
-from kernels.lif import lif_fused
+from asgl.kernels.lif import lif_fused
 
 T, N, DTYPE = {T}, {N}, torch.{dtype}
 x = (torch.randn(T, N, device="cuda") * 0.8 + 0.4).to(DTYPE).requires_grad_(True)

@@ -5,7 +5,7 @@ suite sets it on CPU-only machines), so :func:`compile_kernels` runs a batch of 
 fresh subprocess with that variable removed, and returns, per spec, the PTX and what ``ptxas -v``
 says about it (registers, spill bytes, local memory). Reusable by any kernel test:
 
-    spec = KernelSpec("kernels.lif:_lif_fwd_kernel", signature={...}, constexprs={...},
+    spec = KernelSpec("asgl.kernels.lif:_lif_fwd_kernel", signature={...}, constexprs={...},
                       divisible=("x_ptr", "N"), arch=90, num_warps=4)
     [result] = compile_kernels([spec])
     result.ptx, result.registers, result.spill_bytes, result.vector_widths("ld.global")

@@ -1,4 +1,4 @@
-"""Writers of small data files in the real on-disk formats of the data sets ``train.data`` reads.
+"""Writers of small data files in the real on-disk formats of the data sets ``asgl.train.data`` reads.
 
 Each writer takes known contents (pixels, spike times, events, samples) so a test can check that
 the loader reads back exactly those; reusable by any test that needs a tiny data set on disk.

@@ -60,6 +60,6 @@ FullyShardedDataParallel.__init__ = _fsdp1_init_on_cpu
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from train.run import main
+    from asgl.train.run import main
 
     sys.exit(main(sys.argv[1:]))

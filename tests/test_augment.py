@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from train.data import augment as A
+from asgl.train.data import augment as A
 
 
 def _gen(seed):

@@ -11,7 +11,7 @@ import torch
 
 import data_fixtures as fx
 from test_trainer import needs_datasets, write_tiny_digits
-from train.config import (
+from asgl.train.config import (
     ConfigError, RunConfig, all_keys, build_config, parse_overrides, to_dict, to_yaml,
 )
 
@@ -64,7 +64,7 @@ def test_resolved_yaml_round_trips():
 def load_yaml_keys(text: str) -> dict:
     import yaml
 
-    from train.config import flatten
+    from asgl.train.config import flatten
 
     return flatten(yaml.safe_load(text))
 
@@ -111,7 +111,7 @@ def test_bad_values_name_the_key(overrides, message):
 
 
 def test_every_key_has_a_one_line_description():
-    from train.config import describe
+    from asgl.train.config import describe
 
     text = describe()
     assert list(text) == all_keys()
@@ -143,7 +143,7 @@ def test_bad_command_lines():
 
 
 def test_lr_schedule_shapes():
-    from train.run import lr_lambda
+    from asgl.train.run import lr_lambda
 
     cfg = build_config(None, {"optim.epochs": "4", "optim.warmup_epochs": "1"})
     f = lr_lambda(cfg, steps_per_epoch=10)
@@ -170,7 +170,7 @@ def _images(root: Path, name: str) -> None:
 
 
 def _cifar10_dvs(root: Path) -> None:
-    from train.data.events import CIFAR10_DVS_CLASSES
+    from asgl.train.data.events import CIFAR10_DVS_CLASSES
 
     for label, c in enumerate(CIFAR10_DVS_CLASSES):
         for i in range(10):  # 9 train, 1 test per class
@@ -225,8 +225,8 @@ def data_roots(tmp_path_factory):
 def test_shipped_config_builds_model_and_data(name, data_roots):
     """Parse the shipped config, shrink it (T, batch), load its data set from a tiny fixture, run one
     training batch through its network and loss: shapes, classes and channels must all agree."""
-    from train.data import build_data
-    from train.run import build_model
+    from asgl.train.data import build_data
+    from asgl.train.run import build_model
 
     import asgl
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import data_fixtures as fx
-from train.data import DataConfig, DataFormatError, DataNotFoundError, build_data
-from train.data.loader import SparseSequences, StreamLoader, TensorLoader, eval_chunks
+from asgl.train.data import DataConfig, DataFormatError, DataNotFoundError, build_data
+from asgl.train.data.loader import SparseSequences, StreamLoader, TensorLoader, eval_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,10 +45,10 @@ def test_import_without_datasets():
     # None in sys.modules makes any `import datasets` / `import h5py` raise ImportError.
     code = (
         "import sys; sys.modules['datasets'] = sys.modules['h5py'] = None; "
-        "import train.data; train.data.DataConfig(name='shd')"
+        "import asgl.train.data; asgl.train.data.DataConfig(name='shd')"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
-    code = "import sys, train.data; assert 'datasets' not in sys.modules and 'h5py' not in sys.modules"
+    code = "import sys, asgl.train.data; assert 'datasets' not in sys.modules and 'h5py' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -211,7 +211,7 @@ from datetime import timedelta
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from train.data.loader import DataFormatError, cached
+from asgl.train.data.loader import DataFormatError, cached
 
 rank, tmp = int(sys.argv[1]), Path(sys.argv[2])
 dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=2,
@@ -291,7 +291,7 @@ def _cifar_like(root: Path, name: str, n_train=40, n_test=13):
 @needs_datasets
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "tiny_imagenet"])
 def test_image_hub_layout_roundtrip(tmp_path, name):
-    from train.data.images import IMAGE_SPECS
+    from asgl.train.data.images import IMAGE_SPECS
 
     src = _cifar_like(tmp_path / name, name)
     spec = IMAGE_SPECS[name]
@@ -333,7 +333,7 @@ def test_streaming_matches_materialised_and_shards(tmp_path):
     for (xm, ym), (xs, ys) in zip(epoch(mat.test), epoch(stream.test), strict=True):
         assert torch.equal(xm, xs) and torch.equal(ym, ys)
     # train split: same samples (orders differ: buffer shuffle vs permutation); epochs differ
-    from train.data.images import IMAGE_SPECS
+    from asgl.train.data.images import IMAGE_SPECS
 
     spec = IMAGE_SPECS["cifar10"]
 
@@ -424,7 +424,7 @@ def test_streaming_ranks_equal_with_uneven_shards(tmp_path):
 
 @needs_datasets
 def test_images_decoded_once_then_cached(tmp_path, monkeypatch):
-    from train.data import images
+    from asgl.train.data import images
 
     root = tmp_path / "c10"
     _cifar_like(root, "cifar10", n_train=8, n_test=4)
@@ -446,7 +446,7 @@ def test_unreachable_hub_raises_data_not_found(tmp_path, source):
     """No local files and the hub offline: one message naming both and a command that exists."""
     code = (
         "import sys\n"
-        "from train.data import DataConfig, DataNotFoundError, build_data\n"
+        "from asgl.train.data import DataConfig, DataNotFoundError, build_data\n"
         "try:\n"
         f"    cfg = DataConfig(name='cifar10', source={source!r}, root={str(tmp_path / 'none')!r}, "
         f"cache_dir={str(tmp_path)!r})\n"
@@ -461,7 +461,7 @@ def test_unreachable_hub_raises_data_not_found(tmp_path, source):
     assert r.returncode == 0, r.stderr
     assert "the hub copy 'uoft-cs/cifar10' could not be loaded" in r.stdout
     assert ("no local files under" in r.stdout) == (source == "auto")
-    assert f"python -m train.data.prepare cifar10 --root {tmp_path / 'none'}" in r.stdout
+    assert f"python -m asgl.train.data.prepare cifar10 --root {tmp_path / 'none'}" in r.stdout
     assert "huggingface-cli" not in r.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == (["hf"] if (tmp_path / "hf").exists() else [])
 
@@ -537,7 +537,7 @@ def test_missing_images_message(tmp_path):
         build_data(cfg(tmp_path, name="cifar10", source="local", root=str(tmp_path / "nowhere")), T=1, seed=0)
     msg = str(err.value)
     assert "plain_text/train-*.parquet" in msg and str(tmp_path / "nowhere") in msg
-    assert f"python -m train.data.prepare cifar10 --root {tmp_path / 'nowhere'}" in msg
+    assert f"python -m asgl.train.data.prepare cifar10 --root {tmp_path / 'nowhere'}" in msg
     assert "data.source=hub" in msg
     assert isinstance(err.value, FileNotFoundError)
 
@@ -586,7 +586,7 @@ def test_shd_binning(tmp_path):
 
 def test_shd_missing_message(tmp_path):
     pattern = (r"(?s)shd_train.h5.*not found under.*spikes/times.*wget https://zenkelab.org/datasets/shd_train.h5.gz"
-               r".*Or: python -m train.data.prepare shd --root ")
+               r".*Or: python -m asgl.train.data.prepare shd --root ")
     with pytest.raises(DataNotFoundError, match=pattern):
         build_data(cfg(tmp_path, name="shd", root=str(tmp_path)), T=250, seed=0)
 
@@ -595,7 +595,7 @@ def test_shd_missing_message(tmp_path):
 
 
 def test_events_to_frames_split_by_count():
-    from train.data.events import events_to_frames
+    from asgl.train.data.events import events_to_frames
 
     ev = {"t": np.array([1, 2, 3, 4, 5, 6, 7]), "x": np.array([0, 0, 2, 3, 1, 4, 4]),
           "y": np.array([0, 0, 2, 3, 1, 4, 4]), "p": np.array([0, 1, 0, 1, 1, 0, 0])}
@@ -608,7 +608,7 @@ def test_events_to_frames_split_by_count():
 
 
 def test_cifar10_dvs_aedat2(tmp_path):
-    from train.data.events import CIFAR10_DVS_CLASSES, read_aedat2_cifar10dvs
+    from asgl.train.data.events import CIFAR10_DVS_CLASSES, read_aedat2_cifar10dvs
 
     t = np.array([10, 20, 30, 40])
     x, y, p = np.array([0, 127, 5, 64]), np.array([3, 0, 127, 64]), np.array([1, 0, 1, 0])
@@ -643,7 +643,7 @@ def test_cifar10_dvs_aedat2(tmp_path):
 
 
 def test_event_augmentation(tmp_path):
-    from train.data.events import CIFAR10_DVS_CLASSES
+    from asgl.train.data.events import CIFAR10_DVS_CLASSES
 
     root = tmp_path / "c10dvs"
     rng = np.random.default_rng(0)
@@ -686,7 +686,7 @@ def _gesture(root: Path):
 
 
 def test_aedat3_reader(tmp_path):
-    from train.data.events import read_aedat3
+    from asgl.train.data.events import read_aedat3
 
     t = np.array([1, 2, 3])
     path = fx.write_aedat3(tmp_path / "a.aedat", [
@@ -724,7 +724,7 @@ def test_gesture_missing_message(tmp_path):
 
 
 def test_read_wav_float32_and_pcm(tmp_path):
-    from train.data.audio import read_wav
+    from asgl.train.data.audio import read_wav
 
     s = np.sin(np.linspace(0, 20, 1001)).astype(np.float32) * 0.5
     x, rate = read_wav(fx.write_wav_float32(tmp_path / "f.wav", s, 22050))
@@ -736,7 +736,7 @@ def test_read_wav_float32_and_pcm(tmp_path):
 
 
 def test_mel_and_delta_coding():
-    from train.data.audio import delta_encode, mel_filterbank
+    from asgl.train.data.audio import delta_encode, mel_filterbank
 
     fb = mel_filterbank(16, 22050)
     assert fb.shape == (513, 16) and fb.min() >= 0 and torch.allclose(fb.max(0).values, torch.ones(16), atol=0.2)
@@ -826,7 +826,7 @@ def test_cuda_steps_do_not_sync():
 
 
 def test_prepare_verifies_what_is_in_place(tmp_path, capsys):
-    from train.data.prepare import main
+    from asgl.train.data.prepare import main
 
     _cifar_like(tmp_path / "c10", "cifar10", n_train=5, n_test=3)
     assert main(["cifar10", "--root", str(tmp_path / "c10")]) == 0
@@ -839,7 +839,7 @@ def test_prepare_fetches_image_sets_from_the_hub(tmp_path, monkeypatch, capsys):
     layout the trainer reads, and is verified; an unreachable hub is a clear error."""
     import huggingface_hub
 
-    from train.data.prepare import main
+    from asgl.train.data.prepare import main
 
     _cifar_like(tmp_path / "remote", "cifar10", n_train=6, n_test=2)
     calls = []
@@ -870,7 +870,7 @@ def test_prepare_downloads_shd_and_verifies_it(tmp_path, capsys):
     import gzip
 
     pytest.importorskip("h5py")
-    from train.data.prepare import fetch_shd, main
+    from asgl.train.data.prepare import fetch_shd, main
 
     served = tmp_path / "served"
     served.mkdir()
@@ -883,7 +883,7 @@ def test_prepare_downloads_shd_and_verifies_it(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "shd").iterdir()) == ["shd_test.h5", "shd_train.h5"]
     assert main(["shd", "--root", str(tmp_path / "shd")]) == 0
     assert "train: 3 samples in shd_train.h5 | test: 2 samples" in capsys.readouterr().out
-    from train.data.prepare import PrepareError
+    from asgl.train.data.prepare import PrepareError
 
     with pytest.raises(PrepareError, match="gunzip -c shd_train.h5.gz"):
         fetch_shd(tmp_path / "shd2", base_url=(tmp_path / "nothing").as_uri())
@@ -893,9 +893,9 @@ def test_prepare_downloads_shd_and_verifies_it(tmp_path, capsys):
 @pytest.mark.parametrize("name, step", [("cifar10_dvs", "figshare.com"), ("dvs128_gesture", "DvsGesture.tar.gz"),
                                         ("medley_solos", "zenodo.org/records/3464194")])
 def test_prepare_prints_the_manual_steps(tmp_path, capsys, name, step):
-    from train.data.prepare import main
+    from asgl.train.data.prepare import main
 
     assert main([name, "--root", str(tmp_path / name)]) == 1
     err = capsys.readouterr().err
-    assert step in err and f"python -m train.data.prepare {name} --root {tmp_path / name}" in err
+    assert step in err and f"python -m asgl.train.data.prepare {name} --root {tmp_path / name}" in err
     assert not (tmp_path / name).exists()

@@ -3,7 +3,7 @@
 1. The checkpoint functions (``train/checkpoint.py``) on models wrapped by torch directly (FSDP1
    ``FullyShardedDataParallel``, FSDP2 ``fully_shard``, and DDP for comparison), set up as the
    trainer sets them up: the "neuron" parameters (one of them 0-dim, with their own optimizer) kept
-   out of sharding, their gradients averaged by ``train.run.all_reduce_mean_``. Per wrapper:
+   out of sharding, their gradients averaged by ``asgl.train.run.all_reduce_mean_``. Per wrapper:
 
    * the file holds full tensors under the unwrapped model's keys, and torch's positional
      ``Optimizer.state_dict()`` form (gathered from the shards, written by rank 0);
@@ -100,7 +100,7 @@ def _build(kind: str, seed: int):
 
 
 def _train(model, opts, replicated, steps, rank: int) -> None:
-    from train.run import all_reduce_mean_  # noqa: PLC0415
+    from asgl.train.run import all_reduce_mean_  # noqa: PLC0415
 
     for step in steps:
         g = torch.Generator().manual_seed(1000 * step + rank)  # each rank its own batch
@@ -123,7 +123,7 @@ def worker(kind: str, out: Path) -> None:
     """One rank: the uninterrupted run, the interrupted one (save at SAVE_AT) and its resumption."""
     import torch.distributed as dist  # noqa: PLC0415
 
-    from train import checkpoint as ckpt_io  # noqa: PLC0415
+    from asgl.train import checkpoint as ckpt_io  # noqa: PLC0415
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -196,7 +196,7 @@ def _run_worker(kind: str, out: Path) -> dict:
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
 def test_sharded_checkpoint_is_full_and_resume_is_bit_identical(tmp_path):
-    from train import checkpoint as ckpt_io  # noqa: PLC0415
+    from asgl.train import checkpoint as ckpt_io  # noqa: PLC0415
 
     runs = {kind: _run_worker(kind, tmp_path / kind) for kind in ("ddp", "fsdp1", "fsdp2")}
     plain = Net()
@@ -357,8 +357,8 @@ def test_trainer_fsdp_trains_the_recurrent_net_in_bf16(tmp_path, version):
     done = [next(e for e in log if e.get("epoch_done") == 1) for log in logs]
     assert done[0]["params_sha256"] == done[1]["params_sha256"]
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
-    from train.run import build_model  # noqa: PLC0415
-    from train.config import build_config  # noqa: PLC0415
+    from asgl.train.run import build_model  # noqa: PLC0415
+    from asgl.train.config import build_config  # noqa: PLC0415
 
     cfg = build_config(run_dir / "config.yaml")
     model = build_model(cfg, num_classes=20, in_channels=700)

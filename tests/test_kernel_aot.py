@@ -4,7 +4,7 @@ Each compile must succeed, must not spill to local memory, and must keep the per
 and stores of the [T, N] tensors 16 bytes wide (``.v4.b32``: 4 fp32 or 8 fp16/bf16 per thread) when
 N is a multiple of 16, which is the case the JIT specialises. The default run compiles a covering
 subset (every dtype, every value of every constexpr, both kernels, both archs), and a second test
-compiles every specialisation ``kernels.lif`` can launch (about 2-3 minutes cold on 2 cores; part
+compiles every specialisation ``asgl.kernels.lif`` can launch (about 2-3 minutes cold on 2 cores; part
 of the normal run). Compiles are cached by triton, so reruns only pay for ``ptxas -v``.
 """
 
@@ -29,7 +29,7 @@ def fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STORE_U,
                       BLOCK_N=1024)
     signature.update({k: "constexpr" for k in constexprs})
     label = f"fwd sm_{arch} {dtype} " + " ".join(f"{k}={int(v)}" for k, v in constexprs.items() if k != "BLOCK_N")
-    return KernelSpec("kernels.lif:_lif_fwd_kernel", signature, constexprs, DIVISIBLE_FWD, arch, 4, label)
+    return KernelSpec("asgl.kernels.lif:_lif_fwd_kernel", signature, constexprs, DIVISIBLE_FWD, arch, 4, label)
 
 
 def bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH):
@@ -39,7 +39,7 @@ def bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH):
                       CHANNEL_WIDTH=bool(CHANNEL_WIDTH), BLOCK_N=1024)
     signature.update({k: "constexpr" for k in constexprs})
     label = f"bwd sm_{arch} {dtype} " + " ".join(f"{k}={int(v)}" for k, v in constexprs.items() if k != "BLOCK_N")
-    return KernelSpec("kernels.lif:_lif_bwd_kernel", signature, constexprs, DIVISIBLE_BWD, arch, 4, label)
+    return KernelSpec("asgl.kernels.lif:_lif_bwd_kernel", signature, constexprs, DIVISIBLE_BWD, arch, 4, label)
 
 
 def check(results):

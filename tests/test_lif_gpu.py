@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.lif import lif_fused
+from asgl.kernels.lif import lif_fused
 from test_lif_kernel import (
     MAX_DIVERGED_PER_STEP,
     diverged_neurons,

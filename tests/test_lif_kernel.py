@@ -1,4 +1,4 @@
-"""The fused LIF kernels (``kernels.lif``) against the reference ``kernels.lif_ref.lif_ref``.
+"""The fused LIF kernels (``asgl.kernels.lif``) against the reference ``asgl.kernels.lif_ref.lif_ref``.
 
 Runs under ``TRITON_INTERPRET=1`` on the CPU (tiny shapes) and compiled on a GPU. The fused
 kernel hands back the mask it drew (``return_mask=True``) and the reference replays it, so every
@@ -30,9 +30,9 @@ import pytest
 import torch
 from conftest import nan_poison
 
-import kernels.lif as lif_mod
-from kernels.lif import lif_fused
-from kernels.lif_ref import lif_ref, lif_step_ref, slope_from_width_param
+import asgl.kernels.lif as lif_mod
+from asgl.kernels.lif import lif_fused
+from asgl.kernels.lif_ref import lif_ref, lif_step_ref, slope_from_width_param
 
 ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 MAX_DIVERGED_PER_STEP = 1e-4  # see diverged_neurons

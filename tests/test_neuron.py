@@ -1,4 +1,4 @@
-"""The ASGL neuron: the reference (``kernels.lif_ref``) and ``asgl.LIF`` on its torch backend.
+"""The ASGL neuron: the reference (``asgl.kernels.lif_ref``) and ``asgl.LIF`` on its torch backend.
 
 Values are checked against hand computations and against a scalar re-derivation of the contract
 (``docs/ASGL.md`` §1–2) written here in plain Python floats. Gradients are checked in float64
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import asgl
-from kernels.lif_ref import lif_ref, spike_mask_ref, width_param_from_width
+from asgl.kernels.lif_ref import lif_ref, spike_mask_ref, width_param_from_width
 
 
 # --------------------------------------------------------------------------- scalar re-derivation
@@ -402,7 +402,7 @@ def test_packages_import_without_datasets_and_without_touching_cuda():
         "calls = []\n"
         "torch.cuda.is_available = lambda: calls.append('is_available') or False\n"
         "torch.cuda.device_count = lambda: calls.append('device_count') or 0\n"
-        "import asgl, kernels, kernels.lif, kernels.rlif\n"
+        "import asgl, kernels, asgl.kernels.lif, asgl.kernels.rlif\n"
         "m = asgl.create_model('digits_cnn')\n"
         "assert 'datasets' not in [k for k, v in sys.modules.items() if v is not None]\n"
         "assert not calls, calls\n"

@@ -30,13 +30,13 @@ if str(ROOT) not in sys.path:
 
 @pytest.fixture
 def launches(monkeypatch):
-    """Counter of Triton launches from ``kernels.lif``, keyed by kernel name."""
+    """Counter of Triton launches from ``asgl.kernels.lif``, keyed by kernel name."""
     import triton
 
-    import kernels.lif as lif_module
+    import asgl.kernels.lif as lif_module
 
     kernels = {id(v): name for name, v in vars(lif_module).items() if isinstance(v, triton.runtime.KernelInterface)}
-    assert kernels, "kernels.lif defines no Triton kernels"
+    assert kernels, "asgl.kernels.lif defines no Triton kernels"
     counts: Counter = Counter()
     classes = {type(v) for v in vars(lif_module).values() if isinstance(v, triton.runtime.KernelInterface)}
     for cls in classes:
@@ -64,7 +64,7 @@ def _inputs(device, *, channels: bool, requires_grad: bool = True):
 @pytest.mark.parametrize("channels", [False, True])
 @pytest.mark.parametrize("surrogate,reset", [("sigmoid", "hard"), ("rectangle", "soft")])
 def test_one_launch_per_forward_and_per_backward(launches, device, p, channels, surrogate, reset):
-    from kernels.lif import lif_fused
+    from asgl.kernels.lif import lif_fused
 
     x, decay_logit, width_param = _inputs(device, channels=channels)
     kwargs = dict(reset=reset, v_reset=0.0, surrogate=surrogate, p=p, training=True, seed=7)
@@ -86,7 +86,7 @@ def test_one_launch_per_forward_and_per_backward(launches, device, p, channels, 
 
 @pytest.mark.interpret
 def test_one_launch_in_eval(launches, device):
-    from kernels.lif import lif_fused
+    from asgl.kernels.lif import lif_fused
 
     x, decay_logit, width_param = _inputs(device, channels=False, requires_grad=False)
     with torch.no_grad():

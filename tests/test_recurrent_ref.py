@@ -1,4 +1,4 @@
-"""The recurrent ASGL LIF reference (``kernels.rlif_ref``) and ``asgl.RecurrentLIF`` (torch backend)."""
+"""The recurrent ASGL LIF reference (``asgl.kernels.rlif_ref``) and ``asgl.RecurrentLIF`` (torch backend)."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import asgl
-from kernels.lif_ref import lif_ref, spike_mask_ref, width_param_from_width
-from kernels.rlif_ref import recurrent_lif_ref
+from asgl.kernels.lif_ref import lif_ref, spike_mask_ref, width_param_from_width
+from asgl.kernels.rlif_ref import recurrent_lif_ref
 
 
 def _params(surrogate="sigmoid", width=1.0):

@@ -4,7 +4,7 @@ No GPU needed: :mod:`aot_util` compiles in a subprocess without ``TRITON_INTERPR
 ``ptxas -v``. Each compile must succeed and must not spill (the [16, 256] float32 state tiles and
 the streamed Rᵀ chunks have to fit in registers at 8 warps). The default test compiles a covering
 subset (every dtype, every value of every constexpr, both kernels, both archs); the ``slow`` test
-compiles every specialisation ``kernels.rlif`` can launch. Register counts are printed (``-s``).
+compiles every specialisation ``asgl.kernels.rlif`` can launch. Register counts are printed (``-s``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from aot_util import (
 )
 
 H = 240
-BLOCK_H, BLOCK_K, NUM_WARPS = 256, 16, 8  # what kernels.rlif._blocks(240) picks
+BLOCK_H, BLOCK_K, NUM_WARPS = 256, 16, 8  # what asgl.kernels.rlif._blocks(240) picks
 PARAMS = {"decay_logit_ptr": "*fp32", "width_ptr": "*fp32", "theta_ptr": "*fp32", "seed_ptr": "*i64"}
 SIZES = {"T": "i32", "B": "i32", "H": "i32", "v_reset": "fp32", "p": "fp32"}
 # the JIT's view of an SHD launch: 16-byte aligned torch allocations, B = 32 and H = 240 multiples of 16
@@ -31,7 +31,7 @@ def _blocks_spec():
 
 
 def fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STORE_U, STORE_MASK=False):
-    # 16-bit storage feeds the forward product in fp16 (kernels.rlif._fwd_dot_dtype)
+    # 16-bit storage feeds the forward product in fp16 (asgl.kernels.rlif._fwd_dot_dtype)
     dot = "fp32" if dtype == "fp32" else "fp16"
     signature = {"wx_ptr": f"*{dtype}", "rt_ptr": f"*{dot}", "y_ptr": f"*{dtype}", "u_ptr": f"*{dtype}",
                  "mask_ptr": "*i8", "scratch_ptr": f"*{dot}", **PARAMS, **SIZES}
@@ -41,7 +41,7 @@ def fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STORE_U,
     signature.update({k: "constexpr" for k in constexprs})
     label = f"fwd sm_{arch} {dtype} " + " ".join(
         f"{k}={int(v)}" for k, v in constexprs.items() if not k.startswith("BLOCK"))
-    return KernelSpec("kernels.rlif:_rlif_fwd_kernel", signature, constexprs, DIVISIBLE_FWD, arch, NUM_WARPS, label)
+    return KernelSpec("asgl.kernels.rlif:_rlif_fwd_kernel", signature, constexprs, DIVISIBLE_FWD, arch, NUM_WARPS, label)
 
 
 def bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH):
@@ -52,7 +52,7 @@ def bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH):
     signature.update({k: "constexpr" for k in constexprs})
     label = f"bwd sm_{arch} {dtype} " + " ".join(
         f"{k}={int(v)}" for k, v in constexprs.items() if not k.startswith("BLOCK"))
-    return KernelSpec("kernels.rlif:_rlif_bwd_kernel", signature, constexprs, DIVISIBLE_BWD, arch, NUM_WARPS, label)
+    return KernelSpec("asgl.kernels.rlif:_rlif_bwd_kernel", signature, constexprs, DIVISIBLE_BWD, arch, NUM_WARPS, label)
 
 
 def check(results):
@@ -73,7 +73,7 @@ def check(results):
 
 
 def test_specs_use_the_launch_configuration():
-    from kernels.rlif import BLOCK_B, _blocks
+    from asgl.kernels.rlif import BLOCK_B, _blocks
 
     assert _blocks(H) == (BLOCK_H, BLOCK_K, NUM_WARPS) and _blocks_spec()["BLOCK_B"] == BLOCK_B
 

@@ -1,4 +1,4 @@
-"""The fused recurrent LIF kernels (``kernels.rlif``) against ``kernels.rlif_ref.recurrent_lif_ref``.
+"""The fused recurrent LIF kernels (``asgl.kernels.rlif``) against ``asgl.kernels.rlif_ref.recurrent_lif_ref``.
 
 Runs compiled on a CUDA device, or under ``TRITON_INTERPRET=1`` on CPU tensors (set by conftest),
 at tiny ragged shapes: H = 23 (not a power of two, two K-chunks, the second partial), odd T, one
@@ -23,11 +23,11 @@ import torch
 from conftest import nan_poison
 
 import asgl
-import kernels.rlif as rlif_mod
-import kernels.rlif_ref as rlif_ref_module
-from kernels.lif_ref import lif_step_ref, width_param_from_width
-from kernels.rlif import recurrent_lif_fused
-from kernels.rlif_ref import recurrent_lif_ref
+import asgl.kernels.rlif as rlif_mod
+import asgl.kernels.rlif_ref as rlif_ref_module
+from asgl.kernels.lif_ref import lif_step_ref, width_param_from_width
+from asgl.kernels.rlif import recurrent_lif_fused
+from asgl.kernels.rlif_ref import recurrent_lif_ref
 
 
 @pytest.fixture(autouse=True)
@@ -199,8 +199,8 @@ def test_ragged_shapes(device, monkeypatch, T, B, H):
 
 @pytest.mark.interpret
 def test_mask_keying_matches_feed_forward_kernel(device):
-    """Same (seed, t, b·H + h) keying as kernels.lif: equal masks for equal shapes and seeds."""
-    from kernels.lif import lif_fused
+    """Same (seed, t, b·H + h) keying as asgl.kernels.lif: equal masks for equal shapes and seeds."""
+    from asgl.kernels.lif import lif_fused
 
     wx, rec, decay_logit, width = make_inputs(6, 3, 23, device=device)
     with torch.no_grad():
@@ -283,7 +283,7 @@ def test_bad_arguments_raise_value_errors(device):
 @pytest.mark.interpret
 def test_custom_ops_pass_opcheck(device):
     """Schema, fake-tensor (torch.compile) and autograd registration of both custom ops."""
-    from kernels.rlif import _rlif_bwd_op, _rlif_fwd_op
+    from asgl.kernels.rlif import _rlif_bwd_op, _rlif_fwd_op
 
     wx, rec, decay_logit, width = make_inputs(3, 2, 5, device=device, channel=True)
     theta = torch.tensor(1.0, device=device)

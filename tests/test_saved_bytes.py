@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.lif import lif_fused
-from kernels.lif_ref import lif_ref
+from asgl.kernels.lif import lif_fused
+from asgl.kernels.lif_ref import lif_ref
 
 T, B, C, L = 4, 2, 3, 53
 

@@ -107,11 +107,11 @@ def test_quickstart_config_end_to_end(tmp_path):
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     assert best["best_metric"] == pytest.approx(max(row["test_acc"] for row in m))
     # the saved config reproduces the run's settings
-    from train.config import build_config
+    from asgl.train.config import build_config
 
     assert build_config(run_dir / "config.yaml").optim.epochs == 2
     pytest.importorskip("matplotlib")
-    p = subprocess.run([sys.executable, "-m", "train.plot", str(run_dir)], cwd=REPO, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "asgl.train.plot", str(run_dir)], cwd=REPO, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert {f.name for f in (run_dir / "plots").iterdir()} == {"loss.png", "accuracy.png", "width.png",
                                                                 "firing_rate.png"}
@@ -233,7 +233,7 @@ def test_fp16_step_updates_the_shared_scaler_once_for_both_optimizers():
     """Weights and neuron parameters share one loss scale S: an overflow in the weights skips their
     step and halves S once, after the neuron gradients were unscaled with the S they were scaled by;
     clean steps advance the growth counter once per step."""
-    from train.run import optimizer_step
+    from asgl.train.run import optimizer_step
 
     class Wrapped:  # Accelerate's wrapper: its own step() would update the scaler again
         def __init__(self, opt):
@@ -309,7 +309,7 @@ def test_unusable_out_dir_is_a_clear_error(tmp_path):
 
 
 def test_written_files_get_the_usual_permissions(tmp_path):
-    from train.checkpoint import write_atomic
+    from asgl.train.checkpoint import write_atomic
 
     umask = os.umask(0)
     os.umask(umask)
@@ -465,8 +465,8 @@ def test_progress_lines_without_a_terminal(straight):
 
 
 def test_label_smoothing_matches_torch_cross_entropy():
-    from train.config import build_config
-    from train.run import make_criterion
+    from asgl.train.config import build_config
+    from asgl.train.run import make_criterion
 
     torch.manual_seed(0)
     logits, y = torch.randn(3, 5, 7), torch.randint(0, 7, (5,))
@@ -520,7 +520,7 @@ def test_help_describes_every_key():
 def run_eval(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     e = {**os.environ, "PYTHONWARNINGS": "ignore"}
     e.pop("TRITON_INTERPRET", None)
-    return subprocess.run(["nice", sys.executable, "-m", "train.eval", *args], cwd=REPO, capture_output=True,
+    return subprocess.run(["nice", sys.executable, "-m", "asgl.train.eval", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=240, env={**e, "PYTHONPATH": str(REPO)})
 
 
@@ -564,7 +564,7 @@ def test_eval_refuses_a_checkpoint_of_another_model_and_bad_targets(tmp, straigh
 
 
 def test_plot_without_metrics_is_a_clear_error(tmp_path, capsys):
-    from train.plot import main
+    from asgl.train.plot import main
 
     assert main([str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
@@ -575,7 +575,7 @@ def test_checkpoint_rng_round_trip_and_errors(tmp_path):
 
     import numpy as np
 
-    from train import checkpoint as ck
+    from asgl.train import checkpoint as ck
 
     random.random(), np.random.normal()  # a cached Gaussian in numpy's state
     state = ck.rng_state()

@@ -2,6 +2,6 @@
 
 import sys
 
-from train.run import main
+from asgl.train.run import main
 
 sys.exit(main())

@@ -30,7 +30,7 @@ from typing import Any, Union
 import yaml
 
 from asgl.models import list_models
-from train.data import IMAGE_DATASETS, DataConfig
+from asgl.train.data import IMAGE_DATASETS, DataConfig
 
 SURROGATES = ("sigmoid", "rectangle")
 RESETS = ("hard", "soft")

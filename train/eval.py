@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: top-1, top-5, accuracy per time step, firing rate per layer.
 
-    python -m train.eval RUN_DIR_or_CHECKPOINT [--out FILE] [--section.key=value ...]
-    accelerate launch -m train.eval runs/cifar10_resnet18_t4 --data.eval_batch_size=512
+    python -m asgl.train.eval RUN_DIR_or_CHECKPOINT [--out FILE] [--section.key=value ...]
+    accelerate launch -m asgl.train.eval runs/cifar10_resnet18_t4 --data.eval_batch_size=512
 
 ``RUN_DIR`` means its ``best.pt`` (``last.pt`` if there is no best). The model and data are those of
 the checkpoint's own config; overrides change how it is evaluated (``data.root``, ``data.source``,
@@ -9,7 +9,7 @@ the checkpoint's own config; overrides change how it is evaluated (``data.root``
 network itself makes a model the checkpoint does not fit, which is refused. Any number of ranks
 (``accelerate launch``): each scores its share of the test split, the sums are reduced.
 
-The evaluation is :func:`train.run.evaluate`, the one the trainer logs every epoch, so the top-1 of
+The evaluation is :func:`asgl.train.run.evaluate`, the one the trainer logs every epoch, so the top-1 of
 ``best.pt`` here is the ``best_test_acc`` of its run. Writes (rank 0) a JSON file, by default
 ``eval_<checkpoint name>.json`` beside the checkpoint::
 
@@ -34,9 +34,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch
 
-from train import checkpoint as ckpt_io
-from train.config import ConfigError, build_config, parse_overrides
-from train.run import (
+from asgl.train import checkpoint as ckpt_io
+from asgl.train.config import ConfigError, build_config, parse_overrides
+from asgl.train.run import (
     EXIT_OK, EXIT_USAGE, FiringRates, UsageError, _fail, build_model, evaluate, load_data, make_accelerator,
     make_criterion, prepare, saved_config, use_channels_last,
 )
@@ -76,7 +76,7 @@ def split_args(argv: list[str]) -> tuple[str, Path | None, list[str]]:
             rest.append(arg)
         i += 1
     if target is None:
-        raise ConfigError("give a run folder or a checkpoint: python -m train.eval RUN_DIR [--section.key=value ...]")
+        raise ConfigError("give a run folder or a checkpoint: python -m asgl.train.eval RUN_DIR [--section.key=value ...]")
     return target, out, rest
 
 

@@ -1,6 +1,6 @@
 """Plot a run's curves from its ``metrics.jsonl``.
 
-    python -m train.plot RUN_DIR [--out DIR]
+    python -m asgl.train.plot RUN_DIR [--out DIR]
 
 Writes into ``RUN_DIR/plots`` (or ``--out``): ``loss.png`` (train/test loss), ``accuracy.png``
 (train/test accuracy, %), ``width.png`` (mean relaxation width α per LIF layer) and
@@ -85,7 +85,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.plot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m asgl.train.plot", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run folder holding metrics.jsonl")
     parser.add_argument("--out", default=None, help="where to write the PNGs (default RUN_DIR/plots)")
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@
 Reads top to bottom: ``parse_command_line`` → ``make_accelerator`` → seeds → ``load_data`` →
 ``build`` (model, optimizers, LR and noise schedules, Accelerate's prepare, torch.compile) →
 ``restore`` (on --resume) → epochs of ``train_epoch`` / ``evaluate`` / log / ``save_checkpoint``.
-``python -m train.eval`` scores a checkpoint with the same ``evaluate``.
+``python -m asgl.train.eval`` scores a checkpoint with the same ``evaluate``.
 
 Run folder ``RUN_DIR = train.out_dir / train.run_name`` (run_name defaults to the config's name):
 
@@ -110,11 +110,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 import torch
 
-from train import checkpoint as ckpt_io
-from train.config import (
+from asgl.train import checkpoint as ckpt_io
+from asgl.train.config import (
     ConfigError, RunConfig, all_keys, build_config, flatten, load_yaml, parse_overrides, to_dict, to_yaml,
 )
-from train.data import DataNotFoundError
+from asgl.train.data import DataNotFoundError
 
 EXIT_OK, EXIT_NONFINITE, EXIT_USAGE = 0, 1, 2
 ARTIFACTS = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "logs", "ranks", "plots")
@@ -136,7 +136,7 @@ def _fail(msg: str, code: int) -> int:
 
 
 def _help() -> str:
-    from train.config import describe  # noqa: PLC0415
+    from asgl.train.config import describe  # noqa: PLC0415
 
     lines = [__doc__.strip(), "", "Config keys (--section.key=value; default, then what it means):"]
     cfg = RunConfig()
@@ -439,8 +439,8 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None):
 
 
 def load_data(cfg: RunConfig, accelerator):
-    """This rank's :class:`train.data.DataBundle`; :class:`UsageError` for missing or unusable data."""
-    from train.data import build_data  # noqa: PLC0415
+    """This rank's :class:`asgl.train.data.DataBundle`; :class:`UsageError` for missing or unusable data."""
+    from asgl.train.data import build_data  # noqa: PLC0415
 
     try:
         data = build_data(cfg.data, T=cfg.model.T, seed=cfg.train.seed, rank=accelerator.process_index,

@@ -65,7 +65,7 @@ class DataConfig:
     cache_dir: str = ".cache/asgl"  # decoded tensors are cached here
     batch_size: int = 128  # global batch; each of world_size ranks gets batch_size // world_size
     eval_batch_size: int = 256  # global test batch
-    # images (applied on the device by train.data.augment)
+    # images (applied on the device by asgl.train.data.augment)
     crop_pad: int = 0  # images: random crop after zero-padding this many pixels (0: off)
     flip: bool = False  # random horizontal flip (images and events)
     cutout: int = 0  # images: side of the random square cut out (0: off)
@@ -91,7 +91,7 @@ class DataConfig:
         need(self.source in SOURCES, "source", f"one of {', '.join(SOURCES)}")
         need(self.source != "hub" or self.name in IMAGE_DATASETS, "source",
              f"auto or local for {self.name} (only the image sets load from the hub; "
-             f"python -m train.data.prepare {self.name} fetches or explains the others)")
+             f"python -m asgl.train.data.prepare {self.name} fetches or explains the others)")
         need(self.workers is None or _is_int(self.workers) and self.workers >= 0, "workers", "null or an integer >= 0")
         need(self.root is None or isinstance(self.root, str) and bool(self.root), "root", "a folder path or null")
         need(self.hub_id is None or isinstance(self.hub_id, str) and "/" in self.hub_id, "hub_id",
@@ -172,7 +172,7 @@ def build_data(cfg: DataConfig, *, T: int, seed: int, rank: int = 0, world_size:
 def prepare_command(name: str, root: Path) -> str:
     """The command that fetches (or explains how to get) ``name`` into ``root``."""
     default = _root(DataConfig(name=name))
-    return f"python -m train.data.prepare {name}" + ("" if Path(root) == default else f" --root {root}")
+    return f"python -m asgl.train.data.prepare {name}" + ("" if Path(root) == default else f" --root {root}")
 
 
 def _root(cfg: DataConfig) -> Path:
@@ -191,7 +191,7 @@ def _image_transform(cfg: DataConfig, normalise, *, train: bool):
     try:
         from .augment import augment_images
     except ImportError as e:
-        raise ImportError("data augmentation (crop_pad/flip/cutout/autoaugment) needs train.data.augment") from e
+        raise ImportError("data augmentation (crop_pad/flip/cutout/autoaugment) needs asgl.train.data.augment") from e
 
     def transform(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = augment_images(x, crop_pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout,
@@ -232,7 +232,7 @@ def _images_missing(cfg: DataConfig, folder: Path, hub_error: BaseException | No
                 + why + ".")
     else:
         head = f"data set {cfg.name!r}: no files under {folder} in the hub parquet layout:\n{layout}"
-    get = (f"python -m train.data.prepare {cfg.name}" + ("" if cfg.root is None else f" --root {folder}")
+    get = (f"python -m asgl.train.data.prepare {cfg.name}" + ("" if cfg.root is None else f" --root {folder}")
            if hub_id is not None or cfg.name == "digits" else "")
     tail = ["Get it with:", f"    {get}"] if get else []
     if hub_id is not None and hub_error is not None:

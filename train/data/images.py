@@ -12,7 +12,7 @@ Materialised mode decodes every image once into a uint8 tensor ``[N, C, H, W]``,
 augments there. Streaming mode reads the parquet rows through a ``datasets.IterableDataset``
 (buffer-shuffled per epoch, split round-robin between ranks) and decodes them on the fly with the
 same decoder, so both modes produce the same samples. ``datasets`` is imported only here, inside
-functions: ``import train.data`` works without it.
+functions: ``import asgl.train.data`` works without it.
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def open_stream(source: ImageSource, split: str, *, cache_dir: str, epoch: int, 
     """This rank's stream of ``(uint8 [C, H, W], label)`` for one epoch.
 
     Rank ``r`` of ``W`` takes rows ``r, r+W, r+2W, ...`` of the epoch's stream (the same on every
-    rank: the shuffle is seeded), the split :class:`~train.data.loader.StreamLoader` counts on.
+    rank: the shuffle is seeded), the split :class:`~asgl.train.data.loader.StreamLoader` counts on.
     ``datasets.distributed.split_dataset_by_node`` would instead hand out whole shards when their
     number is a multiple of ``W``, and shards of unequal size would give the ranks different step
     counts. Every rank reads every row, as ``split_dataset_by_node`` does for single-file sets,

@@ -1,6 +1,6 @@
 """Fetch a data set and lay it out where the trainer looks for it, then verify what was laid out.
 
-    python -m train.data.prepare NAME [--root DIR]
+    python -m asgl.train.data.prepare NAME [--root DIR]
 
 ``DIR`` defaults to ``<repo>/data/<NAME>``, the folder ``data.source=auto`` reads first.
 
@@ -33,8 +33,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from train.data import DATASETS, DataConfig, _root
-from train.data.loader import DataFormatError, DataNotFoundError
+from asgl.train.data import DATASETS, DataConfig, _root
+from asgl.train.data.loader import DataFormatError, DataNotFoundError
 
 SHD_URL = "https://zenkelab.org/datasets"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -47,17 +47,17 @@ MANUAL = {
   2. Unzip each into its own folder:  mkdir -p {root} && for c in airplane automobile bird cat deer dog frog horse ship truck; do unzip -q $c.zip -d {root}/$c; done
      so that {root}/airplane/cifar10_airplane_0.aedat ... exist (1,000 AEDAT 2.0 files per class;
      move them up a level if the zip holds a folder of its own).
-  3. Check:  python -m train.data.prepare cifar10_dvs --root {root}""",
+  3. Check:  python -m asgl.train.data.prepare cifar10_dvs --root {root}""",
     "dvs128_gesture": """DVS128 Gesture is distributed by IBM (CC BY 4.0):
   1. Download DvsGesture.tar.gz from https://research.ibm.com/dvsgesture/ (an IBM Box link).
   2. Extract it:  mkdir -p {root} && tar -xzf DvsGesture.tar.gz -C {root} --strip-components=1
      so that {root}/trials_to_train.txt, {root}/trials_to_test.txt, {root}/user01_fluorescent.aedat
      and {root}/user01_fluorescent_labels.csv exist.
-  3. Check:  python -m train.data.prepare dvs128_gesture --root {root}""",
+  3. Check:  python -m asgl.train.data.prepare dvs128_gesture --root {root}""",
     "medley_solos": """Medley-solos-DB is distributed on Zenodo (CC BY 4.0):
   1. Download Medley-solos-DB.tar.gz and Medley-solos-DB_metadata.csv from https://zenodo.org/records/3464194
   2. Extract and place the metadata:  mkdir -p {root} && tar -xzf Medley-solos-DB.tar.gz -C {root} && cp Medley-solos-DB_metadata.csv {root}/
-  3. Check:  python -m train.data.prepare medley_solos --root {root}""",
+  3. Check:  python -m asgl.train.data.prepare medley_solos --root {root}""",
 }
 
 
@@ -68,12 +68,12 @@ class PrepareError(RuntimeError):
 def verify(name: str, root: Path) -> list[str]:
     """One line per split describing what the trainer will read from ``root``; raises
     :class:`DataNotFoundError` / :class:`DataFormatError` when it would not load."""
-    from train.data import IMAGE_DATASETS
+    from asgl.train.data import IMAGE_DATASETS
 
     if name in IMAGE_DATASETS:
         import pyarrow.parquet as pq
 
-        from train.data import images
+        from asgl.train.data import images
 
         source = images.resolve_source(name, str(root), None, None)
         lines = []
@@ -92,7 +92,7 @@ def verify(name: str, root: Path) -> list[str]:
     if name == "shd":
         import h5py
 
-        from train.data import shd
+        from asgl.train.data import shd
 
         lines = []
         for split, path in shd.shd_files(root).items():
@@ -106,15 +106,15 @@ def verify(name: str, root: Path) -> list[str]:
             lines.append(f"{split}: {n:,} samples in {path.name}")
         return lines
     if name == "cifar10_dvs":
-        from train.data import events
+        from asgl.train.data import events
 
         files = events.cifar10_dvs_files(root, 0)
         return [f"{split}: {len(items):,} recordings (seeded 9:1 split)" for split, items in files.items()]
     if name == "dvs128_gesture":
-        from train.data import events
+        from asgl.train.data import events
 
         return [f"{split}: {len(items):,} gesture samples" for split, items in events.gesture_samples(root).items()]
-    from train.data import audio
+    from asgl.train.data import audio
 
     return [f"{split}: {len(items):,} clips" for split, items in audio.medley_files(root).items()]
 
@@ -123,7 +123,7 @@ def fetch_hub(name: str, root: Path) -> None:
     """The parquet files of the data set's hub copy into ``root``, in the hub's layout."""
     from huggingface_hub import snapshot_download
 
-    from train.data import images
+    from asgl.train.data import images
 
     spec = images.IMAGE_SPECS[name]
     try:
@@ -181,7 +181,7 @@ def prepare(name: str, root: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.data.prepare",
+    parser = argparse.ArgumentParser(prog="python -m asgl.train.data.prepare",
                                      description="Fetch a data set, lay it out for the trainer and verify it.")
     parser.add_argument("name", choices=DATASETS, help="the data set (data.name)")
     parser.add_argument("--root", help="where to lay it out (data.root); default <repo>/data/NAME")

@@ -60,17 +60,17 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def run_training(name: str, overrides: dict[str, Any], *, runs_dir: Path, config: Path = QUICKSTART,
                  **extra: Any) -> dict:
-    """Train one run through :func:`train.run.main` in this process and return its record.
+    """Train one run through :func:`asgl.train.run.main` in this process and return its record.
 
     ``overrides`` are ``section.key -> value`` applied over ``config``; the run folder is
     ``runs_dir/name`` (overwritten). ``extra`` keys are copied into the record (e.g. ``method``).
     A run that ends with a non-zero exit code (e.g. 1 = non-finite loss) is kept with that code and
     the accuracy of its last evaluated epoch (``None`` if it never evaluated); one that raises is
     kept with ``exit_code = -1`` and the exception in ``error``, so a sweep goes on. A run stopped by
-    SIGINT/SIGTERM (which :func:`train.run.main` turns into exit 130/143 after saving) stops the
+    SIGINT/SIGTERM (which :func:`asgl.train.run.main` turns into exit 130/143 after saving) stops the
     sweep with ``KeyboardInterrupt``.
     """
-    from train.run import main  # noqa: PLC0415  (heavy import; only when training)
+    from asgl.train.run import main  # noqa: PLC0415  (heavy import; only when training)
 
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"name must be a non-empty file name, got {name!r}")
@@ -183,7 +183,7 @@ def save_study(path: Path, study: str, settings: dict, runs: list[dict], summary
 
 def parser(study: str, description: str, default_seeds: int) -> argparse.ArgumentParser:
     """The command line every study shares: ``--quick``, ``--seeds``, ``--out``, ``--runs-dir``."""
-    p = argparse.ArgumentParser(prog=f"python -m train.studies.{study}", description=description)
+    p = argparse.ArgumentParser(prog=f"python -m asgl.train.studies.{study}", description=description)
     p.add_argument("--quick", action="store_true", help="a ~1-minute smoke version (tiny net, one short epoch)")
     p.add_argument("--seeds", type=int, default=default_seeds, help=f"seeds per setting (default {default_seeds})")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "results" / study,

@@ -1,6 +1,6 @@
 """Network dynamics: the learned width α and the firing rate of every layer over training.
 
-    python -m train.studies.dynamics [--quick] [--seeds 1] [--alpha 10] [--epochs 12] [--from-run RUN_DIR]
+    python -m asgl.train.studies.dynamics [--quick] [--seeds 1] [--alpha 10] [--epochs 12] [--from-run RUN_DIR]
 
 Trains ASGL runs (the width study's shared settings, learnable α from ``--alpha``, p = 0.2) — or
 reads an existing run folder with ``--from-run`` — and extracts from ``metrics.jsonl`` per epoch:
@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from train.studies import common
-from train.studies.width_robustness import METHODS, QUICK_SHARED, SHARED
+from asgl.train.studies import common
+from asgl.train.studies.width_robustness import METHODS, QUICK_SHARED, SHARED
 
 
 def series(rows: list[dict]) -> dict:

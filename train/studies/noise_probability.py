@@ -1,6 +1,6 @@
 """Noise probability: test accuracy of the SNN against the analog-mode probability p at a large α.
 
-    python -m train.studies.noise_probability [--quick] [--seeds 3]
+    python -m asgl.train.studies.noise_probability [--quick] [--seeds 3]
 
 Same network and shared settings as the width study (:data:`width_robustness.SHARED`), initial
 width α = ``ALPHA`` (learnable), p ∈ ``PS`` kept constant (γ = 1). p = 0 is learnable-width SG
@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from train.studies import common
-from train.studies.width_robustness import QUICK_SHARED, SHARED
+from asgl.train.studies import common
+from asgl.train.studies.width_robustness import QUICK_SHARED, SHARED
 
 ALPHA = 10.0
 PS = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)

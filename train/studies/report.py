@@ -1,6 +1,6 @@
 """Regenerate the tables of ``docs/REPRODUCTION.md`` from the study JSON files.
 
-    python -m train.studies.report [--results docs/results] [--doc docs/REPRODUCTION.md] [--check]
+    python -m asgl.train.studies.report [--results docs/results] [--doc docs/REPRODUCTION.md] [--check]
 
 Every table lives between two marker comments in the document::
 
@@ -293,7 +293,7 @@ def update_document(text: str, tables: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.studies.report", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m asgl.train.studies.report", description=__doc__.split("\n")[0])
     p.add_argument("--results", type=Path, default=REPO_ROOT / "docs" / "results")
     p.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "REPRODUCTION.md")
     p.add_argument("--check", action="store_true", help="exit 1 if the document is out of date; write nothing")
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     new = update_document(text, render_tables(args.results, names))
     if args.check:
         if new != text:
-            print(f"{args.doc} is out of date; run python -m train.studies.report", file=sys.stderr)
+            print(f"{args.doc} is out of date; run python -m asgl.train.studies.report", file=sys.stderr)
             return 1
         return 0
     args.doc.write_text(new)

@@ -1,6 +1,6 @@
 """SG vs ASGL on a temporal task: the digits read row by row by a recurrent spiking network.
 
-    python -m train.studies.temporal_task [--quick] [--seeds 3]
+    python -m asgl.train.studies.temporal_task [--quick] [--seeds 3]
 
 Task ("sequential digits"): each 8×8 digit is presented as a sequence of its T = 8 rows, one row
 (8 pixel values) per time step, so the class can only be decided by integrating over time. The
@@ -17,7 +17,7 @@ the relaxation H_α both across layers and through time (recurrence and reset), 
 width should hurt most.
 
 SG and ASGL share every setting (Adam, epochs, batch, network, ``neuron_lr``) and differ only in
-``model.learn_width`` and ``model.p`` (the rule of :mod:`train.studies.width_robustness`). Runs at
+``model.learn_width`` and ``model.p`` (the rule of :mod:`asgl.train.studies.width_robustness`). Runs at
 a large width α = 10 and, as a reference, at α = 1.
 
 Writes ``OUT/temporal_task.json`` and ``OUT/temporal_task.png``.
@@ -34,8 +34,8 @@ from torch import nn
 
 from asgl import RecurrentLIF
 from asgl.models import SpikingNet, register_model
-from train.studies import common
-from train.studies.width_robustness import METHODS
+from asgl.train.studies import common
+from asgl.train.studies.width_robustness import METHODS
 
 MODEL_NAME = "digits_rows_rsnn"
 ROWS = 8

@@ -1,6 +1,6 @@
 """Width robustness (ASGL.md §5): SG collapses as the relaxation width α grows, ASGL does not.
 
-    python -m train.studies.width_robustness [--quick] [--seeds 3] [--part sweep|paper_lr|diagnose|length|depth|all]
+    python -m asgl.train.studies.width_robustness [--quick] [--seeds 3] [--part sweep|paper_lr|diagnose|length|depth|all]
 
 For every initial width α in ``ALPHAS`` and every seed, two runs of the 8-conv digits net
 (``digits_cnn8``, T = 2 as in the paper's width table) that differ ONLY in the ASGL-specific knobs:
@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from train.studies import common
+from asgl.train.studies import common
 
 ALPHAS = (0.5, 1.0, 2.5, 5.0, 10.0)
 P_ASGL = 0.2
