@@ -483,12 +483,13 @@ class FiringRates:
     def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
         import asgl  # noqa: PLC0415
 
-        self.names = [name for name, mod in model.named_modules() if isinstance(mod, asgl.LIF)]
+        # Names and modules taken before any wrapper (DDP, FSDP) renames the modules.
+        self.lifs = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, asgl.LIF)]
+        self.names = [name for name, _ in self.lifs]
         self.counts = torch.zeros(len(self.names), device=device, dtype=torch.float64)
         self.totals = [0] * len(self.names)
-        mods = dict(model.named_modules())
-        for i, name in enumerate(self.names):
-            mods[name].register_forward_hook(self._hook(i))
+        for i, (_, mod) in enumerate(self.lifs):
+            mod.register_forward_hook(self._hook(i))
 
     def _hook(self, index: int):
         def hook(module, inputs, output):
@@ -586,8 +587,8 @@ class Trainer:
 
     @property
     def lifs(self) -> list:
-        mods = dict(self.core.named_modules())
-        return [(name, mods[name]) for name in self.fire.names]
+        """``[(name, asgl.LIF)]`` in model order, named as in the unwrapped model."""
+        return self.fire.lifs
 
     def widths(self) -> dict[str, float]:
         """Mean relaxation width α per LIF layer (a host sync; collective under FSDP2)."""
