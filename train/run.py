@@ -112,7 +112,7 @@ import torch
 
 from asgl.train import checkpoint as ckpt_io
 from asgl.train.config import (
-    ConfigError, RunConfig, all_keys, build_config, flatten, load_yaml, parse_overrides, to_dict, to_yaml,
+    ConfigError, RunConfig, build_config, describe, flatten, load_yaml, parse_overrides, to_dict, to_yaml,
 )
 from asgl.train.data import DataNotFoundError
 
@@ -136,8 +136,6 @@ def _fail(msg: str, code: int) -> int:
 
 
 def _help() -> str:
-    from asgl.train.config import describe  # noqa: PLC0415
-
     lines = [__doc__.strip(), "", "Config keys (--section.key=value; default, then what it means):"]
     cfg = RunConfig()
     for key, text in describe().items():
