@@ -98,5 +98,7 @@ def test_pip_install_into_a_fresh_venv_runs_the_neuron(tmp_path, wheel):
         assert importlib.util.find_spec("kernels") is None and importlib.util.find_spec("train") is None
         print("ok")
     """)
-    r = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed package, not the checkout
+    r = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env=env)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
