@@ -332,6 +332,16 @@ def test_missing_data_is_a_clear_error_and_writes_nothing(tmp_path):
 
 
 @needs_datasets
+def test_neither_local_files_nor_hub_is_a_clear_error_and_writes_nothing(tmp_path):
+    r = run(tiny_args(tmp_path, "hubless", "--data.name=cifar10", "--model.name=resnet18"), tmp_path,
+            env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"no local files under {tmp_path / 'digits'} and the hub copy 'uoft-cs/cifar10' could not" in r.stderr
+    assert f"python -m asgl.train.data.prepare cifar10 --root {tmp_path / 'digits'}" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@needs_datasets
 def test_existing_run_folder_is_not_overwritten(tmp, straight):
     run_dir, _ = straight
     before = snapshot(run_dir)
@@ -501,8 +511,8 @@ def test_channels_last_on_a_cpu_and_the_launchers_mixed_precision_warning(tmp):
     assert any(line.startswith("run ") and "| channels_last" in line for line in r.stdout.splitlines())
     assert ("the launcher asks for mixed precision 'bf16'" in r.stderr
             and "train.mixed_precision='no'; using the config's" in r.stderr)
-    w = params(tmp / "runs" / "nhwc")["features.0.weight"]
-    assert w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    convs = [w for w in params(tmp / "runs" / "nhwc").values() if w.dim() == 4 and w.shape[1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
     (row,) = rows(tmp / "runs" / "nhwc")
     assert math.isfinite(row["train_loss"]) and row["test_acc"] >= 0
 
@@ -596,3 +606,33 @@ def test_checkpoint_rng_round_trip_and_errors(tmp_path):
         ck.load(tmp_path / "partial.pt")
     with pytest.raises(ck.CheckpointError, match="no checkpoint at"):
         ck.load(tmp_path / "missing.pt")
+
+
+@needs_datasets
+def test_eval_on_two_ranks_covers_the_test_set_once(tmp, straight):
+    """``accelerate launch`` with 2 CPU ranks: each scores its share, the sums are reduced; the result
+    is the single-process one."""
+    import shutil
+    import socket
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate CLI not found")
+    run_dir, _ = straight
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    out = tmp / "eval_2ranks.json"
+    r = subprocess.run(["nice", accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+                        str(REPO / "train" / "eval.py"), str(run_dir), f"--out={out}", f"--data.root={tmp / 'digits'}",
+                        f"--data.cache_dir={tmp / 'cache'}", "--data.eval_batch_size=6"],
+                       cwd=tmp, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sum(line.startswith("eval ") for line in r.stdout.splitlines()) == 1  # the main process reports
+    report = json.loads(out.read_text())
+    best = max(rows(run_dir), key=lambda row: row["test_acc"])
+    assert report["world_size"] == 2 and report["samples"] == 40
+    assert report["top1"] == pytest.approx(best["test_acc"])

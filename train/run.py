@@ -114,7 +114,7 @@ import torch
 
 from asgl.train import checkpoint as ckpt_io
 from asgl.train.config import (
-    ConfigError, RunConfig, all_keys, build_config, flatten, load_yaml, parse_overrides, to_dict, to_yaml,
+    ConfigError, RunConfig, build_config, describe, flatten, load_yaml, parse_overrides, to_dict, to_yaml,
 )
 from asgl.train.data import DataNotFoundError
 
@@ -138,8 +138,6 @@ def _fail(msg: str, code: int) -> int:
 
 
 def _help() -> str:
-    from asgl.train.config import describe  # noqa: PLC0415
-
     lines = [__doc__.strip(), "", "Config keys (--section.key=value; default, then what it means):"]
     cfg = RunConfig()
     for key, text in describe().items():
@@ -489,12 +487,13 @@ class FiringRates:
     def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
         import asgl  # noqa: PLC0415
 
-        self.names = [name for name, mod in model.named_modules() if isinstance(mod, asgl.LIF)]
+        # Names and modules taken before any wrapper (DDP, FSDP) renames the modules.
+        self.lifs = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, asgl.LIF)]
+        self.names = [name for name, _ in self.lifs]
         self.counts = torch.zeros(len(self.names), device=device, dtype=torch.float64)
         self.totals = [0] * len(self.names)
-        mods = dict(model.named_modules())
-        for i, name in enumerate(self.names):
-            mods[name].register_forward_hook(self._hook(i))
+        for i, (_, mod) in enumerate(self.lifs):
+            mod.register_forward_hook(self._hook(i))
 
     def _hook(self, index: int):
         def hook(module, inputs, output):
@@ -592,8 +591,8 @@ class Trainer:
 
     @property
     def lifs(self) -> list:
-        mods = dict(self.core.named_modules())
-        return [(name, mods[name]) for name in self.fire.names]
+        """``[(name, asgl.LIF)]`` in model order, named as in the unwrapped model."""
+        return self.fire.lifs
 
     def widths(self) -> dict[str, float]:
         """Mean relaxation width α per LIF layer (a host sync; collective under FSDP2)."""
