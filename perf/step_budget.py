@@ -69,6 +69,14 @@ FUSED_OP_LAUNCHES = {
     "asgl::augment_images": 1,
     "asgl::lif_fwd": 1,
     "asgl::lif_bwd": 2,  # the backward kernel and the finalize kernel (asgl.kernels.lif._launch_bwd)
+    # the fused batch norm + LIF (asgl.kernels.bn_lif), counted by running each op under the interpreter
+    # with every aten op recorded: statistics = the kernel, the shift's copy and 7 small ops on [C];
+    # forward = the kernel and 6 ops folding γ, β, μ, σ into A, B; backward = 2 kernels, 18 small
+    # ops on [C] (partial sums, the three BN coefficients) and 6 for the neuron's chain rule (sigmoid
+    # surrogate; the rectangle adds exp and a multiply, see fused_launches)
+    "asgl::bn_stats": 9,
+    "asgl::bn_lif_fwd": 7,
+    "asgl::bn_lif_bwd": 26,
 }
 
 
@@ -77,7 +85,8 @@ def fused_launches(key: str, args) -> int:
     if key not in FUSED_OP_LAUNCHES:
         raise KeyError(f"{key}: no launch count in FUSED_OP_LAUNCHES (perf/step_budget.py)")
     channel_width = key == "asgl::lif_bwd" and args[3].dim() == 1  # width_param [C]
-    return FUSED_OP_LAUNCHES[key] + channel_width
+    rectangle = key == "asgl::bn_lif_bwd" and not args[15]  # sigmoid flag: rectangle's exp and multiply
+    return FUSED_OP_LAUNCHES[key] + channel_width + 2 * rectangle
 
 
 # Ops that launch no kernel: allocation, metadata, and host reads (counted as syncs instead).
@@ -190,7 +199,36 @@ def _stand_in(opname: str, args):
         dy, u, decay_logit, width, thresh = args[:5]
         return (torch.zeros_like(u), torch.zeros_like(decay_logit), torch.zeros_like(width),
                 torch.zeros_like(thresh))
-    raise NotImplementedError(f"asgl::{opname}: the step counter has no CPU stand-in (image recipes use lif only)")
+    if opname == "bn_stats":
+        (x,) = args
+        dims = [d for d in range(x.dim()) if d != 2]
+        return x.float().mean(dims), x.float().var(dims, unbiased=False)
+    if opname == "bn_lif_fwd":
+        x, residual, weight, bias, mean, rstd, decay_logit, width, thresh, scale = args[:10]
+        hard_reset, v_reset, sigmoid, noise, p, _seed, store_u, store_mask = args[11:]
+        shape = (1, 1, -1) + (1,) * (x.dim() - 3)
+        z = (x.float() - mean.view(shape)) * rstd.view(shape) * scale
+        if weight is not None:
+            z = z * weight.float().view(shape)
+        if bias is not None:
+            z = z + bias.float().view(shape)
+        if residual is not None:
+            z = z + residual.float()
+        with torch.no_grad():
+            y = lif_ref(z, decay_logit, width, thresh, reset="hard" if hard_reset else "soft", v_reset=v_reset,
+                        surrogate="sigmoid" if sigmoid else "rectangle", p=p, training=noise != NOISE_NONE)
+        u = x.clone() if store_u else x.new_empty(0)
+        return y.to(x.dtype), u, torch.zeros(x.shape if store_mask else (0,), dtype=torch.bool)
+    if opname == "bn_lif_bwd":
+        x, residual = args[1], args[2]
+        weight, bias, decay_logit, width, thresh = args[4], args[5], args[8], args[9], args[10]
+        empty = x.new_empty(0)
+        return (torch.zeros_like(x), torch.zeros_like(x) if residual is not None else empty,
+                torch.zeros_like(weight) if weight is not None else empty,
+                torch.zeros_like(bias) if bias is not None else empty, torch.zeros_like(decay_logit),
+                torch.zeros_like(width), torch.zeros_like(thresh))
+    raise NotImplementedError(f"asgl::{opname}: the step counter has no CPU stand-in (image recipes use lif and "
+                              "bn_lif only)")
 
 
 @contextlib.contextmanager
@@ -220,7 +258,7 @@ def _fused_backends():
     import asgl.functional as F
 
     saved = F.resolve_backend
-    F.resolve_backend = lambda backend, x, fused_module="asgl.kernels.lif": "triton"
+    F.resolve_backend = lambda backend, x, fused_module="asgl.kernels.lif": "triton"  # lif and bn_lif
     try:
         yield
     finally:

@@ -30,12 +30,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-# aten ops that launch no kernel: allocation, views, metadata (and ``to``, whose copy, if any, is
-# the ``_to_copy`` it dispatches)
+# aten ops that launch no kernel: allocation, views, metadata (``to`` counts only when it copies)
 _NO_KERNEL = re.compile(
     r"^aten\.(empty|empty_like|empty_strided|new_empty|new_empty_strided|view|_unsafe_view|reshape|permute|"
     r"expand|as_strided|alias|detach|t|transpose|squeeze|unsqueeze|select|slice|lift_fresh|_reshape_alias|"
-    r"sym_size|sym_stride|sym_numel|sym_storage_offset|is_same_size|size|stride|numel|dim|to)\b"
+    r"sym_size|sym_stride|sym_numel|sym_storage_offset|is_same_size|size|stride|numel|dim|unbind)\b"
 )
 
 
@@ -88,9 +87,11 @@ def launches(monkeypatch):
     class Mode(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = f"{func.namespace}.{func.overloadpacket.__name__}"
-            if func.namespace == "aten" and not record.in_triton and not _NO_KERNEL.match(name):
+            out = func(*args, **(kwargs or {}))
+            launches = not _NO_KERNEL.match(name) and (name != "aten.to" or out is not args[0])
+            if func.namespace == "aten" and not record.in_triton and launches:
                 record.aten[name] += 1
-            return func(*args, **(kwargs or {}))
+            return out
 
     # a mode is off while it handles an op, so the ops inside the custom ops' implementations are
     # seen by entering it again around the launchers they call

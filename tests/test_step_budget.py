@@ -50,16 +50,21 @@ def test_every_phase_launches_something(recipe_step):
 
 
 def test_neuron_share_is_the_fused_ops_launch_counts(recipe_step):
+    """Every LIF of the ResNet-18 sits behind a batch norm: the 17 run as fused BN+LIF ops."""
     cfg, counter = recipe_step
     import asgl
     from asgl.train.run import build_model
 
-    lifs = sum(isinstance(m, asgl.LIF) for m in build_model(cfg, 10, 3).modules())
-    assert lifs == 17
-    assert counter.ops["forward"]["asgl.lif_fwd"] == lifs
-    assert counter.ops["backward"]["asgl.lif_bwd"] == lifs
-    assert counter.launches["forward"]["asgl.lif_fwd"] == lifs * sb.FUSED_OP_LAUNCHES["asgl::lif_fwd"]
-    assert counter.launches["backward"]["asgl.lif_bwd"] == lifs * sb.FUSED_OP_LAUNCHES["asgl::lif_bwd"]
+    model = build_model(cfg, 10, 3)
+    lifs = sum(isinstance(m, asgl.LIF) for m in model.modules())
+    units = sum(isinstance(m, asgl.BatchNormLIF) for m in model.modules())
+    assert lifs == units == 17
+    assert counter.ops["forward"]["asgl.bn_stats"] == units
+    assert counter.ops["forward"]["asgl.bn_lif_fwd"] == units
+    assert counter.ops["backward"]["asgl.bn_lif_bwd"] == units
+    assert counter.ops["forward"].get("asgl.lif_fwd", 0) == 0
+    for phase, op in (("forward", "bn_stats"), ("forward", "bn_lif_fwd"), ("backward", "bn_lif_bwd")):
+        assert counter.launches[phase][f"asgl.{op}"] == units * sb.FUSED_OP_LAUNCHES[f"asgl::{op}"]
 
 
 def test_fused_launches_per_call():
