@@ -63,8 +63,6 @@ FINALIZE_BLOCK = 1024
 # Floating-point contraction pinned (triton 3.6-3.9 fuse a·b + c into FMA by default, 3.10 will not):
 # one rounding fewer per update, and every supported triton compiles the same arithmetic.
 COMPILE_OPTIONS = {"enable_fp_fusion": True}
-# the parameter loader under the name asgl.kernels.rlif imports it by
-_load_params = load_neuron_params
 
 
 # ---------------------------------------------------------------------------------------------
