@@ -19,9 +19,9 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 install: $(VENV)/.installed
 
 # The suite: plain CPU tests, Triton kernels under the interpreter, ahead-of-time GPU compiles of
-# every feed-forward kernel specialisation; the GPU tier skips itself without CUDA. `slow` marks
-# only the exhaustive AOT sweep of the recurrent kernel (5-9 minutes on 2 cores; its covering set
-# runs here): `make test-all` includes it.
+# covering sets of the kernel specialisations; the GPU tier skips itself without CUDA. `slow` marks
+# the exhaustive AOT sweeps of the feed-forward and recurrent kernels (5-9 minutes each on 2 cores;
+# their covering sets run here): `make test-all` includes them.
 test: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
 

@@ -242,9 +242,21 @@ def neurons(model: nn.Module):
 def clamp_neuron_params_(model: nn.Module) -> None:
     """:meth:`LIF.clamp_` on every neuron of ``model`` (θ ≥ 0, sigmoid slope k ≥ ``min_slope``); call
     after each optimizer step when the optimizer is not built by ``asgl.build_optimizers``."""
-    for m in neurons(model):
-        if m.needs_clamp:
-            m.clamp_()
+    clamp_neurons_([m for m in neurons(model) if m.needs_clamp])
+
+
+@torch.no_grad()
+def clamp_neurons_(lifs) -> None:
+    """:meth:`LIF.clamp_` on each of ``lifs``, as one multi-tensor clamp per floor (one launch for
+    every threshold, one for every slope with the same ``min_slope``) instead of one per parameter."""
+    floors: dict[float, list[torch.Tensor]] = {}
+    for m in lifs:
+        if isinstance(m.thresh, nn.Parameter):
+            floors.setdefault(0.0, []).append(m.thresh)
+        if m.surrogate == "sigmoid" and m.min_slope is not None and isinstance(m.width_param, nn.Parameter):
+            floors.setdefault(float(m.min_slope), []).append(m.width_param)
+    for floor, params in floors.items():
+        torch._foreach_clamp_min_(params, floor)
 
 
 # The trainer's name for it (it clamps θ, and since the slope floor also k).

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .neuron import LIF, neurons
+from .neuron import LIF, clamp_neurons_, neurons
 
 __all__ = ["NEURON_PARAMS", "OPTIMIZERS", "build_optimizers", "neuron_parameters", "split_parameters",
            "weight_param_groups"]
@@ -122,5 +122,4 @@ class ClampNeurons:
         self.lifs = lifs
 
     def __call__(self, optimizer, args, kwargs) -> None:
-        for m in self.lifs:
-            m.clamp_()
+        clamp_neurons_(self.lifs)

@@ -5,20 +5,27 @@ The input ``x_seq [T, B, C, ...]`` is a convolution's (or linear layer's) output
 (tdBN, ``docs/ASGL.md`` §4), the reference being :func:`bn_lif_ref` (batch norm on the folded
 tensor, then :func:`asgl.kernels.lif_ref.lif_ref`).
 
-Kernels (every one walks the same tiles, see ``_tile``):
+Kernels (the per-element ones walk the same tiles, see ``_tile``); a training step is 3 launches
+each way, inference 1:
 
 * ``_bn_stats_kernel``: per-channel shifted sums over one tile and all T (reads x once), stage 1
-  of a deterministic two-stage reduction (stage 2: a torch ``.sum`` over the tiles).
-* ``_bn_lif_fwd_kernel``: ``in = x·A_c + B_c (+ residual)`` with the per-channel scale and shift
-  folded from the statistics (batch or running: training and eval run the same kernel), then the
-  LIF over all T, writing y (and u only for T > ``RECOMPUTE_MAX_T``).
+  of a deterministic two-stage reduction.
+* ``_bn_coef_kernel`` (per channel block): stage 2 in a fixed order, the running-statistic update,
+  and batch norm folded into ``coef[4, C] = (A, B, μ, rstd)``, which both passes read. With running
+  statistics and a backward to come it folds the running buffers instead (the only launch before
+  the forward kernel).
+* ``_bn_lif_fwd_kernel``: ``in = x·A_c + B_c (+ residual)``, then the LIF over all T, writing y (and
+  u only for T > ``RECOMPUTE_MAX_T``). In inference (running statistics, no gradient) it folds γ,
+  β and the running buffers itself: one launch.
 * ``_bn_lif_bwd_kernel``: the LIF backward, reverse in t. For T <= ``RECOMPUTE_MAX_T`` it first
   recomputes the forward recurrence from x (and the residual) into registers, so nothing but x is
   saved; above, it reads the stored u. It writes ``g = dL/d in`` (which is the shortcut's gradient)
   and, per tile, the sums ``Σ g`` and ``Σ g·x̂`` that batch norm's backward needs and the LIF
   parameter gradients.
-* ``_bn_grad_apply_kernel``: ``dx = k1_c·g + k2_c·(x - μ_c) + k3_c`` (the batch-norm backward with
-  the per-channel sums folded into three coefficients), written over g when there is no shortcut.
+* ``_bn_bwd_finalize_kernel`` (per channel block): the per-tile sums in a fixed order, dγ, dβ, the
+  neuron's parameter gradients with their chain rule, and batch norm's input-gradient coefficients.
+* ``_bn_grad_apply_kernel``: ``dx = A_c·g + k2_c·(x - μ_c) + k3_c`` (the batch-norm backward with
+  the per-channel sums folded into coefficients), written over g when there is no shortcut.
 
 Memory traffic per element-step, bf16, training step without a shortcut (T <= 8): forward stats 2 +
 read x 2 + write y 2 = 6 B; backward read x 2, dy 2, write g 2, then read g 2, x 2, write dx 2 =
@@ -44,8 +51,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    NOISE_DRAW, lif_step, load_neuron_params, p_threshold, relaxation_grads, round_to, spike_mode_bits,
-    step_in_block,
+    NOISE_DRAW, lif_step, load_neuron_params, p_threshold, relaxation_grads, round_to, sigmoid_f32,
+    spike_mode_bits, step_in_block,
 )
 from .lif import COMPILE_OPTIONS, _alloc_like, _check_input, _kernel_order, _neuron_args
 from .lif_ref import lif_ref
@@ -65,6 +72,10 @@ BWD_BLOCK = {4: 512, 8: 256}
 BWD_NUM_WARPS = 4
 # channel-fastest tiles (channels-last memory, [T, B, C]): at most this many channels per tile
 MAX_BLOCK_C = 64
+# the [C] kernels (coefficients, backward finalize): channels per program, and tile rows summed at a
+# time (the fixed summation order of the per-tile partial sums)
+COEF_BLOCK_C = 64
+COEF_BLOCK_T = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,14 +161,15 @@ def _grad_step(dy, u, o, h, z, v_prev, dv, lam, theta, k, v_reset, SIGMOID: tl.c
 
 @triton.jit(do_not_specialize=["T"])
 def _bn_stats_kernel(
-    x_ptr, shift_ptr, partial_ptr, T, OUTER, C, INNER,
+    x_ptr, partial_ptr, T, OUTER, C, INNER,
     BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
-    # partial[0, tile, c] = Σ (x - shift_c), partial[1, tile, c] = Σ (x - shift_c)²; the shift (one
-    # element of the channel) keeps the float32 sums from cancelling when |μ| >> σ
+    # partial[0, tile, c] = Σ (x - shift_c), partial[1, tile, c] = Σ (x - shift_c)², and partial[2, 0, c]
+    # = shift_c; the shift (the channel's first element, t = 0, outer = 0, inner = 0) keeps the
+    # float32 sums from cancelling when |μ| >> σ
     offs, in_range, c = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I)
     c_ok = c < C
-    shift = tl.load(shift_ptr + c, mask=c_ok, other=0.0)
+    shift = tl.load(x_ptr + c * INNER, mask=c_ok, other=0.0).to(tl.float32)
     N = OUTER * C * INNER
     s1 = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
     s2 = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
@@ -171,23 +183,95 @@ def _bn_stats_kernel(
     row = tl.program_id(0).to(tl.int64) * C + cc
     tl.store(partial_ptr + row, _channel_sum(s1, in_range), mask=cc < C)
     tl.store(partial_ptr + tiles * C + row, _channel_sum(s2, in_range), mask=cc < C)
+    if tl.program_id(0) == 0:  # the shifts, for the coefficient kernel (row 2·tiles)
+        shift_c = tl.load(x_ptr + cc * INNER, mask=cc < C, other=0.0).to(tl.float32)
+        tl.store(partial_ptr + 2 * tiles * C + cc, shift_c, mask=cc < C)
+
+
+@triton.jit
+def _fold(weight_ptr, bias_ptr, c, c_ok, mean, var, eps, scale, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """``(A, B, rstd)``: batch norm folded per channel, ``in = x·A + B`` with ``A = γ·s·rstd``,
+    ``B = β - μ·A``, ``rstd = 1/sqrt(σ² + ε)`` (correctly rounded sqrt and division)."""
+    rstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
+    a = rstd * scale
+    if HAS_WEIGHT:
+        a = tl.load(weight_ptr + c, mask=c_ok, other=0.0).to(tl.float32) * scale * rstd
+    b = -mean * a
+    if HAS_BIAS:
+        b += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    return a, b, rstd
+
+
+@triton.jit
+def _bn_coef_kernel(
+    partial_ptr, weight_ptr, bias_ptr, run_mean_ptr, run_var_ptr, coef_ptr, TILES, C,
+    inv_n, unbias, momentum, eps, scale,
+    BATCH_STATS: tl.constexpr, UPDATE_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """The per-channel coefficients ``coef[4, C] = (A, B, μ, rstd)`` both passes read.
+
+    ``BATCH_STATS``: stage 2 of the statistics (the stats kernel's per-tile sums, summed in a fixed
+    order: ``BLOCK_T`` rows at a time, then a tree sum), and with ``UPDATE_RUNNING`` the running
+    buffers updated in place as ``nn.BatchNorm2d`` does: ``μ_run <- (1-m)·μ_run + m·μ``,
+    ``σ²_run <- (1-m)·σ²_run + m·σ²·n/(n-1)``. Otherwise μ and σ² are the running buffers.
+    """
+    c = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    if BATCH_STATS:
+        rows = tl.arange(0, BLOCK_T)[:, None]
+        s1 = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+        s2 = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+        for t0 in range(0, TILES, BLOCK_T):
+            live = (t0 + rows < TILES) & c_ok[None, :]
+            idx = (t0 + rows).to(tl.int64) * C + c[None, :]
+            s1 += tl.load(partial_ptr + idx, mask=live, other=0.0)
+            s2 += tl.load(partial_ptr + TILES * C + idx, mask=live, other=0.0)
+        d1 = tl.sum(s1, axis=0) * inv_n
+        d2 = tl.sum(s2, axis=0) * inv_n
+        mean = tl.load(partial_ptr + 2 * TILES * C + c, mask=c_ok, other=0.0) + d1
+        var = tl.maximum(d2 - d1 * d1, 0.0)
+        if UPDATE_RUNNING:
+            rm = tl.load(run_mean_ptr + c, mask=c_ok, other=0.0)
+            rv = tl.load(run_var_ptr + c, mask=c_ok, other=0.0)
+            new_rm = (1.0 - momentum) * rm.to(tl.float32) + momentum * mean
+            new_rv = (1.0 - momentum) * rv.to(tl.float32) + momentum * (var * unbias)
+            tl.store(run_mean_ptr + c, new_rm.to(rm.dtype), mask=c_ok)
+            tl.store(run_var_ptr + c, new_rv.to(rv.dtype), mask=c_ok)
+    else:
+        mean = tl.load(run_mean_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+        var = tl.load(run_var_ptr + c, mask=c_ok, other=1.0).to(tl.float32)
+    a, b, rstd = _fold(weight_ptr, bias_ptr, c, c_ok, mean, var, eps, scale, HAS_WEIGHT, HAS_BIAS)
+    tl.store(coef_ptr + c, a, mask=c_ok)
+    tl.store(coef_ptr + C + c, b, mask=c_ok)
+    tl.store(coef_ptr + 2 * C + c, mean, mask=c_ok)
+    tl.store(coef_ptr + 3 * C + c, rstd, mask=c_ok)
 
 
 @triton.jit(do_not_specialize=["T", "p16"])
 def _bn_lif_fwd_kernel(
-    x_ptr, r_ptr, y_ptr, u_ptr, mask_ptr, scale_ptr, shift_ptr, decay_logit_ptr, width_ptr, theta_ptr, seed_ptr,
-    T, OUTER, C, INNER, v_reset, p16,
+    x_ptr, r_ptr, y_ptr, u_ptr, mask_ptr, coef_ptr, weight_ptr, bias_ptr, mean_ptr, var_ptr, decay_logit_ptr,
+    width_ptr, theta_ptr, seed_ptr, T, OUTER, C, INNER, v_reset, p16, eps, scale,
     NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr, CHANNEL_WIDTH: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, STORE_U: tl.constexpr, STORE_MASK: tl.constexpr,
+    FOLD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
+    # FOLD (inference: running statistics, no backward): A, B folded here from γ, β and the running
+    # buffers, no other launch; otherwise read from coef (rows A, B), which the backward reads too
     offs, in_range, c = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I)
     N = OUTER * C * INNER
     offs_key = offs.to(tl.int32)
     lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs, in_range, INNER, C,
                                        SIGMOID, CHANNEL_WIDTH)
-    a = tl.load(scale_ptr + c, mask=c < C, other=0.0)
-    b = tl.load(shift_ptr + c, mask=c < C, other=0.0)
+    c_ok = c < C
+    if FOLD:
+        mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+        var = tl.load(var_ptr + c, mask=c_ok, other=1.0).to(tl.float32)
+        a, b, unused_rstd = _fold(weight_ptr, bias_ptr, c, c_ok, mean, var, eps, scale, HAS_WEIGHT, HAS_BIAS)
+    else:
+        a = tl.load(coef_ptr + c, mask=c_ok, other=0.0)
+        b = tl.load(coef_ptr + C + c, mask=c_ok, other=0.0)
     seed = tl.load(seed_ptr)
     p_hi = p16.to(tl.uint32) << 16
 
@@ -220,8 +304,8 @@ def _bn_lif_fwd_kernel(
 
 @triton.jit(do_not_specialize=["T", "p16"])
 def _bn_lif_bwd_kernel(
-    dy_ptr, x_ptr, r_ptr, u_ptr, g_ptr, partial_ptr, chan_ptr,
-    scale_ptr, shift_ptr, mean_ptr, rstd_ptr, decay_logit_ptr, width_ptr, theta_ptr, seed_ptr,
+    dy_ptr, x_ptr, r_ptr, u_ptr, g_ptr, partial_ptr, chan_ptr, coef_ptr, decay_logit_ptr, width_ptr, theta_ptr,
+    seed_ptr,
     T, OUTER, C, INNER, v_reset, p16,
     NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr, CHANNEL_WIDTH: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RECOMPUTE_T: tl.constexpr,
@@ -235,8 +319,8 @@ def _bn_lif_bwd_kernel(
     lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs, in_range, INNER, C,
                                        SIGMOID, CHANNEL_WIDTH)
     c_ok = c < C
-    mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
-    rstd = tl.load(rstd_ptr + c, mask=c_ok, other=0.0)
+    mean = tl.load(coef_ptr + 2 * C + c, mask=c_ok, other=0.0)
+    rstd = tl.load(coef_ptr + 3 * C + c, mask=c_ok, other=0.0)
     seed = tl.load(seed_ptr)
     p_hi = p16.to(tl.uint32) << 16
     DT = g_ptr.dtype.element_ty
@@ -250,8 +334,8 @@ def _bn_lif_bwd_kernel(
     acc_k = zero
     r = zero
     if RECOMPUTE_T > 0:
-        a = tl.load(scale_ptr + c, mask=c_ok, other=0.0)
-        b = tl.load(shift_ptr + c, mask=c_ok, other=0.0)
+        a = tl.load(coef_ptr + c, mask=c_ok, other=0.0)
+        b = tl.load(coef_ptr + C + c, mask=c_ok, other=0.0)
         zs = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=DT)
         u0, u1, u2, u3, u4, u5, u6, u7 = zs, zs, zs, zs, zs, zs, zs, zs
         x0, x1, x2, x3, x4, x5, x6, x7 = zs, zs, zs, zs, zs, zs, zs, zs
@@ -395,18 +479,89 @@ def _bn_lif_bwd_kernel(
 
 
 @triton.jit
-def _bn_grad_apply_kernel(g_ptr, x_ptr, dx_ptr, k1_ptr, k2_ptr, k3_ptr, mean_ptr, TN, C, INNER,
-                          BLOCK: tl.constexpr):
-    # dx = k1_c·g + k2_c·(x - μ_c) + k3_c over the flat [T, OUTER, C, INNER] view
+def _bn_bwd_finalize_kernel(
+    chan_ptr, partial_ptr, coef_ptr, k_ptr, d_weight_ptr, d_bias_ptr, decay_logit_ptr, width_ptr, d_decay_ptr,
+    d_width_ptr, d_theta_ptr, TILES, SLOTS, C, inv_n, scale,
+    BATCH_STATS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, SIGMOID: tl.constexpr,
+    CHANNEL_WIDTH: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Stage 2 of the backward's reductions and every chain rule on ``[C]`` and scalars, in one launch.
+
+    Per channel block: ``Σg``, ``Σg·x̂`` (and a channel width's ``dk``) summed over the tiles in a
+    fixed order; ``dβ = Σg``, ``dγ = s·Σg·x̂``, and batch norm's input gradient folded into
+    ``dx = A·g + k2·(x - μ) + k3`` with ``k2 = -A·rstd·Σ(g·x̂)/n``, ``k3 = -A·Σg/n`` (zero with
+    running statistics), written to ``k[2, C]``. Program 0 also sums the neuron's scalar partials:
+    ``d decay_logit = dλ·λ(1-λ)``, ``dθ``, a layer width's ``dk`` (times k for the rectangle, which
+    stores log k). Every output in its parameter's dtype.
+    """
+    pid = tl.program_id(0)
+    c = pid.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    rows = tl.arange(0, BLOCK_T)[:, None]
+    acc_g = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+    acc_gx = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+    acc_k = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+    for t0 in range(0, TILES, BLOCK_T):
+        live = (t0 + rows < TILES) & c_ok[None, :]
+        idx = (t0 + rows).to(tl.int64) * C + c[None, :]
+        acc_g += tl.load(chan_ptr + idx, mask=live, other=0.0)
+        acc_gx += tl.load(chan_ptr + TILES * C + idx, mask=live, other=0.0)
+        if CHANNEL_WIDTH:
+            acc_k += tl.load(chan_ptr + 2 * TILES * C + idx, mask=live, other=0.0)
+    sum_g = tl.sum(acc_g, axis=0)
+    sum_gx = tl.sum(acc_gx, axis=0)
+    if BATCH_STATS:
+        a = tl.load(coef_ptr + c, mask=c_ok, other=0.0)
+        rstd = tl.load(coef_ptr + 3 * C + c, mask=c_ok, other=0.0)
+        k2 = -a * rstd * sum_gx * inv_n
+        k3 = -a * sum_g * inv_n
+    else:
+        k2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+        k3 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    tl.store(k_ptr + c, k2, mask=c_ok)
+    tl.store(k_ptr + C + c, k3, mask=c_ok)
+    if HAS_WEIGHT:
+        tl.store(d_weight_ptr + c, (sum_gx * scale).to(d_weight_ptr.dtype.element_ty), mask=c_ok)
+    if HAS_BIAS:
+        tl.store(d_bias_ptr + c, sum_g.to(d_bias_ptr.dtype.element_ty), mask=c_ok)
+    if CHANNEL_WIDTH:
+        dk = tl.sum(acc_k, axis=0)
+        if not SIGMOID:
+            dk = dk * tl.exp(tl.load(width_ptr + c, mask=c_ok, other=0.0).to(tl.float32))
+        tl.store(d_width_ptr + c, dk.to(d_width_ptr.dtype.element_ty), mask=c_ok)
+    if pid == 0:
+        offs = tl.arange(0, BLOCK_T * BLOCK_C)
+        s_lam = tl.zeros([BLOCK_T * BLOCK_C], dtype=tl.float32)
+        s_theta = tl.zeros([BLOCK_T * BLOCK_C], dtype=tl.float32)
+        s_k = tl.zeros([BLOCK_T * BLOCK_C], dtype=tl.float32)
+        for i0 in range(0, SLOTS, BLOCK_T * BLOCK_C):
+            live_s = i0 + offs < SLOTS
+            s_lam += tl.load(partial_ptr + i0 + offs, mask=live_s, other=0.0)
+            s_theta += tl.load(partial_ptr + SLOTS + i0 + offs, mask=live_s, other=0.0)
+            if not CHANNEL_WIDTH:
+                s_k += tl.load(partial_ptr + 2 * SLOTS + i0 + offs, mask=live_s, other=0.0)
+        lam = sigmoid_f32(tl.load(decay_logit_ptr).to(tl.float32))
+        tl.store(d_decay_ptr, (tl.sum(s_lam, axis=0) * (lam * (1.0 - lam))).to(d_decay_ptr.dtype.element_ty))
+        tl.store(d_theta_ptr, tl.sum(s_theta, axis=0).to(d_theta_ptr.dtype.element_ty))
+        if not CHANNEL_WIDTH:
+            dk_layer = tl.sum(s_k, axis=0)
+            if not SIGMOID:
+                dk_layer = dk_layer * tl.exp(tl.load(width_ptr).to(tl.float32))
+            tl.store(d_width_ptr, dk_layer.to(d_width_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _bn_grad_apply_kernel(g_ptr, x_ptr, dx_ptr, coef_ptr, k_ptr, TN, C, INNER, BLOCK: tl.constexpr):
+    # dx = A_c·g + k2_c·(x - μ_c) + k3_c over the flat [T, OUTER, C, INNER] view
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < TN
     c = (offs // INNER) % C
     g = tl.load(g_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
-    k1 = tl.load(k1_ptr + c, mask=in_range, other=0.0)
-    k2 = tl.load(k2_ptr + c, mask=in_range, other=0.0)
-    k3 = tl.load(k3_ptr + c, mask=in_range, other=0.0)
-    mean = tl.load(mean_ptr + c, mask=in_range, other=0.0)
+    k1 = tl.load(coef_ptr + c, mask=in_range, other=0.0)
+    mean = tl.load(coef_ptr + 2 * C + c, mask=in_range, other=0.0)
+    k2 = tl.load(k_ptr + c, mask=in_range, other=0.0)
+    k3 = tl.load(k_ptr + C + c, mask=in_range, other=0.0)
     dx = k1 * g + k2 * (x - mean) + k3
     tl.store(dx_ptr + offs, round_to(dx, dx_ptr.dtype.element_ty), mask=in_range)
 
@@ -447,111 +602,130 @@ def _tiles(OUTER: int, C: int, INNER: int, block: int):
     return (block_o, block_c, block_i), grid
 
 
-def _launch_stats(x: Tensor):
-    """Per-channel mean and biased variance (float32 ``[C]``) over all dims but 2."""
-    T = x.shape[0]
+def _coef_block(C: int) -> int:
+    """Channels per program of the ``[C]`` kernels (coefficients, backward finalize)."""
+    return min(triton.next_power_of_2(max(C, 1)), COEF_BLOCK_C)
+
+
+def _launch_coef(x, weight, bias, running_mean, running_var, *, scale, eps, momentum, batch_stats):
+    """``coef[4, C] = (A, B, μ, rstd)`` (float32) from this batch's statistics (``batch_stats``: the
+    stats kernel + the coefficient kernel, which also updates the running buffers when given) or from
+    the running buffers (the coefficient kernel alone)."""
+    T, C = x.shape[0], x.shape[2]
+    coef = torch.empty((4, C), dtype=torch.float32, device=x.device)
     perm, OUTER, C, INNER = _geometry(x)
     x_k = _kview(x, perm)
-    # the shift: the channel's first element (t = 0, outer = 0, inner = 0)
-    shift = x_k.view(T, OUTER, C, INNER)[0, 0, :, 0].to(torch.float32).contiguous()
-    (bo, bc, bi), grid = _tiles(OUTER, C, INNER, BLOCK)
-    partial = torch.empty((2, grid[0], C), dtype=torch.float32, device=x.device)
-    _bn_stats_kernel[grid](x_ptr=x_k, shift_ptr=shift, partial_ptr=partial, T=T, OUTER=OUTER, C=C, INNER=INNER,
-                           BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi, num_warps=NUM_WARPS, **COMPILE_OPTIONS)
+    tiles = 1
+    partial = coef  # unread without batch statistics
+    if batch_stats:
+        (bo, bc, bi), grid = _tiles(OUTER, C, INNER, BLOCK)
+        tiles = grid[0]
+        partial = torch.empty((2 * tiles + 1, C), dtype=torch.float32, device=x.device)
+        _bn_stats_kernel[grid](x_ptr=x_k, partial_ptr=partial, T=T, OUTER=OUTER, C=C, INNER=INNER,
+                               BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi, num_warps=NUM_WARPS, **COMPILE_OPTIONS)
+    if C == 0:
+        return coef
     n = x.numel() // C
-    s1, s2 = partial.sum(dim=1) / n
-    return shift + s1, (s2 - s1 * s1).clamp_min(0.0)
+    update = batch_stats and running_mean is not None
+    block_c = _coef_block(C)
+    _bn_coef_kernel[(triton.cdiv(C, block_c),)](
+        partial_ptr=partial, weight_ptr=weight if weight is not None else coef,
+        bias_ptr=bias if bias is not None else coef,
+        run_mean_ptr=running_mean if running_mean is not None else coef,
+        run_var_ptr=running_var if running_var is not None else coef, coef_ptr=coef, TILES=tiles, C=C,
+        inv_n=1.0 / n if n else 0.0, unbias=n / (n - 1) if n > 1 else 1.0, momentum=momentum, eps=eps, scale=scale,
+        BATCH_STATS=batch_stats, UPDATE_RUNNING=update, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        BLOCK_T=COEF_BLOCK_T, BLOCK_C=block_c, num_warps=4, **COMPILE_OPTIONS,
+    )
+    return coef
 
 
-def _fold_affine(weight, bias, mean, rstd, scale: float, C: int, device):
-    """Per-channel ``A = γ·s·rstd``, ``B = β - μ·A`` (float32), and ``γ·s``."""
-    gs = torch.full((C,), scale, dtype=torch.float32, device=device)
-    if weight is not None:
-        gs = weight.to(torch.float32) * scale
-    a = gs * rstd
-    b = -mean * a
-    if bias is not None:
-        b = b + bias.to(torch.float32)
-    return a.contiguous(), b.contiguous(), gs
-
-
-def _launch_fwd(x, residual, weight, bias, mean, rstd, decay_logit, width_param, thresh, *, scale, hard_reset, v_reset,
-                sigmoid, noise, p, seed, store_u, store_mask):
+def _launch_fwd(x, residual, coef, weight, bias, running_mean, running_var, decay_logit, width_param, thresh, *,
+                scale, eps, fold, hard_reset, v_reset, sigmoid, noise, p, seed, store_u, store_mask):
     y = _alloc_like(x)
     u = _alloc_like(x) if store_u else x.new_empty(0)
-    mask = _alloc_like(x, torch.int8) if store_mask else x.new_empty(0, dtype=torch.int8)
+    mask = _alloc_like(x, torch.bool) if store_mask else x.new_empty(0, dtype=torch.bool)
     if x.numel() == 0:
-        return y, u, mask.bool()
+        return y, u, mask
     T = x.shape[0]
     perm, OUTER, C, INNER = _geometry(x)
-    a, b, _ = _fold_affine(weight, bias, mean, rstd, scale, C, x.device)
     x_k = _kview(x, perm)
     y_k = y.permute(perm).view(-1)
     (bo, bc, bi), grid = _tiles(OUTER, C, INNER, BLOCK)
+    stats = coef if not fold else None
     _bn_lif_fwd_kernel[grid](
         x_ptr=x_k, r_ptr=_kview(residual, perm) if residual is not None else x_k, y_ptr=y_k,
         u_ptr=u.permute(perm).view(-1) if store_u else y_k,
-        mask_ptr=mask.permute(perm).view(-1) if store_mask else y_k, scale_ptr=a, shift_ptr=b,
+        mask_ptr=mask.view(torch.int8).permute(perm).view(-1) if store_mask else y_k,
+        coef_ptr=coef if stats is not None else x_k,
+        weight_ptr=weight if fold and weight is not None else x_k,
+        bias_ptr=bias if fold and bias is not None else x_k,
+        mean_ptr=running_mean if fold else x_k, var_ptr=running_var if fold else x_k,
         decay_logit_ptr=decay_logit, width_ptr=width_param.contiguous(), theta_ptr=thresh, seed_ptr=seed,
-        T=T, OUTER=OUTER, C=C, INNER=INNER, v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0, NOISE=noise, SIGMOID=sigmoid,
-        HARD_RESET=hard_reset, CHANNEL_WIDTH=width_param.dim() == 1, HAS_RESIDUAL=residual is not None,
-        STORE_U=store_u, STORE_MASK=store_mask, BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi, num_warps=NUM_WARPS,
-        **COMPILE_OPTIONS,
+        T=T, OUTER=OUTER, C=C, INNER=INNER, v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0,
+        eps=eps, scale=scale, NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset,
+        CHANNEL_WIDTH=width_param.dim() == 1, HAS_RESIDUAL=residual is not None, STORE_U=store_u,
+        STORE_MASK=store_mask, FOLD=fold, HAS_WEIGHT=fold and weight is not None, HAS_BIAS=fold and bias is not None,
+        BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
     )
-    return y, u, mask.bool()
+    return y, u, mask
 
 
-def _launch_bwd(dy, x, residual, u, weight, bias, mean, rstd, decay_logit, width_param, thresh, *, scale,
-                batch_stats, hard_reset, v_reset, sigmoid, noise, p, seed):
-    """``(dx, d_residual, dγ, dβ, dλ, dθ, dk)``; the parameter gradients in float32."""
+def _launch_bwd(dy, x, residual, u, coef, weight, bias, decay_logit, width_param, thresh, *, scale, batch_stats,
+                hard_reset, v_reset, sigmoid, noise, p, seed):
+    """``(dx, d_residual, dγ, dβ, d decay_logit, d width_param, dθ)`` in three launches: the LIF
+    backward (g and the per-tile sums), the finalize (every ``[C]`` and scalar gradient, batch
+    norm's coefficients) and the apply (dx). dγ, dβ are empty without weight, bias."""
     T, C = x.shape[0], x.shape[2]
     channel_width = width_param.dim() == 1
     g = _alloc_like(x)
     dx = _alloc_like(x) if residual is not None else g  # without a shortcut dx overwrites g
-    f32 = dict(dtype=torch.float32, device=x.device)
+    d_weight = torch.empty_like(weight) if weight is not None else x.new_empty(0)
+    d_bias = torch.empty_like(bias) if bias is not None else x.new_empty(0)
+    d_decay = torch.empty_like(decay_logit)
+    d_width = torch.empty_like(width_param, memory_format=torch.contiguous_format)
+    d_theta = torch.empty_like(thresh)
     if x.numel() == 0:
-        zeros = torch.zeros(C, **f32)
-        return dx, g, zeros, zeros.clone(), torch.zeros((), **f32), torch.zeros((), **f32), \
-            torch.zeros(width_param.shape, **f32)
+        for t in (d_weight, d_bias, d_decay, d_width, d_theta):
+            t.zero_()
+        return dx, g, d_weight, d_bias, d_decay, d_width, d_theta
     perm, OUTER, C, INNER = _geometry(x)
-    a, b, gs = _fold_affine(weight, bias, mean, rstd, scale, C, x.device)
     x_k = _kview(x, perm)
     g_k = g.permute(perm).view(-1)
     recompute = T <= RECOMPUTE_MAX_T
     block = BWD_BLOCK[4 if T <= 4 else 8] if recompute else BLOCK
     warps = BWD_NUM_WARPS if recompute else NUM_WARPS
     (bo, bc, bi), grid = _tiles(OUTER, C, INNER, block)
+    f32 = dict(dtype=torch.float32, device=x.device)
     chan = torch.empty((3 if channel_width else 2, grid[0], C), **f32)
-    partial = torch.empty((2 if channel_width else 3, grid[0] * grid[1]), **f32)
+    slots = grid[0] * grid[1]
+    partial = torch.empty((2 if channel_width else 3, slots), **f32)
+    width = width_param.contiguous()
     _bn_lif_bwd_kernel[grid](
         dy_ptr=_kview(dy.to(x.dtype), perm), x_ptr=x_k,
         r_ptr=_kview(residual, perm) if residual is not None else x_k,
         u_ptr=x_k if recompute else u.permute(perm).reshape(-1), g_ptr=g_k, partial_ptr=partial, chan_ptr=chan,
-        scale_ptr=a, shift_ptr=b, mean_ptr=mean, rstd_ptr=rstd, decay_logit_ptr=decay_logit,
-        width_ptr=width_param.contiguous(), theta_ptr=thresh, seed_ptr=seed, T=T, OUTER=OUTER, C=C, INNER=INNER,
-        v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0, NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width,
+        coef_ptr=coef, decay_logit_ptr=decay_logit, width_ptr=width, theta_ptr=thresh, seed_ptr=seed, T=T,
+        OUTER=OUTER, C=C, INNER=INNER, v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0,
+        NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width,
         HAS_RESIDUAL=residual is not None, RECOMPUTE_T=T if recompute else 0, BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi,
         num_warps=warps, **COMPILE_OPTIONS,
     )
-    sums = chan.sum(dim=1)
-    sum_g, sum_gx = sums[0], sums[1]
-    # batch norm's backward folded per channel: dx = k1·g + k2·(x - μ) + k3
-    n = x.numel() // C
-    k1 = gs * rstd
-    if batch_stats:
-        k2 = -k1 * rstd * sum_gx / n
-        k3 = -k1 * sum_g / n
-    else:
-        k2 = torch.zeros_like(k1)
-        k3 = torch.zeros_like(k1)
-    dx_k = dx.permute(perm).view(-1)
-    _bn_grad_apply_kernel[(triton.cdiv(x.numel(), BLOCK),)](
-        g_ptr=g_k, x_ptr=x_k, dx_ptr=dx_k, k1_ptr=k1.contiguous(), k2_ptr=k2.contiguous(), k3_ptr=k3.contiguous(),
-        mean_ptr=mean, TN=x.numel(), C=C, INNER=INNER, BLOCK=BLOCK, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
+    k = torch.empty((2, C), **f32)
+    block_c = _coef_block(C)
+    _bn_bwd_finalize_kernel[(triton.cdiv(C, block_c),)](
+        chan_ptr=chan, partial_ptr=partial, coef_ptr=coef, k_ptr=k,
+        d_weight_ptr=d_weight if weight is not None else k, d_bias_ptr=d_bias if bias is not None else k,
+        decay_logit_ptr=decay_logit, width_ptr=width, d_decay_ptr=d_decay, d_width_ptr=d_width,
+        d_theta_ptr=d_theta, TILES=grid[0], SLOTS=slots, C=C, inv_n=C / x.numel(), scale=scale,
+        BATCH_STATS=batch_stats, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, SIGMOID=sigmoid,
+        CHANNEL_WIDTH=channel_width, BLOCK_T=COEF_BLOCK_T, BLOCK_C=block_c, num_warps=4, **COMPILE_OPTIONS,
     )
-    scalars = partial.sum(dim=1)
-    dk = sums[2] if channel_width else scalars[2]
-    return dx, g, sum_gx * scale, sum_g, scalars[0], scalars[1], dk
+    _bn_grad_apply_kernel[(triton.cdiv(x.numel(), BLOCK),)](
+        g_ptr=g_k, x_ptr=x_k, dx_ptr=dx.permute(perm).view(-1), coef_ptr=coef, k_ptr=k, TN=x.numel(), C=C,
+        INNER=INNER, BLOCK=BLOCK, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
+    )
+    return dx, g, d_weight, d_bias, d_decay, d_width, d_theta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,33 +733,40 @@ def _launch_bwd(dy, x, residual, u, weight, bias, mean, rstd, decay_logit, width
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("asgl::bn_stats", mutates_args=())
-def _bn_stats_op(x_seq: Tensor) -> tuple[Tensor, Tensor]:
-    return _launch_stats(x_seq)
+@torch.library.custom_op("asgl::bn_stats", mutates_args=("running_mean", "running_var"))
+def _bn_stats_op(
+    x_seq: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+    running_var: Tensor | None, scale: float, eps: float, momentum: float, batch_stats: bool,
+) -> Tensor:
+    """``coef[4, C] = (A, B, μ, rstd)``; with ``batch_stats`` and running buffers, updates them."""
+    return _launch_coef(x_seq, weight, bias, running_mean, running_var, scale=scale, eps=eps, momentum=momentum,
+                        batch_stats=batch_stats)
 
 
 @_bn_stats_op.register_fake
-def _(x_seq):
-    C = x_seq.shape[2]
-    return x_seq.new_empty(C, dtype=torch.float32), x_seq.new_empty(C, dtype=torch.float32)
+def _(x_seq, weight, bias, running_mean, running_var, scale, eps, momentum, batch_stats):
+    return x_seq.new_empty((4, x_seq.shape[2]), dtype=torch.float32)
 
 
 @torch.library.custom_op("asgl::bn_lif_fwd", mutates_args=())
 def _bn_lif_fwd_op(
-    x_seq: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tensor | None, mean: Tensor, rstd: Tensor,
-    decay_logit: Tensor, width_param: Tensor, thresh: Tensor, scale: float, batch_stats: bool, hard_reset: bool,
-    v_reset: float, sigmoid: bool, noise: int, p: float, seed: Tensor, store_u: bool, store_mask: bool,
+    x_seq: Tensor, residual: Tensor | None, coef: Tensor, weight: Tensor | None, bias: Tensor | None,
+    running_mean: Tensor | None, running_var: Tensor | None, decay_logit: Tensor, width_param: Tensor,
+    thresh: Tensor, scale: float, eps: float, batch_stats: bool, fold: bool, hard_reset: bool, v_reset: float,
+    sigmoid: bool, noise: int, p: float, seed: Tensor, store_u: bool, store_mask: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, u, mask)``. ``fold``: inference, ``coef`` unused and the kernel folds γ, β and the running
+    buffers itself (one launch); otherwise the coefficients come from :func:`_bn_stats_op`."""
     return _launch_fwd(
-        x_seq, residual, weight, bias, mean, rstd, decay_logit, width_param, thresh, scale=scale,
-        hard_reset=hard_reset, v_reset=v_reset, sigmoid=sigmoid, noise=noise, p=p, seed=seed, store_u=store_u,
-        store_mask=store_mask,
+        x_seq, residual, coef, weight, bias, running_mean, running_var, decay_logit, width_param, thresh,
+        scale=scale, eps=eps, fold=fold, hard_reset=hard_reset, v_reset=v_reset, sigmoid=sigmoid, noise=noise, p=p,
+        seed=seed, store_u=store_u, store_mask=store_mask,
     )
 
 
 @_bn_lif_fwd_op.register_fake
-def _(x_seq, residual, weight, bias, mean, rstd, decay_logit, width_param, thresh, scale, batch_stats, hard_reset,
-      v_reset, sigmoid, noise, p, seed, store_u, store_mask):
+def _(x_seq, residual, coef, weight, bias, running_mean, running_var, decay_logit, width_param, thresh, scale, eps,
+      batch_stats, fold, hard_reset, v_reset, sigmoid, noise, p, seed, store_u, store_mask):
     u = _alloc_like(x_seq) if store_u else x_seq.new_empty(0)
     mask = _alloc_like(x_seq, torch.bool) if store_mask else x_seq.new_empty(0, dtype=torch.bool)
     return _alloc_like(x_seq), u, mask
@@ -593,39 +774,29 @@ def _(x_seq, residual, weight, bias, mean, rstd, decay_logit, width_param, thres
 
 @torch.library.custom_op("asgl::bn_lif_bwd", mutates_args=())
 def _bn_lif_bwd_op(
-    dy_seq: Tensor, x_seq: Tensor, residual: Tensor | None, u_seq: Tensor, weight: Tensor | None, bias: Tensor | None,
-    mean: Tensor, rstd: Tensor, decay_logit: Tensor, width_param: Tensor, thresh: Tensor, scale: float,
-    batch_stats: bool, hard_reset: bool, v_reset: float, sigmoid: bool, noise: int, p: float, seed: Tensor,
+    dy_seq: Tensor, x_seq: Tensor, residual: Tensor | None, u_seq: Tensor, coef: Tensor, weight: Tensor | None,
+    bias: Tensor | None, decay_logit: Tensor, width_param: Tensor, thresh: Tensor, scale: float, batch_stats: bool,
+    hard_reset: bool, v_reset: float, sigmoid: bool, noise: int, p: float, seed: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(dx, d_residual, d_weight, d_bias, d_decay_logit, d_width_param, d_thresh)``; the gradient of
     an absent residual / weight / bias is an empty tensor."""
-    dx, g, d_weight, d_bias, d_lam, d_theta, d_k = _launch_bwd(
-        dy_seq, x_seq, residual, u_seq, weight, bias, mean, rstd, decay_logit, width_param, thresh, scale=scale,
+    dx, g, d_weight, d_bias, d_decay, d_width, d_theta = _launch_bwd(
+        dy_seq, x_seq, residual, u_seq, coef, weight, bias, decay_logit, width_param, thresh, scale=scale,
         batch_stats=batch_stats, hard_reset=hard_reset, v_reset=v_reset, sigmoid=sigmoid, noise=noise, p=p,
         seed=seed,
     )
-    lam = torch.sigmoid(decay_logit.to(torch.float32))
-    d_width = d_k if sigmoid else d_k * torch.exp(width_param.to(torch.float32))
-    return (
-        dx,
-        g if residual is not None else x_seq.new_empty(0),
-        d_weight.to(weight.dtype) if weight is not None else x_seq.new_empty(0),
-        d_bias.to(bias.dtype) if bias is not None else x_seq.new_empty(0),
-        (d_lam * lam * (1.0 - lam)).to(decay_logit.dtype),
-        # copies: views of one partial-sum tensor must not alias each other across outputs
-        d_width.to(width_param.dtype, copy=True).reshape(width_param.shape),
-        d_theta.to(thresh.dtype, copy=True),
-    )
+    return dx, g if residual is not None else x_seq.new_empty(0), d_weight, d_bias, d_decay, d_width, d_theta
 
 
 @_bn_lif_bwd_op.register_fake
-def _(dy_seq, x_seq, residual, u_seq, weight, bias, mean, rstd, decay_logit, width_param, thresh, scale,
-      batch_stats, hard_reset, v_reset, sigmoid, noise, p, seed):
+def _(dy_seq, x_seq, residual, u_seq, coef, weight, bias, decay_logit, width_param, thresh, scale, batch_stats,
+      hard_reset, v_reset, sigmoid, noise, p, seed):
     return (
         _alloc_like(x_seq), _alloc_like(x_seq) if residual is not None else x_seq.new_empty(0),
         torch.empty_like(weight) if weight is not None else x_seq.new_empty(0),
         torch.empty_like(bias) if bias is not None else x_seq.new_empty(0),
-        torch.empty_like(decay_logit), torch.empty_like(width_param), torch.empty_like(thresh),
+        torch.empty_like(decay_logit), torch.empty_like(width_param, memory_format=torch.contiguous_format),
+        torch.empty_like(thresh),
     )
 
 
@@ -633,11 +804,10 @@ _SETTINGS = ("scale", "batch_stats", "hard_reset", "v_reset", "sigmoid", "noise"
 
 
 def _setup_context(ctx, inputs, output):
-    (x_seq, residual, weight, bias, mean, rstd, decay_logit, width_param, thresh, scale, batch_stats, hard_reset,
-     v_reset, sigmoid, noise, p, seed, store_u, _) = inputs
-    # saved: x (and the shortcut), u only when it was stored (T > RECOMPUTE_MAX_T)
-    ctx.save_for_backward(x_seq, residual, output[1], weight, bias, mean, rstd, decay_logit, width_param, thresh,
-                          seed)
+    (x_seq, residual, coef, weight, bias, _rm, _rv, decay_logit, width_param, thresh, scale, _eps, batch_stats, _fold,
+     hard_reset, v_reset, sigmoid, noise, p, seed, _store_u, _store_mask) = inputs
+    # saved: x (and the shortcut), u only when it was stored (T > RECOMPUTE_MAX_T), and [C] vectors
+    ctx.save_for_backward(x_seq, residual, output[1], coef, weight, bias, decay_logit, width_param, thresh, seed)
     ctx.settings = dict(zip(_SETTINGS, (scale, batch_stats, hard_reset, v_reset, sigmoid, noise, p)))
     # u and the mask carry no gradient: no zero-filled [T, N] gradient for them in every backward
     ctx.mark_non_differentiable(output[1], output[2])
@@ -645,16 +815,16 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dy_seq, du_unused, dmask_unused):
-    x_seq, residual, u_seq, weight, bias, mean, rstd, decay_logit, width_param, thresh, seed = ctx.saved_tensors
+    x_seq, residual, u_seq, coef, weight, bias, decay_logit, width_param, thresh, seed = ctx.saved_tensors
     if dy_seq is None:
         return (None,) * len(ctx.needs_input_grad)
     dx, d_res, d_weight, d_bias, d_decay, d_width, d_thresh = _bn_lif_bwd_op(
-        dy_seq, x_seq, residual, u_seq, weight, bias, mean, rstd, decay_logit, width_param, thresh, seed=seed,
+        dy_seq, x_seq, residual, u_seq, coef, weight, bias, decay_logit, width_param, thresh, seed=seed,
         **ctx.settings,
     )
     need = ctx.needs_input_grad
-    grads = (dx, d_res, d_weight, d_bias, None, None, d_decay, d_width, d_thresh)
-    return tuple(gr if n else None for gr, n in zip(grads, need)) + (None,) * 10
+    grads = (dx, d_res, None, d_weight, d_bias, None, None, d_decay, d_width, d_thresh)
+    return tuple(gr if n else None for gr, n in zip(grads, need)) + (None,) * 12
 
 
 _bn_lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -789,27 +959,23 @@ def bn_lif_fused(
     if T and x_seq.numel() // T >= 2**31:
         raise ValueError(f"x_seq has {x_seq.numel() // T} elements per time step; at most 2**31 - 1 are supported")
 
-    if use_batch_stats:
-        mean, var = _bn_stats_op(x_seq.detach())
-        if running_mean is not None:
-            n = x_seq.numel() // C
-            m = 0.0 if momentum is None else float(momentum)
-            with torch.no_grad():
-                running_mean.mul_(1.0 - m).add_(mean.to(running_mean.dtype), alpha=m)
-                running_var.mul_(1.0 - m).add_((var * (n / (n - 1))).to(running_var.dtype), alpha=m)
-    else:
-        mean = running_mean.detach().to(torch.float32)
-        var = running_var.detach().to(torch.float32)
-    rstd = torch.rsqrt(var + eps)
-
     needs_grad = torch.is_grad_enabled() and any(
         isinstance(t, Tensor) and t.requires_grad
         for t in (x_seq, residual, weight, bias, decay_logit, width_param, thresh)
     )
+    scale = 1.0 if threshold_scale is None else float(threshold_scale)
+    # inference with running statistics: the forward kernel folds them itself (one launch)
+    fold = not use_batch_stats and not needs_grad
+    detach = lambda t: t.detach() if t is not None else None  # noqa: E731
+    coef = x_seq.new_empty(0, dtype=torch.float32) if fold else _bn_stats_op(
+        x_seq.detach(), detach(weight), detach(bias), running_mean if use_batch_stats else detach(running_mean),
+        running_var if use_batch_stats else detach(running_var), scale, float(eps),
+        0.0 if momentum is None else float(momentum), use_batch_stats,
+    )
     store_u = needs_grad and T > RECOMPUTE_MAX_T
     y_seq, _, mask = _bn_lif_fwd_op(
-        x_seq, residual, weight, bias, mean, rstd, decay_logit, width_param, thresh,
-        1.0 if threshold_scale is None else float(threshold_scale), use_batch_stats, reset == "hard",
-        float(v_reset), surrogate == "sigmoid", noise, p, seed, store_u, return_mask,
+        x_seq, residual, coef, weight, bias, running_mean, running_var, decay_logit, width_param, thresh, scale,
+        float(eps), use_batch_stats, fold, reset == "hard", float(v_reset), surrogate == "sigmoid", noise, p, seed,
+        store_u, return_mask,
     )
     return (y_seq, mask) if return_mask else y_seq

@@ -316,17 +316,21 @@ def _bn_lif_spec(kernel, label, signature, constexprs, divisible, arch, num_warp
                       steps, per_thread)
 
 
-def bn_lif_fwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, HAS_RESIDUAL, STORE_U):
+def bn_lif_fwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, HAS_RESIDUAL, STORE_U,
+                    FOLD=False):
+    """The forward; ``FOLD``: the inference launch folding γ, β and fp32 running buffers in-kernel."""
     sizes, const = _bn_lif_sizes(layout)
     bo, bc, bi = BN_LIF_TILES[layout, 1024]
     sig = {"x_ptr": f"*{dtype}", "r_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "u_ptr": f"*{dtype}", "mask_ptr": "*i8",
-           "scale_ptr": "*fp32", "shift_ptr": "*fp32", **_PARAMS, **sizes, "v_reset": "fp32", "p16": "i32"}
+           "coef_ptr": "*fp32", "weight_ptr": "*fp32", "bias_ptr": "*fp32", "mean_ptr": "*fp32", "var_ptr": "*fp32",
+           **_PARAMS, **sizes, "v_reset": "fp32", "p16": "i32", "eps": "fp32", "scale": "fp32"}
     flags = dict(NOISE=NOISE, SIGMOID=bool(SIGMOID), HARD_RESET=bool(HARD_RESET), CHANNEL_WIDTH=bool(CHANNEL_WIDTH),
-                 HAS_RESIDUAL=bool(HAS_RESIDUAL), STORE_U=bool(STORE_U), STORE_MASK=False)
-    const = {**const, **flags, "BLOCK_O": bo, "BLOCK_C": bc, "BLOCK_I": bi}
+                 HAS_RESIDUAL=bool(HAS_RESIDUAL), STORE_U=bool(STORE_U), STORE_MASK=False, FOLD=bool(FOLD))
+    const = {**const, **flags, "HAS_WEIGHT": bool(FOLD), "HAS_BIAS": bool(FOLD), "BLOCK_O": bo, "BLOCK_C": bc,
+             "BLOCK_I": bi}
     label = f"fwd sm_{arch} {dtype} {layout} " + " ".join(f"{k}={int(v)}" for k, v in flags.items())
-    divisible = ("x_ptr", "r_ptr", "y_ptr", "u_ptr", "mask_ptr", "scale_ptr", "shift_ptr", *_PARAMS,
-                 "C" if layout == "channels_last" else "INNER")
+    divisible = ("x_ptr", "r_ptr", "y_ptr", "u_ptr", "mask_ptr", "coef_ptr", "weight_ptr", "bias_ptr", "mean_ptr",
+                 "var_ptr", *_PARAMS, "C" if layout == "channels_last" else "INNER")
     return _bn_lif_spec("_bn_lif_fwd_kernel", label, sig, const, divisible, arch, 4, dtype, 1, 1024 / 128)
 
 
@@ -335,15 +339,14 @@ def bn_lif_bwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_
     block = {0: 1024, 4: 512, 8: 256}[RECOMPUTE_T]  # asgl.kernels.bn_lif.BWD_BLOCK
     bo, bc, bi = BN_LIF_TILES[layout, block]
     sig = {"dy_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "r_ptr": f"*{dtype}", "u_ptr": f"*{dtype}",
-           "g_ptr": f"*{dtype}", "partial_ptr": "*fp32", "chan_ptr": "*fp32", "scale_ptr": "*fp32",
-           "shift_ptr": "*fp32", "mean_ptr": "*fp32", "rstd_ptr": "*fp32", **_PARAMS, **sizes, "v_reset": "fp32",
-           "p16": "i32"}
+           "g_ptr": f"*{dtype}", "partial_ptr": "*fp32", "chan_ptr": "*fp32", "coef_ptr": "*fp32", **_PARAMS,
+           **sizes, "v_reset": "fp32", "p16": "i32"}
     flags = dict(NOISE=NOISE, SIGMOID=bool(SIGMOID), HARD_RESET=bool(HARD_RESET), CHANNEL_WIDTH=bool(CHANNEL_WIDTH),
                  HAS_RESIDUAL=bool(HAS_RESIDUAL), RECOMPUTE_T=RECOMPUTE_T)
     const = {**const, **flags, "BLOCK_O": bo, "BLOCK_C": bc, "BLOCK_I": bi}
     label = f"bwd sm_{arch} {dtype} {layout} " + " ".join(f"{k}={int(v)}" for k, v in flags.items())
-    divisible = ("dy_ptr", "x_ptr", "r_ptr", "u_ptr", "g_ptr", "partial_ptr", "chan_ptr", "scale_ptr", "shift_ptr",
-                 "mean_ptr", "rstd_ptr", *_PARAMS, "C" if layout == "channels_last" else "INNER")
+    divisible = ("dy_ptr", "x_ptr", "r_ptr", "u_ptr", "g_ptr", "partial_ptr", "chan_ptr", "coef_ptr", *_PARAMS,
+                 "C" if layout == "channels_last" else "INNER")
     # the recomputing backward has no time loop: its RECOMPUTE_T steps are unrolled (steps = 0 tells
     # the static model to read the whole kernel as one iteration of RECOMPUTE_T steps)
     return _bn_lif_spec("_bn_lif_bwd_kernel", label, sig, const, divisible, arch, 4, dtype,
@@ -353,20 +356,51 @@ def bn_lif_bwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_
 def bn_lif_stats_spec(dtype, arch, layout):
     sizes, const = _bn_lif_sizes(layout)
     bo, bc, bi = BN_LIF_TILES[layout, 1024]
-    sig = {"x_ptr": f"*{dtype}", "shift_ptr": "*fp32", "partial_ptr": "*fp32", **sizes}
+    sig = {"x_ptr": f"*{dtype}", "partial_ptr": "*fp32", **sizes}
     const = {**const, "BLOCK_O": bo, "BLOCK_C": bc, "BLOCK_I": bi}
-    divisible = ("x_ptr", "shift_ptr", "partial_ptr", "C" if layout == "channels_last" else "INNER")
+    divisible = ("x_ptr", "partial_ptr", "C" if layout == "channels_last" else "INNER")
     return _bn_lif_spec("_bn_stats_kernel", f"stats sm_{arch} {dtype} {layout}", sig, const, divisible, arch, 4,
                         dtype, 0, 1024 / 128)
 
 
 def bn_lif_apply_spec(dtype, arch):
-    sig = {"g_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}", "k1_ptr": "*fp32", "k2_ptr": "*fp32",
-           "k3_ptr": "*fp32", "mean_ptr": "*fp32", "TN": "i64", "C": "i32", "INNER": "i32"}
-    divisible = ("g_ptr", "x_ptr", "dx_ptr", "k1_ptr", "k2_ptr", "k3_ptr", "mean_ptr", "TN")
+    sig = {"g_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}", "coef_ptr": "*fp32", "k_ptr": "*fp32",
+           "TN": "i64", "C": "i32", "INNER": "i32"}
+    divisible = ("g_ptr", "x_ptr", "dx_ptr", "coef_ptr", "k_ptr", "TN")
     return _bn_lif_spec("_bn_grad_apply_kernel", f"apply sm_{arch} {dtype}", sig, {"BLOCK": 1024}, divisible, arch, 4,
                         dtype, 0, 1024 / 128)
 
+
+def _coef_blocks():
+    from asgl.kernels.bn_lif import COEF_BLOCK_C, COEF_BLOCK_T
+
+    return {"BLOCK_T": COEF_BLOCK_T, "BLOCK_C": COEF_BLOCK_C}
+
+
+def bn_lif_coef_spec(arch, *, BATCH_STATS=True, UPDATE_RUNNING=True):
+    """The per-channel coefficient kernel (fp32 buffers and affine parameters); no per-element work."""
+    sig = {"partial_ptr": "*fp32", "weight_ptr": "*fp32", "bias_ptr": "*fp32", "run_mean_ptr": "*fp32",
+           "run_var_ptr": "*fp32", "coef_ptr": "*fp32", "TILES": "i32", "C": "i32", "inv_n": "fp32",
+           "unbias": "fp32", "momentum": "fp32", "eps": "fp32", "scale": "fp32"}
+    const = {"BATCH_STATS": BATCH_STATS, "UPDATE_RUNNING": UPDATE_RUNNING, "HAS_WEIGHT": True, "HAS_BIAS": True,
+             **_coef_blocks()}
+    label = f"coef sm_{arch} BATCH_STATS={int(BATCH_STATS)} UPDATE_RUNNING={int(UPDATE_RUNNING)}"
+    return _bn_lif_spec("_bn_coef_kernel", label, sig, const, ("partial_ptr", "coef_ptr"), arch, 4, "fp32", 0, 1)
+
+
+def bn_lif_bwd_finalize_spec(arch, *, SIGMOID=True, CHANNEL_WIDTH=False, BATCH_STATS=True):
+    """The backward's finalize kernel (fp32 parameters); no per-element work."""
+    sig = {"chan_ptr": "*fp32", "partial_ptr": "*fp32", "coef_ptr": "*fp32", "k_ptr": "*fp32",
+           "d_weight_ptr": "*fp32", "d_bias_ptr": "*fp32", **{k: "*fp32" for k in ("decay_logit_ptr", "width_ptr",
+                                                                                  "d_decay_ptr", "d_width_ptr",
+                                                                                  "d_theta_ptr")},
+           "TILES": "i32", "SLOTS": "i32", "C": "i32", "inv_n": "fp32", "scale": "fp32"}
+    const = {"BATCH_STATS": BATCH_STATS, "HAS_WEIGHT": True, "HAS_BIAS": True, "SIGMOID": SIGMOID,
+             "CHANNEL_WIDTH": CHANNEL_WIDTH, **_coef_blocks()}
+    label = (f"bwd_finalize sm_{arch} SIGMOID={int(SIGMOID)} CHANNEL_WIDTH={int(CHANNEL_WIDTH)} "
+             f"BATCH_STATS={int(BATCH_STATS)}")
+    return _bn_lif_spec("_bn_bwd_finalize_kernel", label, sig, const, ("chan_ptr", "partial_ptr", "coef_ptr", "k_ptr"),
+                        arch, 4, "fp32", 0, 1)
 
 
 def covering_specs(fwd_spec, bwd_spec, archs=ARCHS) -> list[KernelSpec]:

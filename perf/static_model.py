@@ -48,8 +48,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from perf.aot import (  # noqa: E402
-    ARCHS, DTYPES, CompileResult, KernelSpec, all_specs, bn_lif_apply_spec, bn_lif_bwd_spec, bn_lif_fwd_spec,
-    bn_lif_stats_spec, compile_kernels, lif_bwd_spec, lif_finalize_spec, lif_fwd_spec, rlif_bwd_spec, rlif_fwd_spec,
+    ARCHS, DTYPES, CompileResult, KernelSpec, all_specs, bn_lif_apply_spec, bn_lif_bwd_finalize_spec, bn_lif_bwd_spec,
+    bn_lif_coef_spec, bn_lif_fwd_spec, bn_lif_stats_spec, compile_kernels, lif_bwd_spec, lif_finalize_spec, lif_fwd_spec, rlif_bwd_spec, rlif_fwd_spec,
 )
 
 BASELINE = ROOT / "perf" / "static_baseline.json"
@@ -303,7 +303,8 @@ def training_specs(archs=(90,), kernels=("lif", "rlif", "bn_lif")) -> list[Kerne
     without u) and backward for every dtype and flag, the finalize kernel, the recurrent kernels,
     and the fused batch norm + LIF (every dtype, noise mode and layout, with a shortcut, sigmoid,
     hard reset, layer width; the forward without and with u, the backward recomputing for T <= 4
-    and T <= 8 and reading u above; its statistics and gradient-apply kernels)."""
+    and T <= 8 and reading u above, the inference forward folding the running statistics; its
+    statistics, coefficient, finalize and gradient-apply kernels)."""
     specs = []
     if "lif" in kernels:
         specs += [s for s in all_specs(lif_fwd_spec, lif_bwd_spec, archs) if not s.constexprs.get("STORE_MASK")]
@@ -319,6 +320,12 @@ def training_specs(archs=(90,), kernels=("lif", "rlif", "bn_lif")) -> list[Kerne
                 flags = dict(NOISE=noise, SIGMOID=1, HARD_RESET=1, CHANNEL_WIDTH=0, HAS_RESIDUAL=1)
                 specs += [bn_lif_fwd_spec(dtype, arch, layout, **flags, STORE_U=u) for u in (0, 1)]
                 specs += [bn_lif_bwd_spec(dtype, arch, layout, **flags, RECOMPUTE_T=r) for r in (4, 8, 0)]
+                if noise == 0:  # inference: running statistics folded in the forward
+                    specs.append(bn_lif_fwd_spec(dtype, arch, layout, **flags, STORE_U=0, FOLD=1))
+        for arch in archs:
+            specs += [bn_lif_coef_spec(arch, BATCH_STATS=b, UPDATE_RUNNING=b) for b in (True, False)]
+            specs += [bn_lif_bwd_finalize_spec(arch, SIGMOID=sg, CHANNEL_WIDTH=c) for sg, c in
+                      itertools.product((0, 1), (0, 1))]
     return specs
 
 

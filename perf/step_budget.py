@@ -69,14 +69,13 @@ FUSED_OP_LAUNCHES = {
     "asgl::augment_images": 1,
     "asgl::lif_fwd": 1,
     "asgl::lif_bwd": 2,  # the backward kernel and the finalize kernel (asgl.kernels.lif._launch_bwd)
-    # the fused batch norm + LIF (asgl.kernels.bn_lif), counted by running each op under the interpreter
-    # with every aten op recorded: statistics = the kernel, the shift's copy and 7 small ops on [C];
-    # forward = the kernel and 6 ops folding γ, β, μ, σ into A, B; backward = 2 kernels, 18 small
-    # ops on [C] (partial sums, the three BN coefficients) and 6 for the neuron's chain rule (sigmoid
-    # surrogate; the rectangle adds exp and a multiply, see fused_launches)
-    "asgl::bn_stats": 9,
-    "asgl::bn_lif_fwd": 7,
-    "asgl::bn_lif_bwd": 26,
+    # the fused batch norm + LIF (asgl.kernels.bn_lif; tests/test_perf_regression.py counts them by
+    # running the ops): statistics = the stats kernel and the coefficient kernel (which also updates
+    # the running buffers; with running statistics the coefficient kernel alone, see fused_launches);
+    # forward = the kernel; backward = the kernel, the finalize kernel and the apply kernel
+    "asgl::bn_stats": 2,
+    "asgl::bn_lif_fwd": 1,
+    "asgl::bn_lif_bwd": 3,
 }
 
 
@@ -85,8 +84,8 @@ def fused_launches(key: str, args) -> int:
     if key not in FUSED_OP_LAUNCHES:
         raise KeyError(f"{key}: no launch count in FUSED_OP_LAUNCHES (perf/step_budget.py)")
     channel_width = key == "asgl::lif_bwd" and args[3].dim() == 1  # width_param [C]
-    rectangle = key == "asgl::bn_lif_bwd" and not args[15]  # sigmoid flag: rectangle's exp and multiply
-    return FUSED_OP_LAUNCHES[key] + channel_width + 2 * rectangle
+    running_stats = key == "asgl::bn_stats" and not args[8]  # batch_stats flag: no stats kernel
+    return FUSED_OP_LAUNCHES[key] + channel_width - running_stats
 
 
 # Ops that launch no kernel: allocation, metadata, and host reads (counted as syncs instead).
@@ -199,19 +198,27 @@ def _stand_in(opname: str, args):
         dy, u, decay_logit, width, thresh = args[:5]
         return (torch.zeros_like(u), torch.zeros_like(decay_logit), torch.zeros_like(width),
                 torch.zeros_like(thresh))
+    if opname == "bn_lif_fwd" and args[13]:  # fold: inference on the running statistics
+        x, weight, bias, running_mean, running_var = args[0], *args[3:7]
+        coef = _stand_in("bn_stats", (x, weight, bias, running_mean, running_var, args[10], args[11], 0.0, False))
+        return _stand_in("bn_lif_fwd", (*args[:2], coef, *args[3:13], False, *args[14:]))
     if opname == "bn_stats":
-        (x,) = args
-        dims = [d for d in range(x.dim()) if d != 2]
-        return x.float().mean(dims), x.float().var(dims, unbiased=False)
+        x, weight, bias, running_mean, running_var, scale, eps, _momentum, batch_stats = args
+        if batch_stats:
+            dims = [d for d in range(x.dim()) if d != 2]
+            mean, var = x.float().mean(dims), x.float().var(dims, unbiased=False)
+        else:
+            mean, var = running_mean.float(), running_var.float()
+        rstd = torch.rsqrt(var + eps)
+        a = rstd * scale * (weight.float() if weight is not None else 1.0)
+        b = -mean * a + (bias.float() if bias is not None else 0.0)
+        return torch.stack([a, b, mean, rstd])
     if opname == "bn_lif_fwd":
-        x, residual, weight, bias, mean, rstd, decay_logit, width, thresh, scale = args[:10]
-        hard_reset, v_reset, sigmoid, noise, p, _seed, store_u, store_mask = args[11:]
+        x, residual, coef = args[:3]
+        decay_logit, width, thresh = args[7:10]
+        hard_reset, v_reset, sigmoid, noise, p, _seed, store_u, store_mask = args[14:]
         shape = (1, 1, -1) + (1,) * (x.dim() - 3)
-        z = (x.float() - mean.view(shape)) * rstd.view(shape) * scale
-        if weight is not None:
-            z = z * weight.float().view(shape)
-        if bias is not None:
-            z = z + bias.float().view(shape)
+        z = x.float() * coef[0].view(shape) + coef[1].view(shape)
         if residual is not None:
             z = z + residual.float()
         with torch.no_grad():
@@ -221,7 +228,7 @@ def _stand_in(opname: str, args):
         return y.to(x.dtype), u, torch.zeros(x.shape if store_mask else (0,), dtype=torch.bool)
     if opname == "bn_lif_bwd":
         x, residual = args[1], args[2]
-        weight, bias, decay_logit, width, thresh = args[4], args[5], args[8], args[9], args[10]
+        weight, bias, decay_logit, width, thresh = args[5:10]
         empty = x.new_empty(0)
         return (torch.zeros_like(x), torch.zeros_like(x) if residual is not None else empty,
                 torch.zeros_like(weight) if weight is not None else empty,

@@ -226,17 +226,17 @@ def run_case(x, residual, bn, params, *, reset, surrogate, p, training, use_batc
 def fused_membrane(x, r, bn, params, *, reset, v_reset, surrogate, p, training, use_batch_stats, seed):
     """The membrane ``u`` of the fused forward (store_u), with the same statistics and mask."""
     weight, bias, running_mean, running_var, threshold_scale = bn
-    if use_batch_stats:
-        mean, var = bn_mod._bn_stats_op(x.detach())
-    else:
-        mean, var = running_mean.float(), running_var.float()
+    scale = 1.0 if threshold_scale is None else threshold_scale
     noise = 0 if not training or p == 0.0 else (1 if p == 1.0 else 2)
     detached = [t.detach() if t is not None else None for t in (weight, bias)]
+    # running buffers copied: the statistics op must not update the test's buffers a second time
+    running = [t.clone() if t is not None else None for t in (running_mean, running_var)]
+    coef = bn_mod._bn_stats_op(x.detach(), *detached, *running, scale, 1e-5, 0.0, use_batch_stats)
     _, u, _ = bn_mod._bn_lif_fwd_op(
-        x.detach(), r.detach() if r is not None else None, *detached, mean, torch.rsqrt(var + 1e-5),
-        *[t.detach() for t in params], 1.0 if threshold_scale is None else threshold_scale, use_batch_stats,
-        reset == "hard", float(v_reset), surrogate == "sigmoid", noise, float(p),
-        torch.full((1,), seed, dtype=torch.int64, device=x.device), True, False,
+        x.detach(), r.detach() if r is not None else None, coef, *detached, *running,
+        *[t.detach() for t in params], scale, 1e-5, use_batch_stats, False, reset == "hard", float(v_reset),
+        surrogate == "sigmoid", noise, float(p), torch.full((1,), seed, dtype=torch.int64, device=x.device), True,
+        False,
     )
     return u
 
@@ -499,7 +499,7 @@ def test_bytes_per_element_step(device, monkeypatch):
     saved = {}
 
     def pack(t):
-        if t.numel() > shape[1]:  # parameters, statistics and the seed aside
+        if t.numel() >= x.numel() // T:  # the [T, N] tensors (parameters, statistics, the seed aside)
             saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 from aot_util import BINARY_L4, DTYPES, compile_kernels, compile_problems, register_table
 
 from perf.aot import bn_lif_apply_spec as apply_spec
+from perf.aot import bn_lif_bwd_finalize_spec as finalize_spec
 from perf.aot import bn_lif_bwd_spec as bwd_spec
+from perf.aot import bn_lif_coef_spec as coef_spec
 from perf.aot import bn_lif_fwd_spec as fwd_spec
 from perf.aot import bn_lif_stats_spec as stats_spec
 
@@ -23,6 +25,9 @@ from perf.aot import bn_lif_stats_spec as stats_spec
 def covering_specs():
     specs = []
     for arch in (80, 90):
+        specs += [coef_spec(arch, BATCH_STATS=b, UPDATE_RUNNING=b) for b in (True, False)]
+        specs += [finalize_spec(arch, SIGMOID=(arch == 90) == chan, CHANNEL_WIDTH=chan, BATCH_STATS=not chan)
+                  for chan in (False, True)]
         for i, dtype in enumerate(DTYPES):
             for layout in ("contiguous", "channels_last"):
                 specs.append(stats_spec(dtype, arch, layout))
@@ -33,6 +38,8 @@ def covering_specs():
                 flags = dict(NOISE=noise, SIGMOID=sig, HARD_RESET=hard, CHANNEL_WIDTH=chan,
                              HAS_RESIDUAL=(noise + i) % 2)
                 specs.append(fwd_spec(dtype, arch, layout, **flags, STORE_U=noise == 1))
+                if noise == 0:
+                    specs.append(fwd_spec(dtype, arch, layout, **flags, STORE_U=False, FOLD=True))
                 for recompute_t in (4, 8, 0):
                     specs.append(bwd_spec(dtype, arch, layout, **flags, RECOMPUTE_T=recompute_t))
     return specs
@@ -44,6 +51,8 @@ def check(results):
         problems += compile_problems(r)
         if r.error:
             continue
+        if r.spec.label.startswith(("coef", "bwd_finalize")):
+            continue  # [C] vectors and scalars: no per-element streams
         if "RECOMPUTE_T=4" in r.spec.label or "RECOMPUTE_T=8" in r.spec.label:
             continue  # 2-4 elements per thread by design (asgl.kernels.bn_lif.BWD_BLOCK): narrower vectors
         if 4 not in r.vector_widths("ld.global"):

@@ -6,9 +6,9 @@ N is a multiple of 16, which is the case the JIT specialises; the one configurat
 per thread (BLOCK_N = 128) keeps them 8 bytes wide in 16-bit dtypes. The default run compiles a
 covering subset (every dtype, every value of every constexpr, both kernels, both archs), every
 launch configuration :func:`asgl.kernels.lif._launch_config` can choose, and the finalize kernel; a
-second test compiles every specialisation ``asgl.kernels.lif`` can launch at the default configuration
-(about 2-3 minutes cold on 2 cores; part of the normal run). Compiles are cached by triton, so
-reruns only pay for ``ptxas -v``.
+second test (``slow``: ``make test-all``) compiles every specialisation ``asgl.kernels.lif`` can
+launch at the default configuration (5-8 minutes on 2 cores since the time loops are unrolled by 8;
+the covering subset keeps every pair of flag values in the normal run).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def test_aot_finalize():
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_aot_every_specialisation():
     results = compile_kernels(all_specs(lif_fwd_spec, lif_bwd_spec), jobs=2)
     check(results)

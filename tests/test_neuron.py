@@ -441,6 +441,33 @@ def test_sigmoid_slope_floor_clamps_only_what_it_should():
     assert asgl.LIF(width=200.0, learn_width=False).width.item() == pytest.approx(200.0)  # fixed: no floor
 
 
+def test_clamping_many_neurons_at_once_equals_clamping_each():
+    """The optimizer hook clamps every neuron with one multi-tensor op per floor: the same values as
+    :meth:`LIF.clamp_` on each (mixed floors, thresholds, fixed widths, the rectangle, no floor)."""
+    from asgl.neuron import clamp_neurons_
+
+    def make():
+        torch.manual_seed(3)
+        lifs = [asgl.LIF(learn_thresh=True), asgl.LIF(min_slope=0.05, width_granularity="channel", channels=4),
+                asgl.LIF(min_slope=None), asgl.LIF(surrogate="rectangle", learn_thresh=True),
+                asgl.LIF(learn_width=False), asgl.LIF(min_slope=0.05)]
+        with torch.no_grad():
+            for m in lifs:
+                for t in m.parameters():
+                    t.copy_(torch.randn(t.shape))
+            lifs[2].width_param.fill_(-0.5)  # no floor: stays negative
+        return lifs
+
+    each, together = make(), make()
+    for m in each:
+        m.clamp_()
+    clamp_neurons_(together)
+    for a, b in zip(each, together):
+        for (name, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
+            assert torch.equal(x, y), name
+    assert (together[1].width_param >= 0.05).all() and together[2].width_param.item() == -0.5
+
+
 def _train_slope(backend: str, min_slope, steps: int = 4):
     """A few neuron-optimizer steps of one LIF from a fixed start, with a learning rate (1.0) and a
     loss sign chosen so that Adam's first step (≈ lr · sign(grad)) drives k = 0.5 below zero."""

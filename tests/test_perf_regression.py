@@ -3,7 +3,7 @@
 CPU tier (always, the kernels under ``TRITON_INTERPRET=1`` when there is no GPU): every kernel a
 training step's neuron launches, whatever the options — one Triton launch forward; backward, the
 backward kernel and one finalize kernel (plus one reduction for a channel-wise width) — and one
-launch in eval. The whole point of the fused neuron is that T steps cost one kernel each way, and
+launch in eval; the fused batch norm + LIF unit's three launches each way (one in eval). The whole point of the fused neuron is that T steps cost one kernel each way, and
 at a step time of milliseconds every further small launch (4-6 µs from Python) shows.
 
 GPU tier (``gpu``): the fused forward+backward is at least 10× faster than the eager reference at
@@ -59,17 +59,16 @@ class _Launches:
         return out
 
 
-@pytest.fixture
-def launches(monkeypatch):
+def _record_launches(monkeypatch, module, launchers):
+    """Yield a :class:`_Launches` counting the Triton kernels of ``module`` and every other aten op
+    that launches a kernel, inside the ``launchers`` of ``module`` too."""
     import triton
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    import asgl.kernels.lif as lif_module
-
-    kernels = {id(v): name for name, v in vars(lif_module).items() if isinstance(v, triton.runtime.KernelInterface)}
-    assert kernels, "asgl.kernels.lif defines no Triton kernels"
+    kernels = {id(v): name for name, v in vars(module).items() if isinstance(v, triton.runtime.KernelInterface)}
+    assert kernels, f"{module.__name__} defines no Triton kernels"
     record = _Launches()
-    classes = {type(v) for v in vars(lif_module).values() if isinstance(v, triton.runtime.KernelInterface)}
+    classes = {type(v) for v in vars(module).values() if isinstance(v, triton.runtime.KernelInterface)}
     for cls in classes:
         original = cls.run
 
@@ -95,17 +94,31 @@ def launches(monkeypatch):
 
     # a mode is off while it handles an op, so the ops inside the custom ops' implementations are
     # seen by entering it again around the launchers they call
-    for launcher in ("_launch_fwd", "_launch_bwd"):
-        original = getattr(lif_module, launcher)
+    for launcher in launchers:
+        original = getattr(module, launcher)
 
         def inside(*args, _original=original, **kwargs):
             with Mode():
                 return _original(*args, **kwargs)
 
-        monkeypatch.setattr(lif_module, launcher, inside)
+        monkeypatch.setattr(module, launcher, inside)
 
     with Mode():
         yield record
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    import asgl.kernels.lif as lif_module
+
+    yield from _record_launches(monkeypatch, lif_module, ("_launch_fwd", "_launch_bwd"))
+
+
+@pytest.fixture
+def bn_launches(monkeypatch):
+    import asgl.kernels.bn_lif as bn_module
+
+    yield from _record_launches(monkeypatch, bn_module, ("_launch_coef", "_launch_fwd", "_launch_bwd"))
 
 
 def _inputs(device, *, channels: bool, requires_grad: bool = True):
@@ -161,6 +174,60 @@ def test_one_launch_in_eval(launches, device):
         lif_fused(x, decay_logit, width_param, thresh, training=False, seed=torch.tensor([0], device=device))
     triton_launches, aten = launches.snapshot()
     assert triton_launches == {"_lif_fwd_kernel": 1} and not aten, f"eval forward launched {triton_launches} {aten}"
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("channels", [False, True])
+@pytest.mark.parametrize("surrogate,reset,layout", [("sigmoid", "hard", "contiguous"),
+                                                    ("rectangle", "soft", "channels_last")])
+@pytest.mark.parametrize("T", [3, 10])
+def test_every_launch_of_a_fused_batch_norm_lif_step(bn_launches, device, p, channels, surrogate, reset, layout,
+                                                      T):
+    """The fused BN + LIF unit in training (batch statistics, running buffers updated, a shortcut):
+    forward, the statistics, coefficient and neuron kernels; backward, the neuron backward, one
+    finalize kernel (every [C] and scalar gradient, batch norm's coefficients) and the apply kernel.
+    Nothing else: no small arithmetic on [C] vectors, no copies or casts. Eval without grad: one launch."""
+    from asgl.kernels.bn_lif import bn_lif_fused
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(T, 2, 3, 4, 5, generator=g).to(device)
+    if layout == "channels_last":
+        x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    r = torch.empty_like(x).copy_(torch.randn(x.shape, generator=g)) * 0.3  # x's memory layout
+    assert r.stride() == x.stride()
+    x.requires_grad_()
+    r.requires_grad_()
+    weight = torch.full((3,), 0.7, device=device, requires_grad=True)
+    bias = torch.full((3,), 0.3, device=device, requires_grad=True)
+    running = [torch.zeros(3, device=device), torch.ones(3, device=device)]
+    decay_logit = torch.tensor(0.0, device=device, requires_grad=True)
+    width_param = torch.full((3,) if channels else (), 4.0, device=device, requires_grad=True)
+    thresh = torch.tensor(1.0, device=device, requires_grad=True)
+    seed = torch.tensor([7], device=device)
+    kwargs = dict(residual=r, reset=reset, surrogate=surrogate, p=p, training=True, seed=seed)
+    params = (x, r, weight, bias, decay_logit, width_param, thresh)
+    y = bn_lif_fused(x, weight, bias, *running, decay_logit, width_param, thresh, **kwargs)
+    torch.autograd.grad(y.sum(), params)  # the first call may compile: count from the second on
+    bn_launches.clear()
+
+    y = bn_lif_fused(x, weight, bias, *running, decay_logit, width_param, thresh, **kwargs)
+    fwd_triton, fwd_aten = bn_launches.snapshot()
+    dy = torch.ones_like(y)
+    bn_launches.clear()
+    grads = torch.autograd.grad(y, params, dy)
+    bwd_triton, bwd_aten = bn_launches.snapshot()
+    with torch.no_grad():
+        bn_lif_fused(x, weight, bias, *running, decay_logit, width_param, thresh, use_batch_stats=False,
+                     residual=r, training=False, seed=seed)
+        eval_triton, eval_aten = bn_launches.snapshot()
+
+    expected_fwd = {"_bn_stats_kernel": 1, "_bn_coef_kernel": 1, "_bn_lif_fwd_kernel": 1}
+    assert fwd_triton == expected_fwd and not fwd_aten, f"forward launched {fwd_triton} {fwd_aten}"
+    expected_bwd = {"_bn_lif_bwd_kernel": 1, "_bn_bwd_finalize_kernel": 1, "_bn_grad_apply_kernel": 1}
+    assert bwd_triton == expected_bwd and not bwd_aten, f"backward launched {bwd_triton} {bwd_aten}"
+    assert eval_triton == {"_bn_lif_fwd_kernel": 1} and not eval_aten, f"eval launched {eval_triton} {eval_aten}"
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 # ---------------------------------------------------------------------------------------------
