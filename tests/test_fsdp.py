@@ -70,11 +70,44 @@ class Net(torch.nn.Module):
 NEURON = ("neuron.gain", "neuron.offset")
 
 
+class FusedNet(torch.nn.Module):
+    """Conv + the fused batch norm + LIF unit (``asgl.BatchNormLIF`` on the triton backend, under
+    the interpreter on CPU ranks) over T = 2 steps + linear head: BN's γ, β sharded, the neuron's
+    decay and width kept whole."""
+
+    def __init__(self):
+        super().__init__()
+        import asgl  # noqa: PLC0415
+
+        self.conv = torch.nn.Conv2d(1, 6, 3)
+        self.neuron = asgl.BatchNormLIF(6, backend="triton", p=0.3)
+        self.head = torch.nn.Linear(6 * 6 * 6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        y = self.neuron(torch.stack([h, 0.5 * h]))  # [T, B, C, H, W]
+        return self.head(y.mean(0).flatten(1))
+
+
+def _neuron_module(net):
+    return net.neuron.lif if isinstance(net, FusedNet) else net.neuron
+
+
+def _neuron_names(net) -> tuple[str, ...]:
+    """Names (in ``net``) of the neuron's parameters: their own optimizer, kept out of sharding."""
+    own = {id(p) for p in _neuron_module(net).parameters()}
+    return tuple(n for n, p in net.named_parameters() if id(p) in own)
+
+
 def _build(kind: str, seed: int):
     """``(model, weight_optimizer, neuron_optimizer, replicated)``: as the trainer (through
-    Accelerate) wraps it; ``replicated`` are the parameters whose gradients we average ourselves."""
+    Accelerate) wraps it; ``replicated`` are the parameters whose gradients we average ourselves.
+    ``kind``: ddp, fsdp1 or fsdp2, with ``-fused`` the :class:`FusedNet`."""
     torch.manual_seed(seed)
-    net = Net()
+    net = FusedNet() if kind.endswith("-fused") else Net()
+    names = _neuron_names(net)
+    neuron = _neuron_module(net)
+    kind = kind.removesuffix("-fused")
     replicated = []
     if kind == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(net)
@@ -83,19 +116,19 @@ def _build(kind: str, seed: int):
 
         # use_orig_params as Accelerate does by default; device_id="cpu" lets FSDP1 run without a GPU
         model = FullyShardedDataParallel(net, use_orig_params=True, device_id=torch.device("cpu"),
-                                         ignored_modules=[net.neuron])
-        replicated = list(net.neuron.parameters())
+                                         ignored_modules=[neuron])
+        replicated = list(neuron.parameters())
     else:
         from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
 
-        model = fully_shard(net, ignored_params=set(net.neuron.parameters()))
-        replicated = list(net.neuron.parameters())
+        model = fully_shard(net, ignored_params=set(neuron.parameters()))
+        replicated = list(neuron.parameters())
     # a wrapper may have replaced the parameters: take them by name
     params = {n.replace("_fsdp_wrapped_module.", "").removeprefix("module."): p
               for n, p in model.named_parameters()}
-    weights = [p for n, p in params.items() if n not in NEURON]
+    weights = [p for n, p in params.items() if n not in names]
     opt = torch.optim.SGD(weights, lr=0.1, momentum=0.9, weight_decay=5e-4)
-    nopt = torch.optim.Adam([params[n] for n in NEURON], lr=0.01)
+    nopt = torch.optim.Adam([params[n] for n in names], lr=0.01)
     return model, opt, nopt, replicated
 
 
@@ -103,6 +136,7 @@ def _train(model, opts, replicated, steps, rank: int) -> None:
     from asgl.train.run import all_reduce_mean_  # noqa: PLC0415
 
     for step in steps:
+        torch.manual_seed(step)  # the in-kernel noise's seed draws, as the trainer's restored RNG state
         g = torch.Generator().manual_seed(1000 * step + rank)  # each rank its own batch
         x = torch.randn(4, 1, 8, 8, generator=g)
         y = torch.randint(0, 5, (4,), generator=g)
@@ -182,6 +216,8 @@ def _run_worker(kind: str, out: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("TRITON_INTERPRET", None)
+    if kind.endswith("-fused") and not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
     out.mkdir()
     cmd = ["nice", TORCHRUN, "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(Path(__file__).resolve()), kind, str(out)]
@@ -231,6 +267,25 @@ def test_sharded_checkpoint_is_full_and_resume_is_bit_identical(tmp_path):
         _assert_identical(model.state_dict(), ckpt["model"])
         _assert_identical(opt.state_dict()["state"], ckpt["optimizer"]["state"])
         _assert_identical(nopt.state_dict()["state"], ckpt["neuron_optimizer"]["state"])
+
+
+@pytest.mark.interpret
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
+def test_fused_batch_norm_lif_under_fsdp_matches_ddp(tmp_path):
+    """The fused BN + LIF unit (custom ops, the running buffers updated in a kernel, BN's γ, β
+    sharded, the noisy mask drawn in-kernel) under FSDP1 and FSDP2: the same training as DDP, bit
+    for bit, and a resume from the gathered checkpoint ends where the uninterrupted run does."""
+    runs = {kind: _run_worker(f"{kind}-fused", tmp_path / kind) for kind in ("ddp", "fsdp1", "fsdp2")}
+    plain = FusedNet()
+    for kind, run in runs.items():
+        assert {k: tuple(v.shape) for k, v in run["ckpt"]["model"].items()} == \
+            {k: tuple(v.shape) for k, v in plain.state_dict().items()}, kind
+        _assert_identical(run["straight"], run["resumed"])
+        _assert_identical(run["straight"], runs["ddp"]["straight"])
+    model = runs["ddp"]["straight"]["model"]
+    assert model["neuron.bn.num_batches_tracked"].item() == STEPS
+    assert not torch.equal(model["neuron.bn.running_mean"], torch.zeros(6))  # updated by the kernel
 
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
