@@ -8,11 +8,14 @@ cells, as on the hub) and times one training epoch (batch 128) of
 - ``cached, first epoch``: decoding every image once into the uint8 cache (``materialise``, one
   process) plus the epoch;
 - ``cached, later epochs``: the epoch alone (gathering from the in-memory tensor);
-- ``streaming, workers=W``: reading, buffer-shuffling and decoding the parquet rows during the
-  epoch, decoding in ``W`` worker processes (0: in the loop).
+- ``streaming, workers=W, epoch 0``: reading, buffer-shuffling and decoding the parquet rows during
+  the epoch, in ``W`` worker processes (0: in the loop), keeping the decoded rows in memory
+  (``data.stream_cache_gb``), worker start-up included;
+- ``streaming, workers=W, later epochs``: gathering from that memory cache;
+- ``streaming, no memory cache``: ``data.stream_cache_gb=0``, every epoch read and decoded again.
 
-Random pixels are the worst case for PNG (no compression); the ratio to the cached first epoch is
-the number that matters for a one-off run, the ratio to later epochs the price of streaming.
+Random pixels are the worst case for PNG (no compression). Each streaming row is compared with the
+cached row of the same epoch kind: first with first, later with later.
 """
 
 from __future__ import annotations
@@ -82,16 +85,26 @@ def main(argv: list[str] | None = None) -> int:
         first = build_s + epoch_time(cached.train, 0)
         later = min(epoch_time(cached.train, e) for e in (1, 2))
         rows += [("cached, first epoch (decode + cache + epoch)", first), ("cached, later epochs", later)]
+        rows.append(("", 0.0))
         for w in args.workers:
             stream = build_data(DataConfig(cache_dir=str(tmp / "cache_s"), streaming=True, workers=w, **kw),
                                 T=1, seed=0)
-            epoch_time(stream.train, 0)  # starts the workers, warms the parquet reader
-            rows.append((f"streaming, workers={w}", min(epoch_time(stream.train, e) for e in (1, 2))))
+            rows.append((f"streaming, workers={w}, epoch 0", epoch_time(stream.train, 0)))
+            rows.append((f"streaming, workers={w}, later epochs", min(epoch_time(stream.train, e) for e in (1, 2))))
             stream.train.close()
+        w = max(args.workers)
+        stream = build_data(DataConfig(cache_dir=str(tmp / "cache_s"), streaming=True, workers=w, stream_cache_gb=0,
+                                       **kw), T=1, seed=0)
+        epoch_time(stream.train, 0)  # starts the workers, warms the parquet reader
+        rows.append((f"streaming, workers={w}, no memory cache", min(epoch_time(stream.train, e) for e in (1, 2))))
+        stream.train.close()
+        rows = [r for r in rows if r[0]]
         print(f"{args.n} images {args.size}x{args.size}, batch 128, {len(cached.train)} batches/epoch")
         for name, seconds in rows:
+            against = first if ("first" in name or "epoch 0" in name) else later
+            kind = "first" if against is first else "later"
             print(f"  {name:48s} {seconds:7.2f} s   {args.n / seconds:8.0f} img/s   "
-                  f"x{seconds / first:5.2f} of cached first   x{seconds / later:7.1f} of cached later")
+                  f"x{seconds / against:6.2f} of the cached path's {kind} epoch")
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with open(args.out, "a") as f:

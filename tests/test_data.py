@@ -323,6 +323,54 @@ def test_cifar100_coarse_labels(tmp_path):
 
 
 @needs_datasets
+@pytest.mark.parametrize("n, b, world", [(11, 5, 2), (103, 8, 3), (17, 4, 1)])
+def test_stream_cache_reads_once_and_resumes_exactly(n, b, world):
+    """With the memory cache the stream is read and decoded once (epoch 0); later epochs gather from
+    memory, each train epoch a fresh permutation of the rank's share, test in stream order; a fresh
+    loader (a resumed process) started past epoch 0 rebuilds the cache from epoch 0's stream and
+    yields the very same batches, from any batch on."""
+    samples = [(torch.full((2,), float(i)), i) for i in range(n)]
+    for is_train in (True, False):
+        for r in range(world):
+            opened = []
+            base = _round_robin_stream(samples, r, world)
+
+            def opener(e, base=base, opened=opened):
+                opened.append(e)
+                return base(e)
+
+            kw = dict(batch_size=b, train=is_train, seed=0, rank=r, world_size=world, device="cpu", sample_bytes=8)
+            cached = StreamLoader(opener, n, cache_bytes=2**20, **kw)
+            assert cached.caches and cached.cache_nbytes == 8 * len(range(r, n, world))
+            runs = [epoch(cached, e) for e in range(3)]
+            again = epoch(cached, 0)  # epoch 0 from the cache: the streamed batches
+            assert opened == [0]  # read once
+            assert all(torch.equal(a[1], c[1]) for a, c in zip(again, runs[0], strict=True))
+            share = {label for _, label in base(0)}  # the rank's rows of epoch 0's stream
+            for run in runs:
+                seen = torch.cat([y for _, y in run]).tolist()
+                assert len(seen) == len(set(seen)) == cached.num_samples and set(seen) <= share
+                assert all(torch.equal(x[:, 0], y.float()) for x, y in run)  # samples stay with their labels
+            if is_train:
+                assert [y.tolist() for _, y in runs[1]] != [y.tolist() for _, y in runs[2]]
+            else:
+                assert all([y.tolist() for _, y in run] == [y.tolist() for _, y in runs[0]] for run in runs)
+            resumed = StreamLoader(base, n, cache_bytes=2**20, **kw)
+            for got, want in ((epoch(resumed, 2), runs[2]), (epoch(StreamLoader(base, n, cache_bytes=2**20, **kw), 2,
+                                                                    start=1), runs[2][1:])):
+                assert len(got) == len(want)
+                assert all(torch.equal(a[0], c[0]) and torch.equal(a[1], c[1]) for a, c in zip(got, want))
+            # off (no budget), or a share over the budget: every epoch streams
+            opened.clear()
+            off = StreamLoader(opener, n, cache_bytes=0, **kw)
+            over = StreamLoader(base, n, cache_bytes=8 * len(share) - 1, **kw)
+            assert not off.caches and not over.caches and off.cache_nbytes == 0
+            plain = StreamLoader(base, n, **kw)
+            assert [y.tolist() for _, y in epoch(off, 2)] == [y.tolist() for _, y in epoch(plain, 2)]
+            epoch(off, 1)
+            assert opened == [2, 1]
+
+
 def test_streaming_matches_materialised_and_shards(tmp_path):
     root = tmp_path / "c10"
     _cifar_like(root, "cifar10", n_train=37, n_test=11)
@@ -481,8 +529,9 @@ def test_hub_source_loads_through_datasets_like_local_files(tmp_path, streaming)
     kw = dict(name="cifar10", batch_size=4, eval_batch_size=4, streaming=streaming)
     hub = build_data(cfg(tmp_path, source="hub", hub_id=str(root), **kw), T=1, seed=1)
     local = build_data(cfg(tmp_path, source="local", root=str(root), **kw), T=1, seed=1)
-    assert hub.origin == f"hub {root}" + (", streaming" if streaming else "")
-    assert local.origin == f"local files under {root}" + (", streaming" if streaming else "")
+    kept = ", streaming (decoded once: 0 MiB kept in memory per rank after epoch 0, data.stream_cache_gb)"
+    assert hub.origin == f"hub {root}" + (kept if streaming else "")
+    assert local.origin == f"local files under {root}" + (kept if streaming else "")
     for (xh, yh), (xl, yl) in zip(epoch(hub.test), epoch(local.test), strict=True):
         assert torch.equal(xh, xl) and torch.equal(yh, yl)
     # auto: the local folder when it holds the files, else the hub id
@@ -493,12 +542,14 @@ def test_hub_source_loads_through_datasets_like_local_files(tmp_path, streaming)
 
 
 @needs_datasets
-def test_streaming_workers_give_the_same_batches(tmp_path):
+@pytest.mark.parametrize("stream_cache_gb", [8.0, 0])
+def test_streaming_workers_give_the_same_batches(tmp_path, stream_cache_gb):
     """Decoding in worker processes changes nothing: the same batches, in the same order, per epoch
-    and from a resumed position."""
+    and from a resumed position (epochs after the first from the memory cache, or decoded again)."""
     root = tmp_path / "c10"
     _cifar_like(root, "cifar10", n_train=37, n_test=11)
-    kw = dict(name="cifar10", root=str(root), batch_size=4, eval_batch_size=4, streaming=True, shuffle_buffer=8)
+    kw = dict(name="cifar10", root=str(root), batch_size=4, eval_batch_size=4, streaming=True, shuffle_buffer=8,
+              stream_cache_gb=stream_cache_gb)
     inline = build_data(cfg(tmp_path, workers=0, **kw), T=1, seed=3)
     pooled = build_data(cfg(tmp_path, workers=2, **kw), T=1, seed=3)
     for a, b in ((epoch(inline.train, 1), epoch(pooled.train, 1)), (epoch(inline.train, 2, 3), epoch(pooled.train, 2, 3)),

@@ -3,8 +3,9 @@
 CPU tier (always, the kernels under ``TRITON_INTERPRET=1`` when there is no GPU): every kernel a
 training step's neuron launches, whatever the options — one Triton launch forward; backward, the
 backward kernel and one finalize kernel (plus one reduction for a channel-wise width) — and one
-launch in eval; the fused batch norm + LIF unit's three launches each way (one in eval). The whole point of the fused neuron is that T steps cost one kernel each way, and
-at a step time of milliseconds every further small launch (4-6 µs from Python) shows.
+launch in eval; the fused batch norm + LIF unit's three launches each way (one in eval). The whole
+point of the fused neuron is that T steps cost one kernel each way, and at a step time of
+milliseconds every further small launch (4-6 µs from Python) shows.
 
 GPU tier (``gpu``): the fused forward+backward is at least 10× faster than the eager reference at
 T = 4, N = 2**24, and reaches at least 70% of the copy bandwidth measured in the same process at

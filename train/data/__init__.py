@@ -60,7 +60,7 @@ class DataConfig:
     source: str = "auto"  # auto: local files if data.root holds them, else the hub (image sets) | local | hub
     root: str | None = None  # local folder with the files; null: <repo>/data/<name>
     hub_id: str | None = None  # image sets: the hub id to load (null: the data set's own, e.g. uoft-cs/cifar10)
-    streaming: bool = False  # images: decode while reading (no decoded cache) instead of materialising once
+    streaming: bool = False  # images: read and decode during epoch 0 instead of materialising first
     workers: int | None = None  # streaming: image-decoding processes; null: min(8, CPUs); 0: in the loop
     cache_dir: str = ".cache/asgl"  # decoded tensors are cached here
     batch_size: int = 128  # global batch; each of world_size ranks gets batch_size // world_size
@@ -77,6 +77,7 @@ class DataConfig:
     # added keys
     label_column: str | None = None  # images: override the label column (e.g. "coarse_label" for CIFAR-100)
     shuffle_buffer: int = 10_000  # streaming: size of the shuffle buffer
+    stream_cache_gb: float | None = 8.0  # streaming: keep a rank's decoded samples in memory if they fit (0: off)
     split_seed: int = 0  # cifar10_dvs: seed of the fixed per-class 9:1 train/test split
     shd_max_time: float = 1.4  # shd: seconds binned into T steps; later spikes are dropped
     n_mels: int = 64  # medley_solos: mel bands (features = 2·n_mels)
@@ -110,6 +111,9 @@ class DataConfig:
         need(self.resolution is None or _is_int(self.resolution) and self.resolution > 0, "resolution",
              "null or an integer > 0")
         need(self.label_column is None or isinstance(self.label_column, str), "label_column", "null or a column name")
+        need(self.stream_cache_gb is None or isinstance(self.stream_cache_gb, (int, float)) and
+             not isinstance(self.stream_cache_gb, bool) and self.stream_cache_gb >= 0, "stream_cache_gb",
+             "null or a number of GB >= 0")
         need(isinstance(self.shd_max_time, (int, float)) and self.shd_max_time > 0, "shd_max_time", "> 0 seconds")
         need(isinstance(self.delta_threshold, (int, float)) and self.delta_threshold > 0, "delta_threshold", "> 0")
         image_aug = self.crop_pad or self.cutout or self.autoaugment
@@ -288,7 +292,11 @@ def _build_images(cfg: DataConfig, b_train: int, b_test: int, common: dict) -> D
         if source.files is not None:
             raise
         raise DataNotFoundError(_images_missing(cfg, _root(cfg), e.__cause__ or e)) from None
-    bundle.origin = origin + (", streaming" if cfg.streaming else "")
+    if cfg.streaming:
+        kept = [loader.cache_nbytes for loader in (bundle.train, bundle.test) if loader.caches]
+        origin += ", streaming" + (f" (decoded once: {sum(kept) / 2**20:.0f} MiB kept in memory per rank after "
+                                   f"epoch 0, data.stream_cache_gb)" if kept else ", decoded every epoch")
+    bundle.origin = origin
     return bundle
 
 
@@ -315,7 +323,8 @@ def _load_images(cfg: DataConfig, source, b_train: int, b_test: int, common: dic
                 _check_train_size(n, bsz, common["world_size"])
             loaders[split] = StreamLoader(open_stream, n, batch_size=bsz, train=train, transform=transform,
                                           decode=partial(_decode_batch, spec.channels, spec.size), workers=workers,
-                                          **common)
+                                          sample_bytes=spec.channels * spec.size * spec.size,
+                                          cache_bytes=int((cfg.stream_cache_gb or 0) * 2**30), **common)
         else:
             path = Path(cfg.cache_dir) / f"{cfg.name}-{split}-{source.fingerprint(split)}.pt"
             data = cached(path, lambda split=split: images.materialise(source, split, cfg.cache_dir),

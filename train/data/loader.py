@@ -221,6 +221,16 @@ class StreamLoader(Loader):
 
     A stream shorter than that raises :class:`DataFormatError` rather than silently ending one
     rank's epoch early. Batches are copied to a CUDA device from pinned memory without blocking.
+
+    Memory cache (``cache_bytes``, when this rank's ``L_r`` decoded samples of ``sample_bytes`` fit
+    in it): each sample is decoded once. Epoch 0 streams as above and keeps what it decodes (with
+    the rows after its last full batch, so the cache holds all ``L_r`` samples); every later epoch
+    gathers from that CPU cache in an order that is a pure function of ``(seed, epoch, rank)``: for
+    training a fresh permutation of the rank's share each epoch (the first ``floor(N/W)//B · B``
+    of it), for test (and epoch 0 again) the stream's order. A process that starts (or resumes) past epoch 0, or an
+    epoch 0 cut short, builds the cache from epoch 0's stream before its first cached epoch, so a
+    resumed run sees exactly the batches of an uninterrupted one. Without the cache every epoch
+    streams and decodes again.
     """
 
     def __init__(
@@ -237,6 +247,8 @@ class StreamLoader(Loader):
         transform: Transform | None = None,
         decode: Callable[[list], tuple] | None = None,
         workers: int = 0,
+        sample_bytes: int | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         super().__init__()
         self.open_stream = open_stream
@@ -260,28 +272,35 @@ class StreamLoader(Loader):
             self._sizes = [s for s in (base + (k < extra) for k in range(nb)) if s]
         self._len = len(self._sizes)
         self.num_samples = sum(self._sizes)
+        self.share = len(range(rank, num_total, world_size))  # L_r
+        self.caches = bool(sample_bytes) and 0 < self.share * sample_bytes <= cache_bytes
+        self.cache_nbytes = self.share * (sample_bytes or 0) if self.caches else 0
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (samples, labels) on the CPU
 
     def __len__(self) -> int:
         return self._len
 
-    def _raw_batches(self) -> Iterator[list]:
-        stream = iter(self.open_stream(self.epoch))
-        skip = sum(self._sizes[: self.start_batch])
+    def _raw_batches(self, sizes: list[int], start: int, epoch: int, tail: bool = False) -> Iterator[list]:
+        """Epoch ``epoch``'s stream cut into ``sizes[start:]`` (the first ``start`` batches read and
+        skipped); with ``tail``, then the rest of the stream in batches of at most ``B``."""
+        stream = iter(self.open_stream(epoch))
+        skip = sum(sizes[:start])
         read = sum(1 for _ in itertools.islice(stream, skip))
-        for k in range(self.start_batch, self._len):
-            batch = list(itertools.islice(stream, self._sizes[k]))
+        for k in range(start, len(sizes)):
+            batch = list(itertools.islice(stream, sizes[k]))
             read += len(batch)
-            if len(batch) < self._sizes[k]:
+            if len(batch) < sizes[k]:
                 raise DataFormatError(
                     f"rank {self.rank}'s stream ended after {read} samples; a round-robin split of "
-                    f"{self.num_total} samples over {self.world_size} rank(s) gives it "
-                    f"{len(range(self.rank, self.num_total, self.world_size))}"
+                    f"{self.num_total} samples over {self.world_size} rank(s) gives it {self.share}"
                 )
             yield batch
+        while tail and (batch := list(itertools.islice(stream, self.batch_size))):
+            yield batch
 
-    def _decoded(self) -> Iterator[tuple]:
+    def _decoded(self, raw: Iterator[list]) -> Iterator[tuple]:
         if self.workers == 0:
-            yield from map(self.decode, self._raw_batches())
+            yield from map(self.decode, raw)
             return
         if self._pool is None:
             import concurrent.futures  # noqa: PLC0415
@@ -296,8 +315,8 @@ class StreamLoader(Loader):
             weakref.finalize(self, self._pool.shutdown, cancel_futures=True)
         pending: collections.deque = collections.deque()
         try:
-            for raw in self._raw_batches():
-                pending.append(self._pool.submit(self.decode, raw))
+            for items in raw:
+                pending.append(self._pool.submit(self.decode, items))
                 if len(pending) >= 2 * self.workers:
                     yield pending.popleft().result()
             while pending:
@@ -306,14 +325,51 @@ class StreamLoader(Loader):
             for future in pending:  # an epoch cut short (a stop, an error): drop the read-ahead
                 future.cancel()
 
+    def _batch(self, k: int, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_device(torch.as_tensor(x), self.device)
+        y = to_device(torch.as_tensor(y, dtype=torch.int64), self.device)
+        if self.transform is not None:
+            gen = make_generator(derive_seed(self.seed, self.epoch, self.rank, k, _AUG_TAG), self.device)
+            x = self.transform(x, gen)
+        return x, y
+
+    def _keep(self, parts: list[tuple]) -> None:
+        """Epoch 0's decoded batches (all ``L_r`` samples, in stream order) become the cache."""
+        x = torch.cat([torch.as_tensor(xb) for xb, _ in parts])
+        y = torch.cat([torch.as_tensor(yb, dtype=torch.int64) for _, yb in parts])
+        if x.shape[0] != self.share:
+            raise DataFormatError(f"rank {self.rank}'s stream holds {x.shape[0]} samples; a round-robin split "
+                                  f"of {self.num_total} samples over {self.world_size} rank(s) gives it {self.share}")
+        self._cache = (x, y)
+
+    def _cached_order(self) -> torch.Tensor:
+        """Positions in the cache of this epoch's samples, batch after batch."""
+        if not self.train or self.epoch == 0:  # the cache is in epoch 0's stream order
+            return torch.arange(self.num_samples)
+        gen = make_generator(derive_seed(self.seed, self.epoch, self.rank, _PERM_TAG), "cpu")
+        return torch.randperm(self.share, generator=gen)[: self.num_samples]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for k, (x, y) in enumerate(self._decoded(), start=self.start_batch):
-            x = to_device(torch.as_tensor(x), self.device)
-            y = to_device(torch.as_tensor(y, dtype=torch.int64), self.device)
-            if self.transform is not None:
-                gen = make_generator(derive_seed(self.seed, self.epoch, self.rank, k, _AUG_TAG), self.device)
-                x = self.transform(x, gen)
-            yield x, y
+        if self.caches and (self.epoch > 0 or self._cache is not None):
+            if self._cache is None:  # started or resumed past epoch 0: decode epoch 0's rows once
+                self._keep(list(self._decoded(self._raw_batches([], 0, 0, tail=True))))
+            x_all, y_all = self._cache
+            order = self._cached_order()
+            offsets = [0, *itertools.accumulate(self._sizes)]
+            for k in range(self.start_batch, self._len):
+                idx = order[offsets[k]:offsets[k + 1]]
+                yield self._batch(k, x_all[idx], y_all[idx])
+            return
+        keep = self.caches and self.start_batch == 0  # epoch 0, no cache yet
+        parts: list[tuple] = []
+        raw = self._raw_batches(self._sizes, self.start_batch, self.epoch, tail=keep)
+        for k, (x, y) in enumerate(self._decoded(raw), start=self.start_batch):
+            if keep:
+                parts.append((x, y))
+            if k < self._len:
+                yield self._batch(k, x, y)
+        if keep:  # the whole epoch ran (an epoch cut short keeps nothing)
+            self._keep(parts)
 
     def close(self) -> None:
         """Stop the decoding workers (they also end with the process)."""
