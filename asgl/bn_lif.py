@@ -41,17 +41,20 @@ class BatchNormLIF(nn.Module):
 
     Args:
         channels: C, dim 2 of the input.
-        eps, momentum, affine, track_running_stats, threshold_scale: of the batch norm
-            (:class:`asgl.layers.TimeBatchNorm`; ``threshold_scale`` = α·V_th of threshold-scaled tdBN).
+        eps, momentum, affine, track_running_stats, threshold_scale, statistics: of the batch norm
+            (:class:`asgl.layers.TimeBatchNorm`; ``threshold_scale`` = α·V_th of threshold-scaled tdBN;
+            ``statistics="per_step"``, the authors' per-step BN, trains unfused: BN, then the neuron).
         **lif_kwargs: of :class:`asgl.LIF` (``channels`` is set for a channel-wise width). Its
             ``backend`` picks the path for the whole module.
     """
 
     def __init__(self, channels: int, *, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, threshold_scale: float | None = None, **lif_kwargs):
+                 track_running_stats: bool = True, threshold_scale: float | None = None,
+                 statistics: str = "folded", **lif_kwargs):
         super().__init__()
         self.bn = TimeBatchNorm(channels, eps=eps, momentum=momentum, affine=affine,
-                                track_running_stats=track_running_stats, threshold_scale=threshold_scale)
+                                track_running_stats=track_running_stats, threshold_scale=threshold_scale,
+                                statistics=statistics)
         if lif_kwargs.get("width_granularity") == "channel":
             lif_kwargs.setdefault("channels", channels)
         self.lif = LIF(**lif_kwargs)
@@ -71,7 +74,9 @@ class BatchNormLIF(nn.Module):
     def forward(self, x_seq: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         self._check(x_seq, residual)
         lif, bn = self.lif, self.bn
-        if not self.fused or F.resolve_backend(lif.backend, x_seq, fused_module="asgl.kernels.bn_lif") == "torch":
+        # per-step batch statistics (the authors' TemporalBN) have no fused kernel: BN, then the neuron
+        unfused = not self.fused or (bn.statistics == "per_step" and bn.training)
+        if unfused or F.resolve_backend(lif.backend, x_seq, fused_module="asgl.kernels.bn_lif") == "torch":
             z = bn(x_seq)
             return lif(z if residual is None else z + residual)
         from asgl.kernels.bn_lif import bn_lif_fused

@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import nn
 
 __all__ = [
+    "BN_STATISTICS",
     "SeqToANN",
     "TimeBatchNorm",
     "TimeBatchNorm1d",
@@ -33,6 +34,7 @@ __all__ = [
     "image_sequence",
     "mean_ce_loss",
     "mean_over_time",
+    "set_bn_statistics_",
     "tet_loss",
     "unfold_time",
 ]
@@ -78,6 +80,21 @@ class SeqToANN(nn.Module):
         return unfold_time(self.module(x), x_seq.shape[0])
 
 
+# Batch statistics of a time-folded BN: over T·B merged (tdBN) or per time step (the authors' TemporalBN)
+BN_STATISTICS = ("folded", "per_step")
+
+
+def set_bn_statistics_(model: nn.Module, statistics: str) -> nn.Module:
+    """Set the batch statistics (``"folded"`` or ``"per_step"``) of every time-folded batch norm in
+    ``model`` (those of :class:`asgl.BatchNormLIF` included); parameters and buffers are unchanged."""
+    if statistics not in BN_STATISTICS:
+        raise ValueError(f"statistics must be one of {BN_STATISTICS}, got {statistics!r}")
+    for m in model.modules():
+        if isinstance(m, _TimeBatchNorm):
+            m.statistics = statistics
+    return model
+
+
 class _TimeBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm over ``T·B`` merged, optionally scaled by ``α·V_th`` (threshold-scaled tdBN).
 
@@ -87,7 +104,10 @@ class _TimeBatchNorm(nn.modules.batchnorm._BatchNorm):
         y = γ_c · s · (x - μ_c) / sqrt(σ²_c + ε) + β_c,     s = threshold_scale (1 when None)
 
     ``threshold_scale=None`` is ordinary BN on the folded tensor, the default of every network
-    here (ASGL.md §4). A number ``s = α·V_th`` gives the threshold-dependent BN of the tdBN paper
+    here (ASGL.md §4). ``statistics="per_step"`` normalises each time step with its own batch
+    statistics instead (γ, β and the running buffers shared, the running estimates updated once per
+    step in order t = 0 … T-1): one ``nn.BatchNorm2d`` applied at every step, the authors'
+    ``TemporalBN`` of their DVS runs. Evaluation is the same either way (running statistics). A number ``s = α·V_th`` gives the threshold-dependent BN of the tdBN paper
     (Zheng et al., AAAI 2021): pre-activations are normalised to N(0, (α·V_th)²) so that their
     spread is matched to the threshold V_th of the neurons they feed; that paper uses α = 1, and
     α = 1/√2 for the two branches that are summed in a residual block. The scale multiplies the
@@ -98,15 +118,18 @@ class _TimeBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
-                 threshold_scale: float | None = None):
+                 threshold_scale: float | None = None, statistics: str = "folded"):
         if not (isinstance(num_features, int) and num_features > 0):
             raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        if statistics not in BN_STATISTICS:
+            raise ValueError(f"statistics must be one of {BN_STATISTICS}, got {statistics!r}")
         if threshold_scale is not None and not (
             isinstance(threshold_scale, (int, float)) and math.isfinite(threshold_scale) and threshold_scale > 0
         ):
             raise ValueError(f"threshold_scale (α·V_th) must be None or a finite number > 0, got {threshold_scale!r}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.threshold_scale = None if threshold_scale is None else float(threshold_scale)
+        self.statistics = statistics
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         # Called by the parent on the folded tensor [T·B, C, ...]; forward checked the sequence.
@@ -119,12 +142,13 @@ class _TimeBatchNorm(nn.modules.batchnorm._BatchNorm):
                 f"{type(self).__name__}({self.num_features}) expects x_seq [T, B, {self.num_features}, ...] "
                 f"with {' or '.join(map(str, self._seq_dims))} dims, got shape {tuple(x_seq.shape)}"
             )
-        x = fold_time(x_seq)
-        if self.threshold_scale is None:
-            y = super().forward(x)
-        else:
-            y = self._scaled_forward(x)
-        return unfold_time(y, x_seq.shape[0])
+        if self.statistics == "per_step" and self.training:
+            return torch.stack([self._normalise(x) for x in x_seq.unbind(0)])
+        return unfold_time(self._normalise(fold_time(x_seq)), x_seq.shape[0])
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch norm of ``x [N, C, ...]`` (statistics over N and the spatial dims)."""
+        return super().forward(x) if self.threshold_scale is None else self._scaled_forward(x)
 
     def _scaled_forward(self, x: torch.Tensor) -> torch.Tensor:
         # γ·(s·x̂) + β = (γ·s)·x̂ + β: fold the scale into the BN weight, one fused batch_norm call.
@@ -143,7 +167,7 @@ class _TimeBatchNorm(nn.modules.batchnorm._BatchNorm):
         )
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", threshold_scale={self.threshold_scale}"
+        return super().extra_repr() + f", threshold_scale={self.threshold_scale}, statistics={self.statistics}"
 
 
 class TimeBatchNorm1d(_TimeBatchNorm):

@@ -325,7 +325,8 @@ def module_pair(device, **kw):
     dict(p=0.0, width_granularity="channel", learn_thresh=True),
     dict(p=1.0, reset="soft", surrogate="rectangle", momentum=None),
     dict(p=0.0, affine=False, track_running_stats=False, threshold_scale=0.7),
-], ids=["sg-channel", "analog-cumulative", "no-affine-no-buffers"])
+    dict(p=0.0, statistics="per_step"),
+], ids=["sg-channel", "analog-cumulative", "no-affine-no-buffers", "per-step-statistics"])
 def test_module_matches_torch_backend(kw, device):
     """asgl.BatchNormLIF: triton vs torch backend (= TimeBatchNorm then LIF) for two training steps
     (output, every parameter's gradient, running statistics) and then in eval; state dicts map onto
@@ -333,9 +334,9 @@ def test_module_matches_torch_backend(kw, device):
     import asgl
 
     fused, ref = module_pair(device, **kw)
-    sep_bn = asgl.layers.TimeBatchNorm(6, **{k: kw[k] for k in ("momentum", "affine", "track_running_stats",
-                                                                 "threshold_scale") if k in kw})
-    lif_kw = {k: v for k, v in kw.items() if k not in ("momentum", "affine", "track_running_stats", "threshold_scale")}
+    bn_keys = ("momentum", "affine", "track_running_stats", "threshold_scale", "statistics")
+    sep_bn = asgl.layers.TimeBatchNorm(6, **{k: kw[k] for k in bn_keys if k in kw})
+    lif_kw = {k: v for k, v in kw.items() if k not in bn_keys}
     if lif_kw.get("width_granularity") == "channel":
         lif_kw["channels"] = 6
     sep_bn.load_state_dict(fused.bn.state_dict())

@@ -246,6 +246,9 @@ def test_shipped_config_builds_model_and_data(name, data_roots):
     lifs = asgl.neurons(model)
     assert lifs and all(m.surrogate == cfg.model.surrogate and m.p == cfg.model.p for m in lifs)
     assert all(torch.allclose(m.width, torch.tensor(cfg.model.width)) for m in lifs)
+    bns = [m for m in model.modules() if isinstance(m, asgl.layers.TimeBatchNorm)]
+    assert all(m.statistics == cfg.model.bn_statistics for m in bns)
+    assert (cfg.model.bn_statistics == "per_step") == (cfg.data.name == "cifar10_dvs")  # the authors' DVS BN
     if name.startswith("width_sweep/") and name != "width_sweep/_base.yaml":
         return  # same network and data as _base.yaml, which runs the batch below
     data.train.set_epoch(0)

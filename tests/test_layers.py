@@ -129,6 +129,42 @@ def test_threshold_scaled_batch_norm():
         TimeBatchNorm2d(4, threshold_scale=0.0)
 
 
+@pytest.mark.parametrize("threshold_scale", [None, 0.7])
+def test_per_step_batch_norm_is_one_batch_norm_applied_at_every_step(threshold_scale):
+    """``statistics="per_step"``: each step normalised with its own batch statistics, γ, β shared,
+    running estimates updated once per step in order (the authors' TemporalBN: one BatchNorm2d
+    called at each step); eval uses the running estimates, as folded BN does."""
+    from asgl.layers import set_bn_statistics_
+
+    torch.manual_seed(5)
+    x_seq = torch.randn(3, 4, 2, 5, 5) * torch.tensor([1.0, 3.0, 0.5]).view(3, 1, 1, 1, 1) + 0.4
+    bn = TimeBatchNorm2d(2, threshold_scale=threshold_scale, statistics="per_step")
+    ref = nn.BatchNorm2d(2)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.8, 1.3]))
+        bn.bias.copy_(torch.tensor([0.1, -0.2]))
+        ref.weight.copy_(bn.weight * (threshold_scale or 1.0))
+        ref.bias.copy_(bn.bias)
+    y = bn(x_seq)
+    torch.testing.assert_close(y, torch.stack([ref(x) for x in x_seq]))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(bn, name), getattr(ref, name))
+    folded = TimeBatchNorm2d(2, threshold_scale=threshold_scale)
+    folded.load_state_dict(bn.state_dict())
+    assert not torch.allclose(folded(x_seq), y)  # the steps' statistics differ from the folded ones
+    folded.load_state_dict(bn.state_dict())
+    bn.eval()
+    folded.eval()
+    torch.testing.assert_close(bn(x_seq), folded(x_seq))
+    model = nn.Sequential(TimeBatchNorm2d(2), nn.Sequential(TimeBatchNorm1d(2)))
+    assert [m.statistics for m in set_bn_statistics_(model, "per_step").modules() if hasattr(m, "statistics")] \
+        == ["per_step", "per_step"]
+    with pytest.raises(ValueError, match="statistics must be one of"):
+        TimeBatchNorm2d(2, statistics="step")
+    with pytest.raises(ValueError, match="statistics must be one of"):
+        set_bn_statistics_(model, "steps")
+
+
 def test_conv_bn_shapes_and_no_bias():
     layer = conv_bn(3, 8, 3, 2)
     conv = layer.module[0]

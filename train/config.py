@@ -29,6 +29,7 @@ from typing import Any, Union
 
 import yaml
 
+from asgl.layers import BN_STATISTICS
 from asgl.models import list_models
 from asgl.train.data import IMAGE_DATASETS, DataConfig
 
@@ -66,6 +67,7 @@ class ModelConfig:
     reset: str = "hard"             # hard | soft
     p: float = 0.2                  # initial analog-mode probability p0 (0 = plain SG)
     min_slope: float | None = 0.01  # floor of a learnable sigmoid slope k = 1/α; null = unbounded (authors')
+    bn_statistics: str = "folded"   # BN batch statistics: folded (over T·B, tdBN) | per_step (authors' DVS BN)
     backend: str = "auto"           # auto | torch | triton
 
 
@@ -389,6 +391,7 @@ def validate(cfg: RunConfig) -> None:
         _check(m.surrogate != "sigmoid" or not m.learn_width or m.width * m.min_slope <= 1, "model.width",
                f"must be <= 1/model.min_slope = {1 / m.min_slope:g} (or model.min_slope null)", m.width)
     _choice(m.backend, "model.backend", BACKENDS)
+    _choice(m.bn_statistics, "model.bn_statistics", BN_STATISTICS)
 
     _choice(o.name, "optim.name", OPTIMIZERS)
     _check(_finite(o.lr) and o.lr > 0, "optim.lr", "must be > 0", o.lr)
