@@ -24,11 +24,13 @@ def _interpreting() -> bool:
 
 
 def resolve_backend(backend: str, x: torch.Tensor, fused_module: str = "asgl.kernels.lif") -> str:
-    """``"auto"`` -> ``"triton"`` on CUDA tensors when the fused kernel exists, else ``"torch"``."""
+    """``"auto"`` -> ``"triton"`` on CUDA tensors when triton is installed and the fused kernel exists,
+    else ``"torch"`` (triton is an optional dependency: a platform without it runs the reference)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if x.is_cuda and importlib.util.find_spec(fused_module) is not None else "torch"
+        fused = importlib.util.find_spec("triton") is not None and importlib.util.find_spec(fused_module) is not None
+        return "triton" if x.is_cuda and fused else "torch"
     if backend == "triton" and not x.is_cuda and not _interpreting():
         raise ValueError(
             "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before triton is imported, "

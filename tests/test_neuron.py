@@ -364,6 +364,21 @@ def test_auto_backend_uses_reference_on_cpu():
     assert resolve_backend("auto", torch.zeros(1)) == "torch"
 
 
+def test_auto_backend_on_cuda_without_triton_uses_the_reference(monkeypatch):
+    """triton is optional (installed only where it runs): "auto" on a CUDA tensor picks the fused
+    kernel only when triton can be imported."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from asgl.functional import resolve_backend
+
+    cuda_like = SimpleNamespace(is_cuda=True)  # only .is_cuda is read
+    assert resolve_backend("auto", cuda_like) == "triton"
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find_spec(name, *a))
+    assert resolve_backend("auto", cuda_like) == "torch"
+
+
 # --------------------------------------------------------------------------- noise schedule
 def test_noise_schedule_milestones_and_resume():
     model = torch.nn.Sequential(asgl.LIF(), asgl.LIF())

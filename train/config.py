@@ -50,6 +50,27 @@ class ConfigError(ValueError):
     """A bad configuration: unknown key, wrong type or impossible value. The message names the key."""
 
 
+def take_flags(argv: list[str], flags: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """``({flag: value}, rest)``: each of ``flags`` given as ``--flag value`` or ``--flag=value`` taken
+    out of ``argv`` (the last one wins), everything else left in order."""
+    values, rest = {}, []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        flag = next((f for f in flags if arg == f or arg.startswith(f + "=")), None)
+        if flag is None:
+            rest.append(arg)
+        elif "=" in arg:
+            values[flag] = arg.split("=", 1)[1]
+        elif i + 1 < len(argv):
+            i += 1
+            values[flag] = argv[i]
+        else:
+            raise ConfigError(f"{flag} needs a value")
+        i += 1
+    return values, rest
+
+
 @dataclass
 class ModelConfig:
     """The network and its neurons (``asgl.LIF`` keyword arguments, ASGL.md §1–2)."""

@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch
 
 from asgl.train import checkpoint as ckpt_io
-from asgl.train.config import ConfigError, build_config, parse_overrides
+from asgl.train.config import ConfigError, build_config, parse_overrides, take_flags
 from asgl.train.run import (
     EXIT_OK, EXIT_USAGE, FiringRates, UsageError, _fail, build_model, evaluate, load_data, make_accelerator,
     make_criterion, prepare, saved_config, use_channels_last,
@@ -56,28 +56,13 @@ def resolve_checkpoint(target: str) -> Path:
 
 
 def split_args(argv: list[str]) -> tuple[str, Path | None, list[str]]:
-    """``(target, --out file or None, overrides)``."""
-    target, out, rest = None, None, []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--out" or arg.startswith("--out="):
-            if "=" in arg:
-                out = arg.split("=", 1)[1]
-            elif i + 1 < len(argv):
-                i += 1
-                out = argv[i]
-            else:
-                raise ConfigError("--out needs a file name")
-            out = Path(out)
-        elif not arg.startswith("--") and target is None:
-            target = arg
-        else:
-            rest.append(arg)
-        i += 1
+    """``(target, --out file or None, overrides)``: the target is the first argument not starting with ``--``."""
+    values, rest = take_flags(argv, ("--out",))
+    target = next((a for a in rest if not a.startswith("--")), None)
     if target is None:
         raise ConfigError("give a run folder or a checkpoint: python -m asgl.train.eval RUN_DIR [--section.key=value ...]")
-    return target, out, rest
+    rest.remove(target)
+    return target, Path(values["--out"]) if "--out" in values else None, rest
 
 
 def main(argv: list[str] | None = None) -> int:

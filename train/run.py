@@ -114,7 +114,8 @@ import torch
 
 from asgl.train import checkpoint as ckpt_io
 from asgl.train.config import (
-    ConfigError, RunConfig, build_config, describe, flatten, load_yaml, parse_overrides, to_dict, to_yaml,
+    ConfigError, RunConfig, build_config, describe, flatten, load_yaml, parse_overrides, take_flags, to_dict,
+    to_yaml,
 )
 from asgl.train.data import DataNotFoundError
 
@@ -150,29 +151,8 @@ def _help() -> str:
 
 def split_argv(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
     """``(config_path, resume_dir, override_args)`` from the command line."""
-    config = resume = None
-    rest = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        for flag in ("--config", "--resume"):
-            if arg == flag or arg.startswith(flag + "="):
-                if "=" in arg:
-                    value = arg.split("=", 1)[1]
-                elif i + 1 < len(argv):
-                    i += 1
-                    value = argv[i]
-                else:
-                    raise ConfigError(f"{flag} needs a value")
-                if flag == "--config":
-                    config = value
-                else:
-                    resume = value
-                break
-        else:
-            rest.append(arg)
-        i += 1
-    return config, resume, rest
+    values, rest = take_flags(argv, ("--config", "--resume"))
+    return values.get("--config"), values.get("--resume"), rest
 
 
 def check_run_dir(run_dir: Path) -> None:

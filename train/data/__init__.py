@@ -259,9 +259,15 @@ def _decode_batch(channels: int, size: int, rows: list) -> tuple:
 
 def _raw_stream(source, split: str, *, cache_dir: str, epoch: int, shuffle_seed: int | None, buffer_size: int,
                 rank: int, world_size: int):
-    """This rank's stream of undecoded ``(Image cell, label)`` rows for one epoch: the epoch's
-    (seeded, so identical on every rank) stream, rows ``r, r+W, r+2W, ...`` for rank ``r``; the same
-    rows, in the same order, as ``images.open_stream``, whose decoding is left to the loader's workers."""
+    """This rank's stream of undecoded ``(Image cell, label)`` rows for one epoch (decoded by the
+    loader's workers).
+
+    Rank ``r`` of ``W`` takes rows ``r, r+W, r+2W, ...`` of the epoch's stream (the same on every
+    rank: the shuffle is seeded), the split :class:`~asgl.train.data.loader.StreamLoader` counts on.
+    ``datasets.distributed.split_dataset_by_node`` would instead hand out whole shards when their
+    number is a multiple of ``W``, and shards of unequal size would give the ranks different step
+    counts. Every rank reads every row, as ``split_dataset_by_node`` does for single-file sets.
+    """
     import inspect
     import itertools
 
@@ -271,7 +277,10 @@ def _raw_stream(source, split: str, *, cache_dir: str, epoch: int, shuffle_seed:
     if shuffle_seed is not None:
         kwargs = {}
         if "max_buffer_input_shards" in inspect.signature(ds.shuffle).parameters:
-            kwargs["max_buffer_input_shards"] = 1  # as images.open_stream: no 5 s pause per pass
+            # datasets >= 4 interleaves several parquet shards through threads and then sleeps 5 s
+            # at the end of every pass (an Arrow shutdown workaround); one shard at a time avoids
+            # it and changes nothing for the single-file data sets here.
+            kwargs["max_buffer_input_shards"] = 1
         ds = ds.shuffle(seed=shuffle_seed % (2**32), buffer_size=buffer_size, **kwargs)
     ds.set_epoch(epoch)
     image, label = source.spec.image_column, source.label_column

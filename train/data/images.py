@@ -18,9 +18,7 @@ functions: ``import asgl.train.data`` works without it.
 from __future__ import annotations
 
 import glob
-import inspect
 import io
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,11 +88,7 @@ def default_root(name: str) -> Path:
 
 def _missing_message(name: str, spec: ImageSpec, root: Path, missing: list[str]) -> str:
     layout = "\n".join(f"    {root / p}" for p in spec.patterns.values())
-    get = (
-        f"huggingface-cli download {spec.hub_id} --repo-type dataset --local-dir {root}"
-        if spec.hub_id
-        else f"python scripts/make_digits.py --out {root}"
-    )
+    get = f"python -m asgl.train.data.prepare {name} --root {root}"
     return (
         f"data set {name!r}: no files match {', '.join(missing)} under {root}.\n"
         f"Expected the hub parquet layout:\n{layout}\n"
@@ -240,33 +234,6 @@ def num_rows(source: ImageSource, split: str, cache_dir: str) -> int:
             f"{source.hub_id}: the hub does not report the size of split {split!r}; use data.streaming=false"
         )
     return int(info.num_examples)
-
-
-def open_stream(source: ImageSource, split: str, *, cache_dir: str, epoch: int, shuffle_seed: int | None,
-                buffer_size: int, rank: int, world_size: int):
-    """This rank's stream of ``(uint8 [C, H, W], label)`` for one epoch.
-
-    Rank ``r`` of ``W`` takes rows ``r, r+W, r+2W, ...`` of the epoch's stream (the same on every
-    rank: the shuffle is seeded), the split :class:`~asgl.train.data.loader.StreamLoader` counts on.
-    ``datasets.distributed.split_dataset_by_node`` would instead hand out whole shards when their
-    number is a multiple of ``W``, and shards of unequal size would give the ranks different step
-    counts. Every rank reads every row, as ``split_dataset_by_node`` does for single-file sets,
-    but decodes only its own.
-    """
-    ds = _open(source, split, streaming=True, cache_dir=cache_dir)
-    if shuffle_seed is not None:
-        kwargs = {}
-        if "max_buffer_input_shards" in inspect.signature(ds.shuffle).parameters:
-            # datasets >= 4 interleaves several parquet shards through threads and then sleeps 5 s
-            # at the end of every pass (an Arrow shutdown workaround); one shard at a time avoids
-            # it and changes nothing for the single-file data sets here.
-            kwargs["max_buffer_input_shards"] = 1
-        ds = ds.shuffle(seed=shuffle_seed % (2**32), buffer_size=buffer_size, **kwargs)
-    ds.set_epoch(epoch)
-    spec = source.spec
-    for row in itertools.islice(ds, rank, None, world_size):
-        image = decode_image(row[spec.image_column], spec.channels, spec.size)
-        yield image, _label(row[source.label_column], source, split)
 
 
 def normaliser(spec: ImageSpec, device: torch.device | str):
