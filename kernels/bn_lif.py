@@ -51,8 +51,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    NOISE_DRAW, lif_step, load_neuron_params, p_threshold, relaxation_grads, round_to, sigmoid_f32,
-    spike_mode_bits, step_in_block,
+    NOISE_DRAW, layout_anchor, lif_step, load_neuron_params, p_threshold, relaxation_grads, round_to,
+    sigmoid_f32, spike_mode_bits, step_in_block,
 )
 from .lif import COMPILE_OPTIONS, _alloc_like, _check_input, _kernel_order, _neuron_args
 from .lif_ref import lif_ref
@@ -280,13 +280,13 @@ def _bn_lif_fwd_kernel(
     r = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
     for t in range(0, T):
         offs_t = tl.cast(t, tl.int64) * N + offs
-        inp, _ = _bn_input(x_ptr, r_ptr, offs_t, in_range, a, b, HAS_RESIDUAL)
+        inp, x_raw = _bn_input(x_ptr, r_ptr, offs_t, in_range, a, b, HAS_RESIDUAL)
         # u rounded to the storage dtype each step: the backward (recomputing, or reading u)
         # repeats exactly these decisions
         u = round_to(lam * v + inp, y_ptr.dtype.element_ty).to(tl.float32)
         if NOISE == 2:
-            if step_in_block(t) == 0:
-                bits = _spike_mode_bits(seed, t, offs_key, p_hi)
+            if step_in_block(t) == 0:  # the draw in the load's layout: see layout_anchor
+                bits = _spike_mode_bits(seed, t, offs_key + layout_anchor(x_raw), p_hi)
             r = _mode_of(bits, step_in_block(t))
         o, v, h, z = lif_step(u, theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
         tl.store(y_ptr + offs_t, round_to(theta * o, y_ptr.dtype.element_ty), mask=in_range)
@@ -346,8 +346,8 @@ def _bn_lif_bwd_kernel(
             inp, x_raw = _bn_input(x_ptr, r_ptr, tl.cast(t, tl.int64) * N + offs, in_range, a, b, HAS_RESIDUAL)
             u = round_to(lam * v + inp, DT)
             if NOISE == 2:
-                if t == 0:  # RECOMPUTE_T <= 8: one Philox block
-                    bits = _spike_mode_bits(seed, t, offs_key, p_hi)
+                if t == 0:  # RECOMPUTE_T <= 8: one Philox block, in the load's layout
+                    bits = _spike_mode_bits(seed, t, offs_key + layout_anchor(x_raw), p_hi)
                 r = _mode_of(bits, t)
             _, v, _, _ = lif_step(u.to(tl.float32), theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
             if t == 0:
@@ -432,7 +432,7 @@ def _bn_lif_bwd_kernel(
         u = tl.load(u_ptr + tl.cast(t_last, tl.int64) * N + offs, mask=in_range, other=0.0).to(tl.float32)
         bits = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.int32)
         if NOISE == 2:
-            bits = _spike_mode_bits(seed, t_last, offs_key, p_hi)
+            bits = _spike_mode_bits(seed, t_last, offs_key + layout_anchor(u), p_hi)
             r = _mode_of(bits, step_in_block(t_last))
         o, v, h, z = lif_step(u, theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
         for i in range(0, T):
@@ -442,7 +442,7 @@ def _bn_lif_bwd_kernel(
             u_prev = tl.load(u_ptr + (offs_t - N), mask=in_range & has_prev, other=0.0).to(tl.float32)
             if NOISE == 2:
                 if (t > 0) & (step_in_block(t - 1) == 7):
-                    bits = _spike_mode_bits(seed, t - 1, offs_key, p_hi)
+                    bits = _spike_mode_bits(seed, t - 1, offs_key + layout_anchor(u_prev), p_hi)
                 r = _mode_of(bits, step_in_block(t - 1))
             o_prev, v_prev, h_prev, z_prev = lif_step(u_prev, theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
             v_prev = tl.where(has_prev, v_prev, 0.0)
