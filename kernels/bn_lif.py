@@ -164,9 +164,9 @@ def _bn_stats_kernel(
     x_ptr, partial_ptr, T, OUTER, C, INNER,
     BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
-    # partial[0, tile, c] = Σ (x - shift_c), partial[1, tile, c] = Σ (x - shift_c)², and partial[2, 0, c]
-    # = shift_c; the shift (the channel's first element, t = 0, outer = 0, inner = 0) keeps the
-    # float32 sums from cancelling when |μ| >> σ
+    # partial [2·tiles + 1, C]: row tile = Σ (x - shift_c), row tiles + tile = Σ (x - shift_c)², row
+    # 2·tiles = shift_c; the shift (the channel's first element, t = 0, outer = 0, inner = 0) keeps
+    # the float32 sums from cancelling when |μ| >> σ
     offs, in_range, c = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I)
     c_ok = c < C
     shift = tl.load(x_ptr + c * INNER, mask=c_ok, other=0.0).to(tl.float32)
@@ -613,11 +613,11 @@ def _launch_coef(x, weight, bias, running_mean, running_var, *, scale, eps, mome
     the running buffers (the coefficient kernel alone)."""
     T, C = x.shape[0], x.shape[2]
     coef = torch.empty((4, C), dtype=torch.float32, device=x.device)
-    perm, OUTER, C, INNER = _geometry(x)
-    x_k = _kview(x, perm)
     tiles = 1
     partial = coef  # unread without batch statistics
     if batch_stats:
+        perm, OUTER, C, INNER = _geometry(x)
+        x_k = _kview(x, perm)
         (bo, bc, bi), grid = _tiles(OUTER, C, INNER, BLOCK)
         tiles = grid[0]
         partial = torch.empty((2 * tiles + 1, C), dtype=torch.float32, device=x.device)
