@@ -227,10 +227,10 @@ class StreamLoader(Loader):
     the rows after its last full batch, so the cache holds all ``L_r`` samples); every later epoch
     gathers from that CPU cache in an order that is a pure function of ``(seed, epoch, rank)``: for
     training a fresh permutation of the rank's share each epoch (the first ``floor(N/W)//B · B``
-    of it), for test (and epoch 0 again) the stream's order. A process that starts (or resumes) past epoch 0, or an
-    epoch 0 cut short, builds the cache from epoch 0's stream before its first cached epoch, so a
-    resumed run sees exactly the batches of an uninterrupted one. Without the cache every epoch
-    streams and decodes again.
+    of it), for test (and epoch 0 again) the stream's order. A process that starts (or resumes)
+    past epoch 0, or after an epoch 0 cut short, builds the cache from epoch 0's stream before its
+    first cached epoch, so a resumed run sees exactly the batches of an uninterrupted one. Without
+    the cache every epoch streams and decodes again.
     """
 
     def __init__(
