@@ -338,6 +338,10 @@ FULL_SCALE = (
     ("DVS128 Gesture, VGGSNN, T=16", "configs/dvs128_gesture.yaml", "vggsnn", 11, (2, 48, 48), 16, 1_208, 134),
 )
 ASSUMED_TFLOPS = (25.0, 100.0)  # effective training throughput range of one A100/H100-class GPU (an assumption)
+# Bytes the fused batch norm + LIF moves per neuron element-step in bf16: training (statistics,
+# forward, backward; counted from the kernels by tests/test_bn_lif.py::test_bytes_per_element_step)
+# and evaluation (read x, write y: the inference launch folds the running statistics).
+BN_LIF_TRAIN_BYTES, BN_LIF_EVAL_BYTES = 18, 4
 
 
 def expected_accuracy(config: Path) -> str:
@@ -364,31 +368,68 @@ def forward_gflop(model: str, classes: int, shape: tuple) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def neuron_elements(model: str, classes: int, shape: tuple) -> int:
+    """Neuron outputs of ONE sample for ONE time step: the elements every LIF writes per step."""
+    import torch  # noqa: PLC0415
+
+    import asgl  # noqa: PLC0415
+
+    net = asgl.create_model(model, num_classes=classes, T=1, in_channels=shape[0], p=0.0).eval()
+    count = [0]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: count.__setitem__(0, count[0] + out.numel()))
+             for m in asgl.neurons(net)]
+    x = torch.zeros(1, 1, *shape) if model in ("shd_rnn", "vggsnn") else torch.zeros(1, *shape)
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return count[0]
+
+
+def h200_copy_bytes_per_s() -> float:
+    """The copy bandwidth the static performance model assumes for an H200 (perf/static_model.py)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from perf.static_model import DEVICES  # noqa: PLC0415
+
+    d = DEVICES["H200"]
+    return d["hbm_tbps"] * d["copy_fraction"] * 1e12
+
+
 def table_gpu_estimate() -> str:
     """Per-epoch and per-run GPU time ESTIMATES for the full-scale runs (nothing here is measured)."""
     from asgl.train.config import build_config  # noqa: PLC0415  (imports the model registry)
 
     lo, hi = ASSUMED_TFLOPS
+    bandwidth = h200_copy_bytes_per_s()
     rows = []
     for name, config, model, classes, shape, T, n_train, n_test in FULL_SCALE:
         f = forward_gflop(model, classes, shape)
         tflop = (3 * f * T * n_train + f * T * n_test) / 1e3  # backward ≈ 2× forward
+        neurons = neuron_elements(model, classes, shape)
+        elementwise_s = neurons * T * (BN_LIF_TRAIN_BYTES * n_train + BN_LIF_EVAL_BYTES * n_test) / bandwidth
         epochs = build_config(REPO_ROOT / config).optim.epochs
-        time_cell = f"{tflop / hi:.0f}–{tflop / lo:.0f} s (estimate)"
-        hours = f"{tflop * epochs / hi / 3600:.2g}–{tflop * epochs / lo / 3600:.2g} h"
-        hours_cell = f"{epochs} epochs: {hours} (estimate)"
+        fast, slow = tflop / hi + elementwise_s, tflop / lo + elementwise_s
+        time_cell = f"{fast:.0f}–{slow:.0f} s (estimate)"
+        hours_cell = f"{epochs} epochs: {fast * epochs / 3600:.2g}–{slow * epochs / 3600:.2g} h (estimate)"
         if model == "shd_rnn":
             time_cell = "not estimated: 250 sequential steps make it latency-bound, not FLOP-bound"
             hours_cell = f"{epochs} epochs; not estimated"
         rows.append([name, f"`accelerate launch train/run.py --config {config}`", expected_accuracy(REPO_ROOT / config),
-                     f"{f:.3g}", f"{tflop:.3g}", time_cell, hours_cell])
+                     f"{f:.3g}", f"{tflop:.3g}", f"{neurons:,}", f"{elementwise_s:.2g} s", time_cell,
+                     hours_cell])
     note = (f"\n\nGFLOP: conv/linear FLOPs of one sample, one time step, forward (counted by "
-            f"`torch.utils.flop_counter` on the CPU). Epoch TFLOP = (3 · train + 1 · test samples) · T · GFLOP. "
-            f"GPU time per epoch: NOT MEASURED (no GPU was available); the range assumes an effective "
-            f"{lo:g}–{hi:g} TFLOP/s on one A100/H100-class GPU in bf16 and ignores data loading and the "
-            f"memory-bound LIF/BN work, so real epochs are likely slower.")
+            f"`torch.utils.flop_counter` on the CPU). Epoch TFLOP = (3 · train + 1 · test samples) · T · GFLOP, "
+            f"at an assumed effective {lo:g}–{hi:g} TFLOP/s on one A100/H100-class GPU in bf16. Neurons: the "
+            f"LIF outputs of one sample and step; their batch norm + LIF work moves {BN_LIF_TRAIN_BYTES} B per "
+            f"element-step in training and {BN_LIF_EVAL_BYTES} B in evaluation (bf16, counted from the fused "
+            f"kernels), at the static performance model's H200 copy bandwidth ({bandwidth / 1e12:.2f} TB/s; "
+            f"`perf/static_model.py` predicts those kernels memory bound). GPU time per epoch = the two added: "
+            f"NOT MEASURED (no GPU was available); data loading, pooling and the convolutions' own activation "
+            f"traffic are not counted, so real epochs are likely slower.")
     return _table(["experiment", "command", "paper accuracy", "GFLOP / sample / step", "TFLOP / epoch",
-                   "GPU time / epoch", "GPU hours per run"], rows) + note
+                   "neurons / sample / step", "BN + LIF time / epoch (H200)", "GPU time / epoch",
+                   "GPU hours per run"], rows) + note
 
 
 # table name -> (JSON file relative to the results folder, renderer)
