@@ -159,11 +159,12 @@ def git_commit() -> dict:
             out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             return ""
-        return out.stdout.strip() if out.returncode == 0 else ""
+        return out.stdout if out.returncode == 0 else ""
 
+    # porcelain lines are "XY path": the status columns may start with a space, so no strip()
     status = git("status", "--porcelain", "--", "train/studies", "asgl", "kernels", "tests/test_studies.py")
-    return {"commit": git("rev-parse", "--short", "HEAD") or "unknown",
-            "uncommitted_study_files": sorted(line[3:] for line in status.splitlines() if line)}
+    return {"commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
+            "uncommitted_study_files": sorted(line[3:] for line in status.splitlines() if line.strip())}
 
 
 def machine() -> dict:

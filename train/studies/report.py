@@ -177,7 +177,10 @@ def _slope_cell(runs: list[dict], min_slope: float | None) -> str:
 
 def _binomial_note(doc: dict) -> str:
     """Which test set, and one run's 95 % Wilson half-width on it at 95 % accuracy."""
-    n = doc["settings"].get("num_test")
+    settings = doc["settings"]
+    n = settings.get("num_test")
+    if n is None and Path(str(settings.get("shared", {}).get("data.root", ""))) == digits_jitter.ROOT:
+        n = digits_jitter.N_TEST  # a study that tested on the jittered set without recording its size
     name = f"{n:,} jittered held-out digits" if n else "the bundled 360 held-out digits"
     n = n or 360
     lo, hi = digits_jitter.wilson_interval(95.0, n)
@@ -440,7 +443,6 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "length": ("width_robustness/length.json", table_length),
     "depth": ("width_robustness/depth.json", table_depth),
     "noise": ("noise_probability/noise_probability.json", table_noise),
-    "noise_first_round": ("noise_probability/noise_probability_first_round.json", table_noise),
     "tuning": ("width_robustness/tuning.json", table_tuning),
     "tuning_sg_wider": ("width_robustness/tuning_sg_wider.json", table_tuning),
     "dynamics": ("dynamics/dynamics.json", table_dynamics),

@@ -34,7 +34,7 @@ from torch import nn
 
 from asgl import RecurrentLIF
 from asgl.models import SpikingNet, register_model
-from asgl.train.studies import common
+from asgl.train.studies import common, digits_jitter
 from asgl.train.studies.width_robustness import METHODS
 
 MODEL_NAME = "digits_rows_rsnn"
@@ -49,9 +49,12 @@ SHARED = {
     "optim.neuron_lr": 3e-2,
     "optim.epochs": 20,
     "data.batch_size": 64,
+    "data.root": str(digits_jitter.ROOT),  # tested on the 10,000 jittered held-out digits
+    "data.eval_batch_size": 1000,
     "train.log_every": 1000,
+    "train.eval_every": 20,  # the final epoch only
 }
-QUICK_SHARED = {**SHARED, "optim.epochs": 1, "data.batch_size": 512}
+QUICK_SHARED = {**SHARED, "optim.epochs": 1, "data.batch_size": 512, "train.eval_every": 1}
 QUICK_ALPHAS = (10.0,)
 
 
@@ -117,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = common.check_seeds(args.seeds)
     shared = QUICK_SHARED if args.quick else SHARED
     alphas = QUICK_ALPHAS if args.quick else ALPHAS
+    digits_jitter.ensure()
     t0 = time.perf_counter()
     records = sweep(shared, alphas, seeds, args.runs_dir)
     summary = common.summarize(records, ("method", "alpha"))
     settings = {"shared": shared, "methods": METHODS, "alphas": list(alphas), "seeds": seeds, "quick": args.quick,
+                "num_test": digits_jitter.N_TEST,
                 "task": "digits rows as a sequence, T = 8, one row of 8 pixels per step"}
     common.save_study(args.out / "temporal_task.json", "temporal_task", settings, records, summary,
                       time.perf_counter() - t0)

@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def save_diag(records: list[dict], complete: bool = False) -> None:
             common.save_study(args.out / "diagnostics.json", "width_diagnostics",
-                              {"shared": shared, "alpha": 10.0, "quick": args.quick}, records,
+                              {"shared": shared, "alpha": 10.0, "quick": args.quick, "num_test": digits_jitter.N_TEST},
+                              records,
                               common.summarize(records, ("variant",)), time.perf_counter() - t0, complete=complete)
 
         save_diag(diagnostics(shared, args.runs_dir, args.quick, on_record=save_diag), complete=True)
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         def save_len(records: list[dict], complete: bool = False) -> None:
             common.save_study(args.out / "length.json", "width_length",
                               {"shared": shared, "alpha": 10.0, "lengths": list(lengths), "seeds": n_seeds,
-                               "quick": args.quick}, records,
+                               "quick": args.quick, "num_test": digits_jitter.N_TEST}, records,
                               common.summarize(records, ("method", "epochs_set")), time.perf_counter() - t0,
                               complete=complete)
 
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         def save_depth(records: list[dict], complete: bool = False) -> None:
             common.save_study(args.out / "depth.json", "width_depth",
                               {"shared": shared, "models": list(DEPTH_MODELS), "alphas": list(depth_alphas),
-                               "seeds": n_seeds, "quick": args.quick}, records,
+                               "seeds": n_seeds, "quick": args.quick, "num_test": digits_jitter.N_TEST}, records,
                               common.summarize(records, ("model", "method", "alpha")), time.perf_counter() - t0,
                               complete=complete)
 
