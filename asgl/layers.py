@@ -107,7 +107,9 @@ class _TimeBatchNorm(nn.modules.batchnorm._BatchNorm):
     here (ASGL.md §4). ``statistics="per_step"`` normalises each time step with its own batch
     statistics instead (γ, β and the running buffers shared, the running estimates updated once per
     step in order t = 0 … T-1): one ``nn.BatchNorm2d`` applied at every step, the authors'
-    ``TemporalBN`` of their DVS runs. Evaluation is the same either way (running statistics). A number ``s = α·V_th`` gives the threshold-dependent BN of the tdBN paper
+    ``TemporalBN`` of their DVS runs. Evaluation is the same either way (running statistics).
+
+    A number ``s = α·V_th`` gives the threshold-dependent BN of the tdBN paper
     (Zheng et al., AAAI 2021): pre-activations are normalised to N(0, (α·V_th)²) so that their
     spread is matched to the threshold V_th of the neurons they feed; that paper uses α = 1, and
     α = 1/√2 for the two branches that are summed in a residual block. The scale multiplies the

@@ -49,7 +49,8 @@ if str(ROOT) not in sys.path:
 
 from perf.aot import (  # noqa: E402
     ARCHS, DTYPES, CompileResult, KernelSpec, all_specs, bn_lif_apply_spec, bn_lif_bwd_finalize_spec, bn_lif_bwd_spec,
-    bn_lif_coef_spec, bn_lif_fwd_spec, bn_lif_stats_spec, compile_kernels, lif_bwd_spec, lif_finalize_spec, lif_fwd_spec, rlif_bwd_spec, rlif_fwd_spec,
+    bn_lif_coef_spec, bn_lif_fwd_spec, bn_lif_stats_spec, compile_kernels, lif_bwd_spec, lif_finalize_spec, lif_fwd_spec,
+    rlif_bwd_spec, rlif_fwd_spec,
 )
 
 BASELINE = ROOT / "perf" / "static_baseline.json"
