@@ -51,8 +51,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    NOISE_DRAW, layout_anchor, lif_step, load_neuron_params, p_threshold, relaxation_grads, round_to,
-    sigmoid_f32, spike_mode_bits, step_in_block,
+    NOISE_DRAW, finalize_neuron_scalars, layout_anchor, lif_step, load_neuron_params, p_threshold,
+    relaxation_grads, round_to, spike_mode_bits, step_in_block,
 )
 from .lif import COMPILE_OPTIONS, _alloc_like, _check_input, _kernel_order, _neuron_args
 from .lif_ref import lif_ref
@@ -203,6 +203,18 @@ def _fold(weight_ptr, bias_ptr, c, c_ok, mean, var, eps, scale, HAS_WEIGHT: tl.c
 
 
 @triton.jit
+def _sum_over_tiles(ptr, TILES, C, c, c_ok, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``Σ_tile ptr[tile, c]`` over the rows of ``ptr [TILES, C]`` (float32) for the channels ``c``,
+    in a fixed order: ``BLOCK_T`` rows at a time, then a tree sum (deterministic)."""
+    rows = tl.arange(0, BLOCK_T)[:, None]
+    acc = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+    for t0 in range(0, TILES, BLOCK_T):
+        live = (t0 + rows < TILES) & c_ok[None, :]
+        acc += tl.load(ptr + (t0 + rows).to(tl.int64) * C + c[None, :], mask=live, other=0.0)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
 def _bn_coef_kernel(
     partial_ptr, weight_ptr, bias_ptr, run_mean_ptr, run_var_ptr, coef_ptr, TILES, C,
     inv_n, unbias, momentum, eps, scale,
@@ -219,16 +231,8 @@ def _bn_coef_kernel(
     c = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     if BATCH_STATS:
-        rows = tl.arange(0, BLOCK_T)[:, None]
-        s1 = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
-        s2 = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
-        for t0 in range(0, TILES, BLOCK_T):
-            live = (t0 + rows < TILES) & c_ok[None, :]
-            idx = (t0 + rows).to(tl.int64) * C + c[None, :]
-            s1 += tl.load(partial_ptr + idx, mask=live, other=0.0)
-            s2 += tl.load(partial_ptr + TILES * C + idx, mask=live, other=0.0)
-        d1 = tl.sum(s1, axis=0) * inv_n
-        d2 = tl.sum(s2, axis=0) * inv_n
+        d1 = _sum_over_tiles(partial_ptr, TILES, C, c, c_ok, BLOCK_T, BLOCK_C) * inv_n
+        d2 = _sum_over_tiles(partial_ptr + TILES * C, TILES, C, c, c_ok, BLOCK_T, BLOCK_C) * inv_n
         mean = tl.load(partial_ptr + 2 * TILES * C + c, mask=c_ok, other=0.0) + d1
         var = tl.maximum(d2 - d1 * d1, 0.0)
         if UPDATE_RUNNING:
@@ -497,19 +501,8 @@ def _bn_bwd_finalize_kernel(
     pid = tl.program_id(0)
     c = pid.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
-    rows = tl.arange(0, BLOCK_T)[:, None]
-    acc_g = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
-    acc_gx = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
-    acc_k = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
-    for t0 in range(0, TILES, BLOCK_T):
-        live = (t0 + rows < TILES) & c_ok[None, :]
-        idx = (t0 + rows).to(tl.int64) * C + c[None, :]
-        acc_g += tl.load(chan_ptr + idx, mask=live, other=0.0)
-        acc_gx += tl.load(chan_ptr + TILES * C + idx, mask=live, other=0.0)
-        if CHANNEL_WIDTH:
-            acc_k += tl.load(chan_ptr + 2 * TILES * C + idx, mask=live, other=0.0)
-    sum_g = tl.sum(acc_g, axis=0)
-    sum_gx = tl.sum(acc_gx, axis=0)
+    sum_g = _sum_over_tiles(chan_ptr, TILES, C, c, c_ok, BLOCK_T, BLOCK_C)
+    sum_gx = _sum_over_tiles(chan_ptr + TILES * C, TILES, C, c, c_ok, BLOCK_T, BLOCK_C)
     if BATCH_STATS:
         a = tl.load(coef_ptr + c, mask=c_ok, other=0.0)
         rstd = tl.load(coef_ptr + 3 * C + c, mask=c_ok, other=0.0)
@@ -525,29 +518,13 @@ def _bn_bwd_finalize_kernel(
     if HAS_BIAS:
         tl.store(d_bias_ptr + c, sum_g.to(d_bias_ptr.dtype.element_ty), mask=c_ok)
     if CHANNEL_WIDTH:
-        dk = tl.sum(acc_k, axis=0)
+        dk = _sum_over_tiles(chan_ptr + 2 * TILES * C, TILES, C, c, c_ok, BLOCK_T, BLOCK_C)
         if not SIGMOID:
             dk = dk * tl.exp(tl.load(width_ptr + c, mask=c_ok, other=0.0).to(tl.float32))
         tl.store(d_width_ptr + c, dk.to(d_width_ptr.dtype.element_ty), mask=c_ok)
     if pid == 0:
-        offs = tl.arange(0, BLOCK_T * BLOCK_C)
-        s_lam = tl.zeros([BLOCK_T * BLOCK_C], dtype=tl.float32)
-        s_theta = tl.zeros([BLOCK_T * BLOCK_C], dtype=tl.float32)
-        s_k = tl.zeros([BLOCK_T * BLOCK_C], dtype=tl.float32)
-        for i0 in range(0, SLOTS, BLOCK_T * BLOCK_C):
-            live_s = i0 + offs < SLOTS
-            s_lam += tl.load(partial_ptr + i0 + offs, mask=live_s, other=0.0)
-            s_theta += tl.load(partial_ptr + SLOTS + i0 + offs, mask=live_s, other=0.0)
-            if not CHANNEL_WIDTH:
-                s_k += tl.load(partial_ptr + 2 * SLOTS + i0 + offs, mask=live_s, other=0.0)
-        lam = sigmoid_f32(tl.load(decay_logit_ptr).to(tl.float32))
-        tl.store(d_decay_ptr, (tl.sum(s_lam, axis=0) * (lam * (1.0 - lam))).to(d_decay_ptr.dtype.element_ty))
-        tl.store(d_theta_ptr, tl.sum(s_theta, axis=0).to(d_theta_ptr.dtype.element_ty))
-        if not CHANNEL_WIDTH:
-            dk_layer = tl.sum(s_k, axis=0)
-            if not SIGMOID:
-                dk_layer = dk_layer * tl.exp(tl.load(width_ptr).to(tl.float32))
-            tl.store(d_width_ptr, dk_layer.to(d_width_ptr.dtype.element_ty))
+        finalize_neuron_scalars(partial_ptr, SLOTS, decay_logit_ptr, width_ptr, d_decay_ptr, d_width_ptr, d_theta_ptr,
+                                SIGMOID, CHANNEL_WIDTH, BLOCK_T * BLOCK_C)
 
 
 @triton.jit

@@ -107,6 +107,34 @@ def load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, 
 
 
 @triton.jit
+def finalize_neuron_scalars(partial_ptr, NPROG, decay_logit_ptr, width_ptr, d_decay_ptr, d_width_ptr, d_theta_ptr,
+                            SIGMOID: tl.constexpr, CHANNEL_WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+    """The neuron's scalar gradients from a backward's per-program partials ``partial [rows, NPROG]``
+    (rows dλ, dθ and, for a layer width, dk), summed in a fixed order (``BLOCK``-wide chunks, then a
+    tree sum), with their chain rule, in the parameters' dtypes: ``d decay_logit = dλ·λ(1-λ)``,
+    ``dθ``, and for a layer width ``d width_param = dk`` (sigmoid) or ``dk·k`` (rectangle, which
+    stores log k). A channel width's ``[C]`` gradient is the caller's."""
+    offs = tl.arange(0, BLOCK)
+    acc_lam = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_theta = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_k = tl.zeros([BLOCK], dtype=tl.float32)
+    for i0 in range(0, NPROG, BLOCK):
+        live = i0 + offs < NPROG
+        acc_lam += tl.load(partial_ptr + i0 + offs, mask=live, other=0.0)
+        acc_theta += tl.load(partial_ptr + NPROG + i0 + offs, mask=live, other=0.0)
+        if not CHANNEL_WIDTH:
+            acc_k += tl.load(partial_ptr + 2 * NPROG + i0 + offs, mask=live, other=0.0)
+    lam = sigmoid_f32(tl.load(decay_logit_ptr).to(tl.float32))
+    tl.store(d_decay_ptr, (tl.sum(acc_lam, axis=0) * (lam * (1.0 - lam))).to(d_decay_ptr.dtype.element_ty))
+    tl.store(d_theta_ptr, tl.sum(acc_theta, axis=0).to(d_theta_ptr.dtype.element_ty))
+    if not CHANNEL_WIDTH:
+        dk = tl.sum(acc_k, axis=0)
+        if not SIGMOID:
+            dk = dk * tl.exp(tl.load(width_ptr).to(tl.float32))
+        tl.store(d_width_ptr, dk.to(d_width_ptr.dtype.element_ty))
+
+
+@triton.jit
 def layout_anchor(x):
     """An int32 zero that depends on ``x``, to add to the Philox counters of a block.
 

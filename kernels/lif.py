@@ -41,13 +41,13 @@ from .common import (
     NOISE_NONE,
     STEPS_PER_DRAW,
     draw_words,
+    finalize_neuron_scalars,
+    layout_anchor,
     lif_step,
     load_neuron_params,
     p_threshold,
     relaxation_grads,
     round_to,
-    sigmoid_f32,
-    layout_anchor,
     spike_mode,
 )
 from .lif_ref import RESETS, SURROGATES
@@ -216,31 +216,16 @@ def _finalize_kernel(
     ``dk·k`` (rectangle, which stores log k), in the parameters' dtypes. For a channel width ``dk``
     is the ``[C]`` per-channel sum (``dk_ptr``); for a layer width it is the third row of partials.
     """
-    offs = tl.arange(0, BLOCK)
-    acc_lam = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_theta = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_k = tl.zeros([BLOCK], dtype=tl.float32)
-    for i0 in range(0, NPROG, BLOCK):
-        live = i0 + offs < NPROG
-        acc_lam += tl.load(partial_ptr + i0 + offs, mask=live, other=0.0)
-        acc_theta += tl.load(partial_ptr + NPROG + i0 + offs, mask=live, other=0.0)
-        if not CHANNEL_WIDTH:
-            acc_k += tl.load(partial_ptr + 2 * NPROG + i0 + offs, mask=live, other=0.0)
-    lam = sigmoid_f32(tl.load(decay_logit_ptr).to(tl.float32))
-    tl.store(d_decay_ptr, (tl.sum(acc_lam, axis=0) * (lam * (1.0 - lam))).to(d_decay_ptr.dtype.element_ty))
-    tl.store(d_theta_ptr, tl.sum(acc_theta, axis=0).to(d_theta_ptr.dtype.element_ty))
+    finalize_neuron_scalars(partial_ptr, NPROG, decay_logit_ptr, width_ptr, d_decay_ptr, d_width_ptr, d_theta_ptr,
+                            SIGMOID, CHANNEL_WIDTH, BLOCK)
     if CHANNEL_WIDTH:
+        offs = tl.arange(0, BLOCK)
         for c0 in range(0, C, BLOCK):
             live_c = c0 + offs < C
             dk = tl.load(dk_ptr + c0 + offs, mask=live_c, other=0.0)
             if not SIGMOID:
                 dk = dk * tl.exp(tl.load(width_ptr + c0 + offs, mask=live_c, other=0.0).to(tl.float32))
             tl.store(d_width_ptr + c0 + offs, dk.to(d_width_ptr.dtype.element_ty), mask=live_c)
-    else:
-        dk = tl.sum(acc_k, axis=0)
-        if not SIGMOID:
-            dk = dk * tl.exp(tl.load(width_ptr).to(tl.float32))
-        tl.store(d_width_ptr, dk.to(d_width_ptr.dtype.element_ty))
 
 
 # ---------------------------------------------------------------------------------------------
