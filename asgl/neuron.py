@@ -160,10 +160,7 @@ class LIF(nn.Module):
         Applied here, between steps, the floor leaves the forward and backward of one step
         untouched: the fused kernels and the reference see the same ``width_param``.
         """
-        if isinstance(self.thresh, nn.Parameter):
-            self.thresh.clamp_(min=0.0)
-        if self.surrogate == "sigmoid" and self.min_slope is not None and isinstance(self.width_param, nn.Parameter):
-            self.width_param.clamp_(min=self.min_slope)
+        clamp_neurons_([self])
 
     def check_input(self, x_seq: torch.Tensor) -> None:
         if x_seq.dim() < 2:

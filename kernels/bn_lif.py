@@ -193,9 +193,10 @@ def _fold(weight_ptr, bias_ptr, c, c_ok, mean, var, eps, scale, HAS_WEIGHT: tl.c
     """``(A, B, rstd)``: batch norm folded per channel, ``in = x·A + B`` with ``A = γ·s·rstd``,
     ``B = β - μ·A``, ``rstd = 1/sqrt(σ² + ε)`` (correctly rounded sqrt and division)."""
     rstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
-    a = rstd * scale
+    gs = scale
     if HAS_WEIGHT:
-        a = tl.load(weight_ptr + c, mask=c_ok, other=0.0).to(tl.float32) * scale * rstd
+        gs = tl.load(weight_ptr + c, mask=c_ok, other=0.0).to(tl.float32) * scale
+    a = gs * rstd
     b = -mean * a
     if HAS_BIAS:
         b += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)

@@ -84,31 +84,32 @@ def main(argv: list[str] | None = None) -> int:
         build_s = time.perf_counter() - t0
         first = build_s + epoch_time(cached.train, 0)
         later = min(epoch_time(cached.train, e) for e in (1, 2))
-        rows += [("cached, first epoch (decode + cache + epoch)", first), ("cached, later epochs", later)]
-        rows.append(("", 0.0))
+        # (case, seconds, the cached epoch it compares with)
+        rows += [("cached, first epoch (decode + cache + epoch)", first, "first"),
+                 ("cached, later epochs", later, "later")]
         for w in args.workers:
             stream = build_data(DataConfig(cache_dir=str(tmp / "cache_s"), streaming=True, workers=w, **kw),
                                 T=1, seed=0)
-            rows.append((f"streaming, workers={w}, epoch 0", epoch_time(stream.train, 0)))
-            rows.append((f"streaming, workers={w}, later epochs", min(epoch_time(stream.train, e) for e in (1, 2))))
+            rows.append((f"streaming, workers={w}, epoch 0", epoch_time(stream.train, 0), "first"))
+            rows.append((f"streaming, workers={w}, later epochs", min(epoch_time(stream.train, e) for e in (1, 2)),
+                         "later"))
             stream.train.close()
         w = max(args.workers)
         stream = build_data(DataConfig(cache_dir=str(tmp / "cache_s"), streaming=True, workers=w, stream_cache_gb=0,
                                        **kw), T=1, seed=0)
         epoch_time(stream.train, 0)  # starts the workers, warms the parquet reader
-        rows.append((f"streaming, workers={w}, no memory cache", min(epoch_time(stream.train, e) for e in (1, 2))))
+        rows.append((f"streaming, workers={w}, no memory cache", min(epoch_time(stream.train, e) for e in (1, 2)),
+                     "later"))
         stream.train.close()
-        rows = [r for r in rows if r[0]]
         print(f"{args.n} images {args.size}x{args.size}, batch 128, {len(cached.train)} batches/epoch")
-        for name, seconds in rows:
-            against = first if ("first" in name or "epoch 0" in name) else later
-            kind = "first" if against is first else "later"
+        for name, seconds, kind in rows:
+            against = first if kind == "first" else later
             print(f"  {name:48s} {seconds:7.2f} s   {args.n / seconds:8.0f} img/s   "
                   f"x{seconds / against:6.2f} of the cached path's {kind} epoch")
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with open(args.out, "a") as f:
-                for name, seconds in rows:
+                for name, seconds, _kind in rows:
                     f.write(json.dumps({"bench": "loader", "n": args.n, "size": args.size, "case": name,
                                         "epoch_s": seconds}) + "\n")
     finally:

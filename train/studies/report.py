@@ -177,10 +177,7 @@ def _slope_cell(runs: list[dict], min_slope: float | None) -> str:
 
 def _binomial_note(doc: dict) -> str:
     """Which test set, and one run's 95 % Wilson half-width on it at 95 % accuracy."""
-    settings = doc["settings"]
-    n = settings.get("num_test")
-    if n is None and Path(str(settings.get("shared", {}).get("data.root", ""))) == digits_jitter.ROOT:
-        n = digits_jitter.N_TEST  # a study that tested on the jittered set without recording its size
+    n = doc["settings"].get("num_test")
     name = f"{n:,} jittered held-out digits" if n else "the bundled 360 held-out digits"
     n = n or 360
     lo, hi = digits_jitter.wilson_interval(95.0, n)
@@ -355,38 +352,24 @@ def expected_accuracy(config: Path) -> str:
     return match.group(1).split("(")[0].strip().rstrip(".") or "not stated"
 
 
-def forward_gflop(model: str, classes: int, shape: tuple) -> float:
-    """Conv/linear GFLOP of one forward pass of ONE sample for ONE time step (torch's FLOP counter;
-    elementwise LIF, BN and pooling work are not counted)."""
+def per_sample_step_cost(model: str, classes: int, shape: tuple) -> tuple[float, int]:
+    """``(GFLOP, neurons)`` of ONE sample for ONE time step, forward: the conv/linear GFLOP (torch's
+    FLOP counter; elementwise LIF, BN and pooling work are not counted) and the elements every LIF
+    writes."""
     import torch  # noqa: PLC0415
     from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
 
     import asgl  # noqa: PLC0415
 
     net = asgl.create_model(model, num_classes=classes, T=1, in_channels=shape[0], p=0.0).eval()
+    neurons = [0]
+    for m in asgl.neurons(net):
+        m.register_forward_hook(lambda _m, _i, out: neurons.__setitem__(0, neurons[0] + out.numel()))
     # sequence and event models take [B, T, ...]; image models take a static [B, C, H, W]
     x = torch.zeros(1, 1, *shape) if model in ("shd_rnn", "vggsnn") else torch.zeros(1, *shape)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(x)
-    return counter.get_total_flops() / 1e9
-
-
-def neuron_elements(model: str, classes: int, shape: tuple) -> int:
-    """Neuron outputs of ONE sample for ONE time step: the elements every LIF writes per step."""
-    import torch  # noqa: PLC0415
-
-    import asgl  # noqa: PLC0415
-
-    net = asgl.create_model(model, num_classes=classes, T=1, in_channels=shape[0], p=0.0).eval()
-    count = [0]
-    hooks = [m.register_forward_hook(lambda _m, _i, out: count.__setitem__(0, count[0] + out.numel()))
-             for m in asgl.neurons(net)]
-    x = torch.zeros(1, 1, *shape) if model in ("shd_rnn", "vggsnn") else torch.zeros(1, *shape)
-    with torch.no_grad():
-        net(x)
-    for h in hooks:
-        h.remove()
-    return count[0]
+    return counter.get_total_flops() / 1e9, neurons[0]
 
 
 def h200_copy_bytes_per_s() -> float:
@@ -407,9 +390,8 @@ def table_gpu_estimate() -> str:
     bandwidth = h200_copy_bytes_per_s()
     rows = []
     for name, config, model, classes, shape, T, n_train, n_test in FULL_SCALE:
-        f = forward_gflop(model, classes, shape)
+        f, neurons = per_sample_step_cost(model, classes, shape)
         tflop = (3 * f * T * n_train + f * T * n_test) / 1e3  # backward ≈ 2× forward
-        neurons = neuron_elements(model, classes, shape)
         elementwise_s = neurons * T * (BN_LIF_TRAIN_BYTES * n_train + BN_LIF_EVAL_BYTES * n_test) / bandwidth
         epochs = build_config(REPO_ROOT / config).optim.epochs
         fast, slow = tflop / hi + elementwise_s, tflop / lo + elementwise_s
