@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
               f"top1 per step {' '.join(f'{a:.1f}' for a in result['top1_per_step'])} | fire {fire_text} | "
               f"{result['samples']} samples ({data.origin}) | {out}", flush=True)
     accelerator.wait_for_everyone()
+    # the process group ends before the interpreter does, as in train/run.py (a rank that exits with
+    # it still up can abort in the communication threads' teardown)
+    accelerator.end_training()
     return EXIT_OK
 
 
