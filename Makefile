@@ -6,7 +6,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install test test-all test-triton-min quickstart device-check clean
+.PHONY: install lint test test-all test-triton-min quickstart device-check clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	@touch $@
 
 install: $(VENV)/.installed
+
+# ruff, configured in pyproject.toml ([tool.ruff]); CI runs it before the tests
+lint: install
+	$(BIN)/ruff check .
 
 # The suite: plain CPU tests, Triton kernels under the interpreter, ahead-of-time GPU compiles of
 # covering sets of the kernel specialisations; the GPU tier skips itself without CUDA. `slow` marks

@@ -26,8 +26,8 @@ from .schedule import NoiseSchedule
 
 __all__ = [
     "BatchNormLIF", "LIF", "NoiseSchedule", "RecurrentLIF", "SeqToANN", "TimeBatchNorm", "TimeBatchNorm1d",
-    "TimeBatchNorm2d", "build_optimizers", "clamp_neuron_params_", "clamp_thresholds_", "create_model", "fold_time",
-    "functional", "layers", "list_models", "load_pretrained", "mean_ce_loss", "mean_over_time", "models",
+    "TimeBatchNorm2d", "bn_lif", "build_optimizers", "clamp_neuron_params_", "clamp_thresholds_", "create_model",
+    "fold_time", "functional", "layers", "list_models", "load_pretrained", "mean_ce_loss", "mean_over_time", "models",
     "neuron_parameters", "neurons", "optim", "register_model", "tet_loss", "to_nir", "unfold_time",
     "weight_param_groups",
 ]

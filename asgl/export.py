@@ -36,7 +36,7 @@ WEIGHTS_NAME = "model.safetensors"
 
 def _safetensors():
     try:
-        import safetensors.torch  # noqa: PLC0415
+        import safetensors.torch
     except ImportError:
         raise ImportError("pretrained folders need the `safetensors` package: pip install 'asgl[deploy]'") from None
     return safetensors.torch

@@ -118,7 +118,7 @@ class NIRExportError(ValueError):
 
 def _nir():
     try:
-        import nir  # noqa: PLC0415
+        import nir
     except ImportError:
         raise ImportError("exporting to NIR needs the `nir` package: pip install 'asgl[deploy]' "
                           "(or pip install nir)") from None

@@ -41,9 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # run as a script: import from the repository root, not from perf/ (where this file's name
-    # would shadow a standard-library module of the same name)
+if __package__ in (None, ""):  # a file run from a clone: the repository root, not this folder (README, "From a clone")
     _here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import itertools
 import json
 import math
@@ -43,16 +42,18 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if __package__ in (None, ""):  # a file run from a clone: the repository root, not this folder (README, "From a clone")
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
-from perf.aot import (  # noqa: E402
+from perf.aot import (
     ARCHS, DTYPES, CompileResult, KernelSpec, all_specs, bn_lif_apply_spec, bn_lif_bwd_finalize_spec, bn_lif_bwd_spec,
-    bn_lif_coef_spec, bn_lif_fwd_spec, bn_lif_stats_spec, compile_kernels, lif_bwd_spec, lif_finalize_spec, lif_fwd_spec,
-    rlif_bwd_spec, rlif_fwd_spec,
+    bn_lif_coef_spec, bn_lif_fwd_spec, bn_lif_stats_spec, compile_kernels, lif_bwd_spec, lif_finalize_spec,
+    lif_fwd_spec, rlif_bwd_spec, rlif_fwd_spec,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "perf" / "static_baseline.json"
 
 # Device constants. Sources: SM counts, boost clocks and HBM bandwidth from NVIDIA's H100 and H200

@@ -45,9 +45,7 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # run as a script: import from the repository root, not from perf/ (perf/profile.py would
-    # shadow the standard library's profile module)
+if __package__ in (None, ""):  # a file run from a clone: the repository root, not this folder (README, "From a clone")
     _here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))

@@ -3,14 +3,7 @@ the static performance model, ``perf/static_model.py``); this module gives the t
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from perf.aot import (  # noqa: E402,F401
+from perf.aot import (  # noqa: F401  (the names the tests import from here)
     BINARY_L4, DTYPES, CompileResult, KernelSpec, all_specs, compile_kernels, compile_problems, config_specs,
     covering_specs, register_table,
 )

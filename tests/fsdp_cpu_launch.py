@@ -59,6 +59,7 @@ sys.modules["torch.optim.optimizer"]._get_foreach_kernels_supported_devices = la
 FullyShardedDataParallel.__init__ = _fsdp1_init_on_cpu
 
 if __name__ == "__main__":
+    # launched as a file by `accelerate launch`: this clone's asgl, whether or not it is installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from asgl.train.run import main
 

@@ -549,7 +549,6 @@ def test_bytes_per_element_step(device, monkeypatch):
 def test_torch_compile_fullgraph(device):
     """A conv -> BatchNormLIF unit with a shortcut compiles with fullgraph=True; the same output,
     gradients and running statistics as eager for the same torch seed."""
-    import asgl
 
     torch.manual_seed(0)
     from asgl.models.units import ConvBNLIF

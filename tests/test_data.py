@@ -552,7 +552,8 @@ def test_streaming_workers_give_the_same_batches(tmp_path, stream_cache_gb):
               stream_cache_gb=stream_cache_gb)
     inline = build_data(cfg(tmp_path, workers=0, **kw), T=1, seed=3)
     pooled = build_data(cfg(tmp_path, workers=2, **kw), T=1, seed=3)
-    for a, b in ((epoch(inline.train, 1), epoch(pooled.train, 1)), (epoch(inline.train, 2, 3), epoch(pooled.train, 2, 3)),
+    for a, b in ((epoch(inline.train, 1), epoch(pooled.train, 1)),
+                 (epoch(inline.train, 2, 3), epoch(pooled.train, 2, 3)),
                  (epoch(inline.test), epoch(pooled.test))):
         assert len(a) == len(b) > 0
         for (xa, ya), (xb, yb) in zip(a, b):

@@ -77,7 +77,7 @@ class FusedNet(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        import asgl  # noqa: PLC0415
+        import asgl
 
         self.conv = torch.nn.Conv2d(1, 6, 3)
         self.neuron = asgl.BatchNormLIF(6, backend="triton", p=0.3)
@@ -112,14 +112,14 @@ def _build(kind: str, seed: int):
     if kind == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(net)
     elif kind == "fsdp1":
-        from torch.distributed.fsdp import FullyShardedDataParallel  # noqa: PLC0415
+        from torch.distributed.fsdp import FullyShardedDataParallel
 
         # use_orig_params as Accelerate does by default; device_id="cpu" lets FSDP1 run without a GPU
         model = FullyShardedDataParallel(net, use_orig_params=True, device_id=torch.device("cpu"),
                                          ignored_modules=[neuron])
         replicated = list(neuron.parameters())
     else:
-        from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
+        from torch.distributed.fsdp import fully_shard
 
         model = fully_shard(net, ignored_params=set(neuron.parameters()))
         replicated = list(neuron.parameters())
@@ -133,7 +133,7 @@ def _build(kind: str, seed: int):
 
 
 def _train(model, opts, replicated, steps, rank: int) -> None:
-    from asgl.train.run import all_reduce_mean_  # noqa: PLC0415
+    from asgl.train.run import all_reduce_mean_
 
     for step in steps:
         torch.manual_seed(step)  # the in-kernel noise's seed draws, as the trainer's restored RNG state
@@ -155,9 +155,9 @@ def _snapshot(ckpt_io, model, opt, nopt) -> dict:
 
 def worker(kind: str, out: Path) -> None:
     """One rank: the uninterrupted run, the interrupted one (save at SAVE_AT) and its resumption."""
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
-    from asgl.train import checkpoint as ckpt_io  # noqa: PLC0415
+    from asgl.train import checkpoint as ckpt_io
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -232,7 +232,7 @@ def _run_worker(kind: str, out: Path) -> dict:
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
 def test_sharded_checkpoint_is_full_and_resume_is_bit_identical(tmp_path):
-    from asgl.train import checkpoint as ckpt_io  # noqa: PLC0415
+    from asgl.train import checkpoint as ckpt_io
 
     runs = {kind: _run_worker(kind, tmp_path / kind) for kind in ("ddp", "fsdp1", "fsdp2")}
     plain = Net()
@@ -297,7 +297,7 @@ def _launch_trainer(tmp_path: Path, launcher_args: list[str], args: list[str], m
     """``accelerate launch --use_fsdp ... train/run.py args``. ``mode``: "cpu" (CPU ranks: Accelerate
     falls back to DDP), "cpu-fsdp" (CPU ranks through ``tests/fsdp_cpu_launch.py``: real FSDP) or
     "gpu"."""
-    from test_multiprocess import ACCELERATE  # noqa: PLC0415
+    from test_multiprocess import ACCELERATE
 
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)
@@ -311,14 +311,14 @@ def _launch_trainer(tmp_path: Path, launcher_args: list[str], args: list[str], m
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    import json  # noqa: PLC0415
+    import json
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
 def _param_hashes(run_dir: Path, rank: int) -> list[str]:
-    from test_multiprocess import rank_log  # noqa: PLC0415
+    from test_multiprocess import rank_log
 
     return [e["params_sha256"] for e in rank_log(run_dir, rank) if "epoch_done" in e]
 
@@ -338,8 +338,8 @@ TRAINER_EXTRA = ["--model.learn_decay=true", "--model.learn_thresh=true", "--tra
 def ddp_reference(tmp_path_factory):
     """The tiny-digits run on two CPU ranks under DDP, which FSDP must reproduce."""
     pytest.importorskip("datasets")
-    from test_multiprocess import ACCELERATE, launch, two_rank_args  # noqa: PLC0415
-    from test_trainer import write_tiny_digits  # noqa: PLC0415
+    from test_multiprocess import ACCELERATE, launch, two_rank_args
+    from test_trainer import write_tiny_digits
 
     if ACCELERATE is None:
         pytest.skip("accelerate CLI not found")
@@ -355,8 +355,8 @@ def test_trainer_fsdp_on_cpu_ranks_matches_ddp_and_resumes(tmp_path, ddp_referen
     """Accelerate's FSDP (``--fsdp_version``) through the trainer, with the default 0-dim learnable
     neuron parameters: cut mid-epoch (``train.max_steps``) and resumed, it ends with the very
     parameters, optimizer states, metrics and checkpoint of the uninterrupted DDP run."""
-    from test_multiprocess import two_rank_args  # noqa: PLC0415
-    from test_trainer import write_tiny_digits  # noqa: PLC0415
+    from test_multiprocess import two_rank_args
+    from test_trainer import write_tiny_digits
 
     write_tiny_digits(tmp_path / "digits")
     launcher = ["--fsdp_version", version, *CPU_FSDP]
@@ -374,7 +374,7 @@ def test_trainer_fsdp_on_cpu_ranks_matches_ddp_and_resumes(tmp_path, ddp_referen
     assert "not bit-identical" not in r2.stderr
 
     # the same sharded checkpoint resumes on one process, which says what a new world size changes
-    from test_trainer import run  # noqa: PLC0415
+    from test_trainer import run
 
     r3 = run(["--resume", str(solo)], tmp_path)
     assert r3.returncode == 0, r3.stdout + r3.stderr
@@ -397,8 +397,8 @@ def test_trainer_fsdp_trains_the_recurrent_net_in_bf16(tmp_path, version):
     holds the full fp32 model."""
     pytest.importorskip("datasets")
     pytest.importorskip("h5py")
-    from test_multiprocess import rank_log  # noqa: PLC0415
-    from test_shd_end_to_end import _write_shd  # noqa: PLC0415
+    from test_multiprocess import rank_log
+    from test_shd_end_to_end import _write_shd
 
     _write_shd(tmp_path / "shd", n_train=16, n_test=8)
     args = ["--config", str(REPO / "configs" / "shd_rnn_t250.yaml"), f"--data.root={tmp_path / 'shd'}",
@@ -412,8 +412,8 @@ def test_trainer_fsdp_trains_the_recurrent_net_in_bf16(tmp_path, version):
     done = [next(e for e in log if e.get("epoch_done") == 1) for log in logs]
     assert done[0]["params_sha256"] == done[1]["params_sha256"]
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
-    from asgl.train.run import build_model  # noqa: PLC0415
-    from asgl.train.config import build_config  # noqa: PLC0415
+    from asgl.train.run import build_model
+    from asgl.train.config import build_config
 
     cfg = build_config(run_dir / "config.yaml")
     model = build_model(cfg, num_classes=20, in_channels=700)
@@ -426,8 +426,8 @@ def test_trainer_says_when_accelerate_falls_back_from_fsdp_to_ddp_on_a_cpu(tmp_p
     """Accelerate turns ``--use_fsdp`` on a CPU into plain data parallelism without a word; the
     trainer says so (and trains, replicated)."""
     pytest.importorskip("datasets")
-    from test_multiprocess import ACCELERATE, two_rank_args  # noqa: PLC0415
-    from test_trainer import write_tiny_digits  # noqa: PLC0415
+    from test_multiprocess import ACCELERATE, two_rank_args
+    from test_trainer import write_tiny_digits
 
     if ACCELERATE is None:
         pytest.skip("accelerate CLI not found")
@@ -455,8 +455,8 @@ def test_trainer_fsdp_on_gpus_resume_is_bit_identical(tmp_path, version):
     default (0-dim) learnable neuron parameters, deterministic algorithms: a run stopped after one
     epoch and resumed ends where the uninterrupted one does."""
     pytest.importorskip("datasets")
-    from test_multiprocess import two_rank_args  # noqa: PLC0415
-    from test_trainer import write_tiny_digits  # noqa: PLC0415
+    from test_multiprocess import two_rank_args
+    from test_trainer import write_tiny_digits
 
     write_tiny_digits(tmp_path / "digits")
     n = min(2, GPUS)
@@ -477,5 +477,6 @@ def test_trainer_fsdp_on_gpus_resume_is_bit_identical(tmp_path, version):
 
 
 if __name__ == "__main__":
+    # launched as a file by torchrun (the worker): this clone's asgl, whether or not it is installed
     sys.path.insert(0, str(REPO))
     worker(sys.argv[1], Path(sys.argv[2]))

@@ -343,8 +343,8 @@ def test_eval_saves_nothing_and_writes_only_y(device):
     params = make_params(5, "sigmoid", device, grad=False)
     y, saved = saved_tensors(lambda: lif_fused(x, *params, p=0.3, training=False))
     assert saved == [] and not y.requires_grad
-    y_op, u_op, mask_op = lif_mod._lif_fwd_op(x, *params, True, 0.0, True, 0, 0.0, torch.zeros(1, dtype=torch.int64, device=device),
-                                                   False, False)
+    y_op, u_op, mask_op = lif_mod._lif_fwd_op(x, *params, True, 0.0, True, 0, 0.0,
+                                              torch.zeros(1, dtype=torch.int64, device=device), False, False)
     assert u_op.numel() == 0 and mask_op.numel() == 0
     assert torch.equal(y_op, y)
     # training with grads: exactly one [T, N] tensor (u, input dtype) besides the parameters

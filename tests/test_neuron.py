@@ -238,7 +238,8 @@ def test_gradients_float64_against_finite_differences(reset, surrogate, granular
     x0 = (torch.randn(T, B, C, L, generator=g, dtype=torch.float64) * 0.6 + 0.6)
     dl0 = torch.tensor(0.3, dtype=torch.float64)
     width = 1.5 if surrogate == "sigmoid" else 3.0  # wide rectangle: most z inside the linear part
-    wp0 = torch.full((C,) if granularity == "channel" else (), width_param_from_width(width, surrogate), dtype=torch.float64)
+    wp0 = torch.full((C,) if granularity == "channel" else (), width_param_from_width(width, surrogate),
+                     dtype=torch.float64)
     if granularity == "channel":
         wp0 = wp0 + torch.linspace(-0.1, 0.1, C, dtype=torch.float64)
     th0 = torch.tensor(0.9, dtype=torch.float64)
@@ -280,7 +281,8 @@ def test_gradient_flows_through_reset_and_into_every_parameter():
 
 # --------------------------------------------------------------------------- module API
 def test_module_parameters_exist_after_init_and_fixed_ones_are_buffers():
-    m = asgl.LIF(width_granularity="channel", channels=6, learn_decay=False, learn_thresh=True, surrogate="rectangle", width=2.0)
+    m = asgl.LIF(width_granularity="channel", channels=6, learn_decay=False, learn_thresh=True, surrogate="rectangle",
+                 width=2.0)
     params = dict(m.named_parameters())
     buffers = dict(m.named_buffers())
     assert set(params) == {"width_param", "thresh"}

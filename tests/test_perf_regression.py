@@ -19,16 +19,10 @@ Not here (covered elsewhere in the suite): bytes saved for backward per element-
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 # aten ops that launch no kernel: allocation, views, metadata (``to`` counts only when it copies)

@@ -12,8 +12,8 @@ import torch
 pytest.importorskip("h5py")
 pytest.importorskip("datasets")
 
-from data_fixtures import write_shd_h5  # noqa: E402
-from asgl.train.run import main  # noqa: E402
+from data_fixtures import write_shd_h5
+from asgl.train.run import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("datasets")  # the trainer's data loaders (the digits are in the hub parquet layout)
 
-from asgl.train.studies import common, dynamics, noise_probability, report, temporal_task, width_robustness  # noqa: E402
+from asgl.train.studies import common, dynamics, noise_probability, report, temporal_task, width_robustness
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -111,7 +111,8 @@ def test_quickstart_config_end_to_end(tmp_path):
 
     assert build_config(run_dir / "config.yaml").optim.epochs == 2
     pytest.importorskip("matplotlib")
-    p = subprocess.run([sys.executable, "-m", "asgl.train.plot", str(run_dir)], cwd=REPO, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "asgl.train.plot", str(run_dir)], cwd=REPO, capture_output=True,
+                       text=True)
     assert p.returncode == 0, p.stderr
     assert {f.name for f in (run_dir / "plots").iterdir()} == {"loss.png", "accuracy.png", "width.png",
                                                                 "firing_rate.png"}

@@ -56,7 +56,7 @@ class CheckpointError(RuntimeError):
 def _dcp():
     """``torch.distributed.checkpoint.state_dict``, imported on first use (it pulls in FSDP: about
     half a second, which a config error or ``--help`` should not wait for)."""
-    from torch.distributed.checkpoint import state_dict  # noqa: PLC0415
+    from torch.distributed.checkpoint import state_dict
 
     return state_dict
 
@@ -77,8 +77,8 @@ def _load_options(model: torch.nn.Module, optimizer=None):
     out of sharding (the neurons') loads locally too (torch's full-state path also trips over an
     optimizer holding only 0-dim parameters, like the neuron optimizer with per-layer α).
     strict: a key missing on either side is an error."""
-    from torch.distributed.fsdp import FullyShardedDataParallel  # noqa: PLC0415
-    from torch.distributed.tensor import DTensor  # noqa: PLC0415
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
 
     params = (model.parameters() if optimizer is None
               else (p for group in _raw(optimizer).param_groups for p in group["params"]))

@@ -29,8 +29,10 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # a file run from a clone: the repository root, not this folder (README, "From a clone")
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
 import torch
 
@@ -60,7 +62,8 @@ def split_args(argv: list[str]) -> tuple[str, Path | None, list[str]]:
     values, rest = take_flags(argv, ("--out",))
     target = next((a for a in rest if not a.startswith("--")), None)
     if target is None:
-        raise ConfigError("give a run folder or a checkpoint: python -m asgl.train.eval RUN_DIR [--section.key=value ...]")
+        raise ConfigError("give a run folder or a checkpoint: "
+                          "python -m asgl.train.eval RUN_DIR [--section.key=value ...]")
     rest.remove(target)
     return target, Path(values["--out"]) if "--out" in values else None, rest
 

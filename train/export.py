@@ -21,8 +21,10 @@ import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # a file run from a clone: the repository root, not this folder (README, "From a clone")
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
 import torch
 
@@ -36,34 +38,34 @@ FORMATS = ("safetensors", "nir")
 def data_dims(data) -> tuple[int, int, tuple[int, ...]]:
     """Classes, input channels and the shape of one input sample (batch dim excluded) of the data
     set ``data`` (a ``DataConfig``), from the data modules' constants: no data files are read."""
-    from asgl.train.data import EVENT_DATASETS, IMAGE_DATASETS  # noqa: PLC0415
+    from asgl.train.data import EVENT_DATASETS, IMAGE_DATASETS
 
     T = data.frames
     if data.name in IMAGE_DATASETS:
-        from asgl.train.data import _num_classes  # noqa: PLC0415
-        from asgl.train.data.images import IMAGE_SPECS  # noqa: PLC0415
+        from asgl.train.data import _num_classes
+        from asgl.train.data.images import IMAGE_SPECS
 
         spec = IMAGE_SPECS[data.name]
         return _num_classes(data, spec), spec.channels, (spec.channels, spec.size, spec.size)
     if data.name in EVENT_DATASETS:
-        from asgl.train.data import events  # noqa: PLC0415
+        from asgl.train.data import events
 
         side = data.resolution or events.SENSOR
         classes = 10 if data.name == "cifar10_dvs" else events.GESTURE_CLASSES
         return classes, 2, (T, 2, side, side)
     if data.name == "shd":
-        from asgl.train.data import shd  # noqa: PLC0415
+        from asgl.train.data import shd
 
         return shd.NUM_CLASSES, shd.UNITS, (T, shd.UNITS)
-    from asgl.train.data import audio  # noqa: PLC0415
+    from asgl.train.data import audio
 
     return audio.NUM_CLASSES, 2 * data.n_mels, (T, 2 * data.n_mels)
 
 
 def load_model(source: Path) -> tuple[torch.nn.Module, object, Path]:
     """The network of a run folder (its ``best.pt``) or of a checkpoint file, in eval mode, on the CPU."""
-    from asgl.export import check_state_fits  # noqa: PLC0415
-    from asgl.train.run import build_model  # noqa: PLC0415
+    from asgl.export import check_state_fits
+    from asgl.train.run import build_model
 
     path = source / "best.pt" if source.is_dir() else source
     if source.is_dir() and not path.is_file() and (source / "last.pt").is_file():
@@ -85,8 +87,8 @@ def load_model(source: Path) -> tuple[torch.nn.Module, object, Path]:
 
 def export(source: str | Path, out: str | Path, *, format: str = "safetensors", dt: float | None = None) -> Path:
     """Write the network of ``source`` (run folder or checkpoint) to ``out``; returns ``out``."""
-    import asgl  # noqa: PLC0415
-    from asgl.export import save_pretrained  # noqa: PLC0415
+    import asgl
+    from asgl.export import save_pretrained
 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -96,7 +98,7 @@ def export(source: str | Path, out: str | Path, *, format: str = "safetensors", 
     model, cfg, _ = load_model(Path(source))
     if format == "safetensors":
         return save_pretrained(model, out, name=cfg.model.name)
-    import nir  # noqa: PLC0415
+    import nir
 
     _, _, sample_shape = data_dims(cfg.data)
     graph = asgl.to_nir(model, torch.zeros(2, *sample_shape), **({} if dt is None else {"dt": dt}))

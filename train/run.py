@@ -106,8 +106,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # a file run from a clone: the repository root, not this folder (README, "From a clone")
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
 import numpy as np
 import torch
@@ -191,7 +193,7 @@ def lr_lambda(cfg: RunConfig, steps_per_epoch: int):
 
 def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> torch.nn.Module:
     """``asgl.create_model`` with the config's network and neuron settings."""
-    import asgl  # noqa: PLC0415
+    import asgl
 
     m = cfg.model
     neuron_kwargs = dict(surrogate=m.surrogate, width=m.width, learn_width=m.learn_width,
@@ -259,7 +261,7 @@ def keep_neurons_whole(accelerator, model: torch.nn.Module) -> list[torch.nn.Par
     also put BatchNorm's weights in 16 bits next to fp32 running statistics (FSDP2; an error on a
     CPU) or its running statistics in 16 bits (Accelerate's FSDP1 policy).
     """
-    import asgl  # noqa: PLC0415
+    import asgl
 
     plugin = accelerator.state.fsdp_plugin
     if accelerator.is_fsdp2:
@@ -281,7 +283,7 @@ def keep_neurons_whole(accelerator, model: torch.nn.Module) -> list[torch.nn.Par
 def autocast_fsdp2(accelerator, model: torch.nn.Module, mixed_precision: str) -> None:
     """Accelerate's ``prepare`` runs a DDP or FSDP1 model's forward under autocast with fp32
     outputs, but not an FSDP2 model's: do the same for it (its hooks stay around the forward)."""
-    from accelerate.utils import convert_outputs_to_fp32  # noqa: PLC0415
+    from accelerate.utils import convert_outputs_to_fp32
 
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     if low is not None:
@@ -313,7 +315,7 @@ TRACKER_PACKAGES = {  # Accelerate's log_with names -> the import names that pro
 
 def check_trackers(trackers: tuple[str, ...]) -> None:
     """Raise :class:`ConfigError` for a tracker whose package is not installed (before any work)."""
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
     for name in trackers:
         modules = TRACKER_PACKAGES[name]
@@ -377,8 +379,8 @@ def saved_config(tree: dict) -> dict:
 def make_accelerator(cfg: RunConfig, run_dir: Path | None = None):
     """The ``Accelerator`` for ``cfg`` (its mixed precision, its trackers logging under
     ``RUN_DIR/logs``); :class:`UsageError` for a setting this machine cannot run."""
-    from accelerate import Accelerator  # noqa: PLC0415  (heavy; after the cheap checks)
-    from accelerate.utils import DistributedType, ProjectConfiguration  # noqa: PLC0415
+    from accelerate import Accelerator  # heavy; after the cheap checks
+    from accelerate.utils import DistributedType, ProjectConfiguration
 
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if launcher is not None and launcher != cfg.train.mixed_precision and _is_main_launch_process():
@@ -413,7 +415,7 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None):
         print(f"warning: FSDP was asked for (--use_fsdp) but Accelerate runs {accelerator.distributed_type.value} "
               f"on {accelerator.device}: the model is replicated on every rank, not sharded", file=sys.stderr,
               flush=True)
-    import asgl  # noqa: PLC0415
+    import asgl
 
     try:  # the neurons' own backend check, before anything is written (config has checked the name)
         asgl.functional.resolve_backend(cfg.model.backend, torch.empty(0, device=accelerator.device))
@@ -425,7 +427,7 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None):
 
 def load_data(cfg: RunConfig, accelerator):
     """This rank's :class:`asgl.train.data.DataBundle`; :class:`UsageError` for missing or unusable data."""
-    from asgl.train.data import build_data  # noqa: PLC0415
+    from asgl.train.data import build_data
 
     try:
         data = build_data(cfg.data, T=cfg.model.T, seed=cfg.train.seed, rank=accelerator.process_index,
@@ -448,7 +450,7 @@ def make_criterion(cfg: RunConfig, num_classes: int, label_smoothing: float | No
     """``(logits_seq [T, B, K], labels [B]) -> loss``: CE on the T-mean or TET, with label smoothing
     ``ε`` (default ``loss.label_smoothing``): the target puts ``1 - ε + ε/K`` on the label and ``ε/K``
     on every other class, as ``torch.nn.CrossEntropyLoss(label_smoothing=ε)`` does."""
-    import asgl  # noqa: PLC0415
+    import asgl
 
     eps = cfg.loss.label_smoothing if label_smoothing is None else label_smoothing
 
@@ -466,7 +468,7 @@ class FiringRates:
     """Counts every LIF's nonzero outputs on eval-mode forwards, on the device (no host sync)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        import asgl  # noqa: PLC0415
+        import asgl
 
         # Names and modules taken before any wrapper (DDP, FSDP) renames the modules.
         self.lifs = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, asgl.LIF)]
@@ -583,7 +585,7 @@ class Trainer:
 def prepare(accelerator, cfg: RunConfig, model: torch.nn.Module, optimizer=None, neuron_optimizer=None):
     """``accelerator.prepare`` of the model (and its optimizers, where given), with the neurons kept
     whole under FSDP. Returns ``(model, optimizer, neuron_optimizer, replicated parameters)``."""
-    from accelerate.utils import DistributedType  # noqa: PLC0415
+    from accelerate.utils import DistributedType
 
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     replicated = keep_neurons_whole(accelerator, model) if fsdp else []
@@ -600,9 +602,9 @@ def prepare(accelerator, cfg: RunConfig, model: torch.nn.Module, optimizer=None,
 def build(cfg: RunConfig, accelerator, data) -> Trainer:
     """Model, optimizers, LR and noise schedules, prepared by Accelerate (seeded: identical initial
     weights on every rank, then each rank's own noise stream)."""
-    import asgl  # noqa: PLC0415
+    import asgl
 
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    rank, device = accelerator.process_index, accelerator.device
     seed = cfg.train.seed
     torch.manual_seed(seed)  # identical initial weights on every rank
     try:
@@ -675,7 +677,7 @@ def restore(t: Trainer, resume: dict) -> tuple[int, int, float, int | None, list
 def save_checkpoint(t: Trainer, run_dir: Path, names: list[str], *, epoch: int, step_in_epoch: int, sums,
                     best: float, best_epoch: int | None) -> None:
     """Write the checkpoints ``names`` (e.g. ["last", "best"]); collective: every rank must call it."""
-    from accelerate.utils import gather_object  # noqa: PLC0415
+    from accelerate.utils import gather_object
 
     rngs = gather_object([ckpt_io.rng_state()])
     scaler = t.accelerator.scaler
@@ -718,7 +720,7 @@ def train_epoch(t: Trainer, epoch: int, start_batch: int, partial, stop: dict, p
     ``partial``: the train sums of the interrupted part of this epoch (from a checkpoint) or None.
     ``stop["signal"]``: set by a signal handler; the epoch ends after the current step (with several
     ranks: at the next log point, where the ranks agree)."""
-    import asgl  # noqa: PLC0415
+    import asgl
 
     cfg, acc, data = t.cfg, t.accelerator, t.data
     device, rank, world = acc.device, acc.process_index, acc.num_processes
@@ -859,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"checkpoint {run_dir / 'last.pt'} does not fit this run: "
                          f"{detail[:400]}{' ...' if len(detail) > 400 else ''}", EXIT_USAGE)
         del resume  # free the CPU copy of the weights
-    from accelerate.utils import DistributedType  # noqa: PLC0415
+    from accelerate.utils import DistributedType
 
     sync_buffers_of = t.core if accelerator.distributed_type == DistributedType.FSDP else None
 
@@ -877,7 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         """Hash of the first LIF's train-mode output on a fixed input, drawn from this rank's RNG
         streams (forked, so the run is unchanged): with p > 0 it differs between ranks exactly when
         their noise masks do."""
-        from torch.distributed.fsdp import FSDPModule  # noqa: PLC0415
+        from torch.distributed.fsdp import FSDPModule
 
         if not probe_shape:
             return None
@@ -944,8 +946,8 @@ def main(argv: list[str] | None = None) -> int:
 
     progress = None
     if main_proc and sys.stderr.isatty():
-        from rich.console import Console  # noqa: PLC0415
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: PLC0415
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                             TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
@@ -1067,7 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
 def params_sha256(prepared: torch.nn.Module, core: torch.nn.Module) -> str:
     """sha256 over the names and full values of every parameter of ``core``, the model inside
     ``prepared`` (Accelerate's wrapper; collective under FSDP: every rank must call it)."""
-    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel  # noqa: PLC0415
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
     if isinstance(prepared, FSDPModule):  # back to the sharded parameters (an eval pass leaves the
         prepared.reshard()                # root's unsharded ones registered)

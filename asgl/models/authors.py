@@ -57,7 +57,7 @@ def _resnet_key(name: str, key: str) -> str:
 
 
 def _vgg_key(name: str, key: str, bn_type: str) -> str:
-    from .vgg import CONFIGS  # noqa: PLC0415  (vgg imports this package's registry)
+    from .vgg import CONFIGS  # vgg imports this package's registry
 
     # The authors' feature list: a conv item is tdLayer(conv), BN, LIFLayer (3 modules); a pool 1.
     theirs, position = {}, 0

@@ -292,8 +292,6 @@ def _raw_stream(source, split: str, *, cache_dir: str, epoch: int, shuffle_seed:
 
 
 def _build_images(cfg: DataConfig, b_train: int, b_test: int, common: dict) -> DataBundle:
-    from . import images
-
     source, origin = _image_source(cfg)
     try:
         bundle = _load_images(cfg, source, b_train, b_test, common)

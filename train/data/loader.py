@@ -303,8 +303,8 @@ class StreamLoader(Loader):
             yield from map(self.decode, raw)
             return
         if self._pool is None:
-            import concurrent.futures  # noqa: PLC0415
-            import multiprocessing  # noqa: PLC0415
+            import concurrent.futures
+            import multiprocessing
 
             # Forked, as torch's DataLoader workers are: no re-import of the main script; the
             # workers only decode bytes (no CUDA, no torch ops).

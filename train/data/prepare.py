@@ -30,8 +30,10 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if __package__ in (None, ""):  # a file run from a clone: the repository root, not this folder (README, "From a clone")
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parents[1]))
 
 from asgl.train.data import DATASETS, DataConfig, _root
 from asgl.train.data.loader import DataFormatError, DataNotFoundError

@@ -73,7 +73,7 @@ def run_training(name: str, overrides: dict[str, Any], *, runs_dir: Path, config
     SIGINT/SIGTERM (which :func:`asgl.train.run.main` turns into exit 130/143 after saving) stops the
     sweep with ``KeyboardInterrupt``.
     """
-    from asgl.train.run import main  # noqa: PLC0415  (heavy import; only when training)
+    from asgl.train.run import main  # heavy import; only when training
 
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"name must be a non-empty file name, got {name!r}")
@@ -84,7 +84,7 @@ def run_training(name: str, overrides: dict[str, Any], *, runs_dir: Path, config
     error = None
     try:
         code = main(argv)
-    except Exception as e:  # noqa: BLE001  (one crashed run must not lose the rest of a sweep)
+    except Exception as e:  # one crashed run must not lose the rest of a sweep
         code, error = -1, f"{type(e).__name__}: {e}"
         print(f"[study] {name}: crashed: {error}", file=sys.stderr, flush=True)
     wall = time.perf_counter() - t0
@@ -168,7 +168,7 @@ def git_commit() -> dict:
 
 
 def machine() -> dict:
-    import torch  # noqa: PLC0415
+    import torch
 
     return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -209,10 +209,10 @@ def check_seeds(seeds: int) -> int:
 
 def pyplot():
     """matplotlib's pyplot on the non-interactive Agg backend."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     return plt
 

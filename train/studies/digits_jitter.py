@@ -41,8 +41,8 @@ TRAIN_FILE = "plain_text/train-00000-of-00001.parquet"
 
 def jitter(images, generator):
     """``images`` uint8 ``[N, H, W]`` -> uint8 ``[N, H, W]``, each under its own random affine map."""
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
+    import torch
+    import torch.nn.functional as F
 
     n, h, w = images.shape
     rot = (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1) * math.radians(MAX_ROTATION_DEG)
@@ -59,10 +59,10 @@ def jitter(images, generator):
 
 
 def _read_images(path: Path):
-    import numpy as np  # noqa: PLC0415
-    import pyarrow.parquet as pq  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-    from PIL import Image  # noqa: PLC0415
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+    from PIL import Image
 
     table = pq.read_table(path).to_pydict()
     images = np.stack([np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("L")) for cell in table["image"]])
@@ -70,8 +70,8 @@ def _read_images(path: Path):
 
 
 def _write(path: Path, images, labels) -> None:
-    from datasets import ClassLabel, Dataset, Features, Image  # noqa: PLC0415
-    from PIL import Image as PILImage  # noqa: PLC0415
+    from datasets import ClassLabel, Dataset, Features, Image
+    from PIL import Image as PILImage
 
     def png(img) -> bytes:
         buf = io.BytesIO()
@@ -87,7 +87,7 @@ def _write(path: Path, images, labels) -> None:
 
 def ensure(root: Path = ROOT) -> Path:
     """Write the data set under ``root`` unless it is there; return ``root`` (for ``--data.root``)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     root = Path(root)
     if (root / TEST_FILE).is_file() and (root / TRAIN_FILE).is_file():

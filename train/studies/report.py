@@ -45,7 +45,8 @@ def _fmt(x, spec: str = ".3g") -> str:
     return "—" if x is None else format(x, spec)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the header row, the rule, one line per row."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -84,7 +85,7 @@ def table_width(doc: dict) -> str:
     note = (f"\n\n{seeds} seed(s) per cell, final-epoch test accuracy of the SNN, mean ± sample std; difference: "
             f"Student-t interval over seeds; sweep wall time {doc['meta']['wall_s'] / 60:.1f} min."
             + _binomial_note(doc) + _incomplete(doc))
-    return _table(["", *[f"α = {a:g}" for a in alphas]], rows) + note
+    return markdown_table(["", *[f"α = {a:g}" for a in alphas]], rows) + note
 
 
 def table_diagnostics(doc: dict) -> str:
@@ -98,7 +99,7 @@ def table_diagnostics(doc: dict) -> str:
                      _acc(r["best_test_acc"]), _fmt(_mean_width(r["final_widths"])), f"{r['wall_s']:.0f}"])
     header = ["variant (α₀ = 10, seed 0)", "epochs", "neuron_lr", "p₀", "γ", "learn α", "final acc", "best acc",
               "final α (mean)", "wall s"]
-    return _table(header, rows) + f"\n\nwall time {doc['meta']['wall_s'] / 60:.1f} min." + _incomplete(doc)
+    return markdown_table(header, rows) + f"\n\nwall time {doc['meta']['wall_s'] / 60:.1f} min." + _incomplete(doc)
 
 
 def table_length(doc: dict) -> str:
@@ -118,7 +119,7 @@ def table_length(doc: dict) -> str:
         rows.append([method, *cells])
     note = (f"\n\nα₀ = 10; cell: final test accuracy (%) mean ± std over {doc['settings']['seeds']} seed(s), "
             f"(final α, layer mean); wall time {doc['meta']['wall_s'] / 60:.1f} min.") + _incomplete(doc)
-    return _table(["method", *[f"{e} epochs ({e * 22} steps)" for e in lengths]], rows) + note
+    return markdown_table(["method", *[f"{e} epochs ({e * 22} steps)" for e in lengths]], rows) + note
 
 
 def table_depth(doc: dict) -> str:
@@ -138,7 +139,7 @@ def table_depth(doc: dict) -> str:
                                   _accs(doc["runs"], model=model, method="SG", alpha=a)) for a in alphas]])
     note = (f"\n\n{doc['settings']['seeds']} seed(s), final test accuracy (%); difference: Student-t interval "
             f"over seeds; wall time {doc['meta']['wall_s'] / 60:.1f} min." + _binomial_note(doc) + _incomplete(doc))
-    return _table(["network", "method", *[f"α = {a:g}" for a in alphas]], rows) + note
+    return markdown_table(["network", "method", *[f"α = {a:g}" for a in alphas]], rows) + note
 
 
 def _ci(lo: float, hi: float) -> str:
@@ -221,7 +222,7 @@ def table_noise(doc: dict) -> str:
             f"n = runs done; every run is evaluated as the pure SNN; difference: mean over seeds with a Student-t "
             f"interval (seeds as the unit); wall time {doc['meta']['wall_s'] / 60:.1f} min."
             + _binomial_note(doc) + _incomplete(doc))
-    return _table(header, rows) + note
+    return markdown_table(header, rows) + note
 
 
 def table_tuning(doc: dict) -> str:
@@ -244,7 +245,7 @@ def table_tuning(doc: dict) -> str:
     width = max(len(st["neuron_lrs"]), len(st["weight_lrs"]))
     rows = [row + [""] * (2 + width - len(row)) for row in rows if len(row) > 2]
     header = ["method", "tuned knob", *[f"value {i + 1}" for i in range(width)]]
-    lines = [_table(header, rows), ""]
+    lines = [markdown_table(header, rows), ""]
     if "ASGL" in best and "SG" in best:
         (va, ma, aa), (vs, ms, as_) = best["ASGL"], best["SG"]
         lines.append(f"Best of each: ASGL {_acc(ma)} % at neuron lr {va:g}, SG {_acc(ms)} % at weight lr {vs:g}; "
@@ -275,9 +276,8 @@ def table_floor(unbounded: dict, tuning: dict) -> str:
     note = (f"\n\nASGL, α₀ = 10, p = 0.2, neuron lr {lr:g}, seeds 0–{max(len(floor), len(free)) - 1}; floor − "
             f"unbounded = {_diff_cell(a, b)} (95 % CI over seeds)." + _binomial_note(unbounded)
             + (_incomplete(unbounded) or _incomplete(tuning)))
-    return _table(["slope", "final test acc (%)", "runs", "runs ending with k < 0 / on the floor", "min final α",
-                   "max final α"],
-                  rows) + note
+    return markdown_table(["slope", "final test acc (%)", "runs", "runs ending with k < 0 / on the floor",
+                           "min final α", "max final α"], rows) + note
 
 
 def table_dynamics(doc: dict) -> str:
@@ -289,8 +289,8 @@ def table_dynamics(doc: dict) -> str:
     epochs = trace["epoch"]
     note = (f"\n\nrun `{doc['traces'][0]['name']}`, initial α = {doc['traces'][0]['alpha']:g}; values after "
             f"epoch {epochs[0]} and epoch {epochs[-1]}; final test accuracy {_acc(trace['test_acc'][-1])} %.")
-    return _table(["layer", f"α after epoch {epochs[0]}", "α final", f"firing rate epoch {epochs[0]}",
-                   "firing rate final"], rows) + note
+    return markdown_table(["layer", f"α after epoch {epochs[0]}", "α final", f"firing rate epoch {epochs[0]}",
+                           "firing rate final"], rows) + note
 
 
 def table_temporal(doc: dict) -> str:
@@ -307,7 +307,7 @@ def table_temporal(doc: dict) -> str:
     note = (f"\n\n{doc['settings']['seeds']} seed(s) per cell, final-epoch test accuracy (%); difference: "
             f"Student-t interval over seeds; wall time {doc['meta']['wall_s'] / 60:.1f} min."
             + _binomial_note(doc) + _incomplete(doc))
-    return _table(["method", *[f"α = {a:g}" for a in alphas]], rows) + note
+    return markdown_table(["method", *[f"α = {a:g}" for a in alphas]], rows) + note
 
 
 def table_walltime(docs: dict[str, dict]) -> str:
@@ -317,105 +317,13 @@ def table_walltime(docs: dict[str, dict]) -> str:
         dirty = ", ".join(meta.get("uncommitted_study_files", [])) or "none"
         rows.append([name, str(len(doc["runs"])), f"{meta['wall_s'] / 60:.1f}", meta["commit"], dirty,
                      meta.get("date_utc", "—")])
-    return _table(["study", "runs", "wall time (min)", "commit", "uncommitted study files", "date (UTC)"], rows)
+    return markdown_table(["study", "runs", "wall time (min)", "commit", "uncommitted study files", "date (UTC)"],
+                          rows)
 
 
-# Full-scale experiments: (name, config, model, classes, input [C, H, W] or [F], T, train / test samples).
-FULL_SCALE = (
-    ("CIFAR-10, ResNet-18, T=4", "configs/cifar10_resnet18_t4.yaml", "resnet18", 10, (3, 32, 32), 4, 50_000, 10_000),
-    ("CIFAR-10 width sweep (10 runs), ResNet-18, T=2", "configs/width_sweep/asgl_alpha5.yaml", "resnet18", 10,
-     (3, 32, 32), 2, 50_000, 10_000),
-    ("CIFAR-100, ResNet-18, T=2", "configs/cifar100_resnet18_t2.yaml", "resnet18", 100, (3, 32, 32), 2, 50_000,
-     10_000),
-    ("CIFAR-100, ResNet-18, T=4", "configs/cifar100_resnet18_t4.yaml", "resnet18", 100, (3, 32, 32), 4, 50_000,
-     10_000),
-    ("Tiny-ImageNet, VGG-13, T=4", "configs/tinyimagenet_vgg13_t4.yaml", "vgg13", 200, (3, 64, 64), 4, 100_000,
-     10_000),
-    ("Tiny-ImageNet, VGG-13, T=8", "configs/tinyimagenet_vgg13_t8.yaml", "vgg13", 200, (3, 64, 64), 8, 100_000,
-     10_000),
-    ("CIFAR10-DVS, VGGSNN, T=10", "configs/cifar10dvs_vggsnn_t10.yaml", "vggsnn", 10, (2, 48, 48), 10, 9_000, 1_000),
-    ("SHD, 700-240-20 recurrent, T=250", "configs/shd_rnn_t250.yaml", "shd_rnn", 20, (700,), 250, 8_156, 2_264),
-    ("DVS128 Gesture, VGGSNN, T=16", "configs/dvs128_gesture.yaml", "vggsnn", 11, (2, 48, 48), 16, 1_208, 134),
-)
-ASSUMED_TFLOPS = (25.0, 100.0)  # effective training throughput range of one A100/H100-class GPU (an assumption)
-# Bytes the fused batch norm + LIF moves per neuron element-step in bf16: training (statistics,
-# forward, backward; counted from the kernels by tests/test_bn_lif.py::test_bytes_per_element_step)
-# and evaluation (read x, write y: the inference launch folds the running statistics).
-BN_LIF_TRAIN_BYTES, BN_LIF_EVAL_BYTES = 18, 4
-
-
-def expected_accuracy(config: Path) -> str:
-    """The "Expected test accuracy: ..." line of a config's header comment (the paper's number)."""
-    match = re.search(r"^# Expected test accuracy: (.*)$", Path(config).read_text(), re.M)
-    if match is None:
-        return "not stated"
-    return match.group(1).split("(")[0].strip().rstrip(".") or "not stated"
-
-
-def per_sample_step_cost(model: str, classes: int, shape: tuple) -> tuple[float, int]:
-    """``(GFLOP, neurons)`` of ONE sample for ONE time step, forward: the conv/linear GFLOP (torch's
-    FLOP counter; elementwise LIF, BN and pooling work are not counted) and the elements every LIF
-    writes."""
-    import torch  # noqa: PLC0415
-    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
-
-    import asgl  # noqa: PLC0415
-
-    net = asgl.create_model(model, num_classes=classes, T=1, in_channels=shape[0], p=0.0).eval()
-    neurons = [0]
-    for m in asgl.neurons(net):
-        m.register_forward_hook(lambda _m, _i, out: neurons.__setitem__(0, neurons[0] + out.numel()))
-    # sequence and event models take [B, T, ...]; image models take a static [B, C, H, W]
-    x = torch.zeros(1, 1, *shape) if model in ("shd_rnn", "vggsnn") else torch.zeros(1, *shape)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(x)
-    return counter.get_total_flops() / 1e9, neurons[0]
-
-
-def h200_copy_bytes_per_s() -> float:
-    """The copy bandwidth the static performance model assumes for an H200 (perf/static_model.py)."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    from perf.static_model import DEVICES  # noqa: PLC0415
-
-    d = DEVICES["H200"]
-    return d["hbm_tbps"] * d["copy_fraction"] * 1e12
-
-
-def table_gpu_estimate() -> str:
-    """Per-epoch and per-run GPU time ESTIMATES for the full-scale runs (nothing here is measured)."""
-    from asgl.train.config import build_config  # noqa: PLC0415  (imports the model registry)
-
-    lo, hi = ASSUMED_TFLOPS
-    bandwidth = h200_copy_bytes_per_s()
-    rows = []
-    for name, config, model, classes, shape, T, n_train, n_test in FULL_SCALE:
-        f, neurons = per_sample_step_cost(model, classes, shape)
-        tflop = (3 * f * T * n_train + f * T * n_test) / 1e3  # backward ≈ 2× forward
-        elementwise_s = neurons * T * (BN_LIF_TRAIN_BYTES * n_train + BN_LIF_EVAL_BYTES * n_test) / bandwidth
-        epochs = build_config(REPO_ROOT / config).optim.epochs
-        fast, slow = tflop / hi + elementwise_s, tflop / lo + elementwise_s
-        time_cell = f"{fast:.0f}–{slow:.0f} s (estimate)"
-        hours_cell = f"{epochs} epochs: {fast * epochs / 3600:.2g}–{slow * epochs / 3600:.2g} h (estimate)"
-        if model == "shd_rnn":
-            time_cell = "not estimated: 250 sequential steps make it latency-bound, not FLOP-bound"
-            hours_cell = f"{epochs} epochs; not estimated"
-        rows.append([name, f"`accelerate launch train/run.py --config {config}`", expected_accuracy(REPO_ROOT / config),
-                     f"{f:.3g}", f"{tflop:.3g}", f"{neurons:,}", f"{elementwise_s:.2g} s", time_cell,
-                     hours_cell])
-    note = (f"\n\nGFLOP: conv/linear FLOPs of one sample, one time step, forward (counted by "
-            f"`torch.utils.flop_counter` on the CPU). Epoch TFLOP = (3 · train + 1 · test samples) · T · GFLOP, "
-            f"at an assumed effective {lo:g}–{hi:g} TFLOP/s on one A100/H100-class GPU in bf16. Neurons: the "
-            f"LIF outputs of one sample and step; their batch norm + LIF work moves {BN_LIF_TRAIN_BYTES} B per "
-            f"element-step in training and {BN_LIF_EVAL_BYTES} B in evaluation (bf16, counted from the fused "
-            f"kernels), at the static performance model's H200 copy bandwidth ({bandwidth / 1e12:.2f} TB/s; "
-            f"`perf/static_model.py` predicts those kernels memory bound). GPU time per epoch = the two added: "
-            f"NOT MEASURED (no GPU was available); data loading, pooling and the convolutions' own activation "
-            f"traffic are not counted, so real epochs are likely slower.")
-    return _table(["experiment", "command", "paper accuracy", "GFLOP / sample / step", "TFLOP / epoch",
-                   "neurons / sample / step", "BN + LIF time / epoch (H200)", "GPU time / epoch",
-                   "GPU hours per run"], rows) + note
-
+MARKER = r"<!-- table:([\w-]+) -->"  # the opening marker of a generated table; group 1: its name
+# Tables of the page that another script writes (it imports this one): name -> its command.
+WRITTEN_ELSEWHERE = {"gpu_estimate": "python perf/gpu_estimate.py"}
 
 # table name -> (JSON file relative to the results folder, renderer)
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
@@ -432,13 +340,11 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
 }
 
 
-def render_tables(results: Path, names: set[str] | None = None) -> dict[str, str]:
-    """Markdown for the tables in :data:`TABLES` (and ``walltime``, ``gpu_estimate``) from the JSON
-    under ``results``; ``names`` limits the (costly) ``gpu_estimate`` to documents that use it."""
+def render_tables(results: Path) -> dict[str, str]:
+    """Markdown for the tables in :data:`TABLES` (and ``floor``, ``walltime``) from the JSON under
+    ``results``."""
     results = Path(results)
     out, docs = {}, {}
-    if names is None or "gpu_estimate" in names:
-        out["gpu_estimate"] = table_gpu_estimate()
     for name, (rel, render) in TABLES.items():
         path = results / rel
         if path.is_file():
@@ -456,11 +362,14 @@ def render_tables(results: Path, names: set[str] | None = None) -> dict[str, str
     return out
 
 
-def update_document(text: str, tables: dict[str, str]) -> str:
+def update_document(text: str, tables: dict[str, str], leave=()) -> str:
     """``text`` with the body between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` replaced by
-    ``tables[NAME]`` for every marker pair present. Raises ``ValueError`` for an opening marker
-    without its closing one or for a marker naming an unknown table."""
-    for name in re.findall(r"<!-- table:([\w-]+) -->", text):
+    ``tables[NAME]`` for every marker pair present, except the names in ``leave`` (tables another
+    script writes). Raises ``ValueError`` for an opening marker without its closing one or for a
+    marker naming an unknown table."""
+    for name in re.findall(MARKER, text):
+        if name in leave:
+            continue
         if name not in tables:
             raise ValueError(f"text: marker <!-- table:{name} --> names no known table; known: {sorted(tables)}")
         pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(<!-- /table:{name} -->)", re.S)
@@ -477,8 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 if the document is out of date; write nothing")
     args = p.parse_args(argv)
     text = args.doc.read_text()
-    names = set(re.findall(r"<!-- table:([\w-]+) -->", text))
-    new = update_document(text, render_tables(args.results, names))
+    new = update_document(text, render_tables(args.results), leave=WRITTEN_ELSEWHERE)
     if args.check:
         if new != text:
             print(f"{args.doc} is out of date; run python -m asgl.train.studies.report", file=sys.stderr)
