@@ -6,7 +6,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install lint test test-all test-triton-min quickstart device-check clean
+.PHONY: install lint test-fast test test-all test-triton-min quickstart device-check clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -22,18 +22,27 @@ install: $(VENV)/.installed
 lint: install
 	$(BIN)/ruff check .
 
-# The suite: plain CPU tests, Triton kernels under the interpreter, ahead-of-time GPU compiles of
-# covering sets of the kernel specialisations; the GPU tier skips itself without CUDA. `slow` marks
-# the exhaustive AOT sweeps of the feed-forward and recurrent kernels (5-9 minutes each on 2 cores;
-# their covering sets run here): `make test-all` includes them. Two worker processes
-# (pytest-xdist, tests handed out one at a time and stolen back when a worker runs dry): about
-# 11 minutes on 2 cores with a warm triton cache, against 18 in one process.
+# Three tiers, chosen by the markers that say what a test needs (pyproject.toml, CONTRIBUTING.md):
+#   test-fast  the plain CPU tests and one small interpreter case per kernel family (`smoke`):
+#              after every edit, about a minute on 2 cores;
+#   test       everything but `slow`: Triton kernels under the interpreter, ahead-of-time compiles of
+#              covering sets of the kernel specialisations, trainer runs, multi-rank launches
+#              (what CI runs; the GPU tests skip themselves without CUDA);
+#   test-all   also the exhaustive AOT sweeps and the long runs (`slow`).
+# Two worker processes (pytest-xdist; tests handed out one at a time and stolen back when a worker
+# runs dry).
 TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+FAST := smoke or not (aot or interpret or multiproc or e2e or slow or gpu)
+
+test-fast: install
+	$(PYTEST) -m "$(FAST)" tests
+
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 test-all: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
+	$(PYTEST) tests
 
 # The lowest supported triton, 3.6 (the GPU image's), in a venv of its own with the numpy its
 # interpreter needs (< 2.3): the Triton kernel tests under the interpreter, the ahead-of-time

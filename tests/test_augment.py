@@ -442,6 +442,7 @@ def test_order_is_crop_flip_autoaugment_cutout():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.interpret
 @pytest.mark.parametrize("C, H, W", [(3, 8, 6), (1, 7, 5)])
 def test_fused_equals_reference_for_every_sub_policy(C, H, W, device):
     B = 25  # every sub-policy once, both steps applied (u = 0), so every op runs
@@ -462,6 +463,8 @@ def test_fused_equals_reference_for_every_sub_policy(C, H, W, device):
     assert torch.equal(x, _images(B, C=C, H=H, W=W, lo=0, seed=31).to(device))  # input untouched
 
 
+@pytest.mark.smoke
+@pytest.mark.interpret
 def test_fused_backend_equals_torch_backend_from_one_generator(device):
     x = _images(20, H=6, W=6, lo=0, seed=33).to(device)
     kw = dict(crop_pad=2, flip=True, autoaugment=True, cutout=3)

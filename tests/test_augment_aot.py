@@ -7,9 +7,12 @@ step on), without AutoAugment, and for a one-channel image with AutoAugment alon
 
 from __future__ import annotations
 
+import pytest
 from aot_util import KernelSpec, compile_kernels
 
 from asgl.train.data.augment_triton import num_warps
+
+pytestmark = pytest.mark.aot
 
 SIGNATURE = {
     "x_ptr": "*u8", "out_ptr": "*u8", "scratch_ptr": "*i32", "lut_ptr": "*i32", "shift_ptr": "*i64",

@@ -322,7 +322,7 @@ def module_pair(device, **kw):
 
 @pytest.mark.interpret
 @pytest.mark.parametrize("kw", [
-    dict(p=0.0, width_granularity="channel", learn_thresh=True),
+    pytest.param(dict(p=0.0, width_granularity="channel", learn_thresh=True), marks=pytest.mark.smoke),
     dict(p=1.0, reset="soft", surrogate="rectangle", momentum=None),
     dict(p=0.0, affine=False, track_running_stats=False, threshold_scale=0.7),
     dict(p=0.0, statistics="per_step"),

@@ -12,6 +12,7 @@ read from memory), on both architectures. Registers per kernel are printed with 
 
 from __future__ import annotations
 
+import pytest
 from aot_util import BINARY_L4, DTYPES, compile_kernels, compile_problems, register_table
 
 from perf.aot import bn_lif_apply_spec as apply_spec
@@ -20,6 +21,8 @@ from perf.aot import bn_lif_bwd_spec as bwd_spec
 from perf.aot import bn_lif_coef_spec as coef_spec
 from perf.aot import bn_lif_fwd_spec as fwd_spec
 from perf.aot import bn_lif_stats_spec as stats_spec
+
+pytestmark = pytest.mark.aot
 
 
 def covering_specs():

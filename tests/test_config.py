@@ -220,6 +220,7 @@ def data_roots(tmp_path_factory):
     return tmp_path_factory.mktemp("data"), {}
 
 
+@pytest.mark.e2e
 @needs_datasets
 @pytest.mark.parametrize("name", CONFIGS)
 def test_shipped_config_builds_model_and_data(name, data_roots):

@@ -41,6 +41,7 @@ def unnormalise(x: torch.Tensor, mean, std) -> torch.Tensor:
 # ---------------------------------------------------------------------------------- config, import
 
 
+@pytest.mark.e2e
 def test_import_without_datasets():
     # None in sys.modules makes any `import datasets` / `import h5py` raise ImportError.
     code = (
@@ -239,6 +240,8 @@ print(json.dumps(report))
 """
 
 
+@pytest.mark.e2e
+@pytest.mark.multiproc
 def test_cached_failure_reaches_every_rank(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_CACHED_WORKER)
@@ -490,6 +493,7 @@ def test_images_decoded_once_then_cached(tmp_path, monkeypatch):
     assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
 
 
+@pytest.mark.e2e
 @needs_datasets
 @pytest.mark.parametrize("source", ["auto", "hub"])
 def test_unreachable_hub_raises_data_not_found(tmp_path, source):

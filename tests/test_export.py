@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 import os
 
-import nir
 import pytest
 import torch
 
-import asgl
-from asgl.export import save_pretrained
-from asgl.train import checkpoint as ckpt_io
-from asgl.train.config import build_config, to_dict
-from asgl.train.export import main
-from asgl.train.run import build_model
+nir = pytest.importorskip("nir", reason="the deploy extra: pip install 'asgl-snn[deploy]'")
+pytest.importorskip("safetensors", reason="the deploy extra: pip install 'asgl-snn[deploy]'")
+
+import asgl  # noqa: E402  (the skips above come first)
+from asgl.export import save_pretrained  # noqa: E402
+from asgl.train import checkpoint as ckpt_io  # noqa: E402
+from asgl.train.config import build_config, to_dict  # noqa: E402
+from asgl.train.export import main  # noqa: E402
+from asgl.train.run import build_model  # noqa: E402
 
 
 def _run_dir(tmp_path, name: str = "digits_cnn", T: int = 2, state_from=None, **model_keys):

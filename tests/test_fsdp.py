@@ -35,6 +35,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.multiproc
+
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 STEPS, SAVE_AT = 6, 3

@@ -20,6 +20,8 @@ import pytest
 from aot_util import all_specs, compile_kernels, compile_problems, config_specs, covering_specs, register_table
 from perf.aot import lif_bwd_spec, lif_finalize_spec, lif_fwd_spec
 
+pytestmark = pytest.mark.aot
+
 
 def check(results):
     problems = []

@@ -442,6 +442,7 @@ def test_torch_compile_fullgraph(device):
     assert not torch.equal(compiled(x), y_comp), "a new torch seed must give a new noise mask"
 
 
+@pytest.mark.smoke
 @pytest.mark.interpret
 def test_module_triton_backend_end_to_end(device):
     """asgl.LIF(backend="triton"): forward and parameter grads equal the torch backend's with the

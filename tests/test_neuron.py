@@ -409,6 +409,7 @@ def test_noise_schedule_raising_p_is_clamped_to_one():
 
 
 # --------------------------------------------------------------------------- import hygiene
+@pytest.mark.e2e
 def test_packages_import_without_datasets_and_without_touching_cuda():
     """``import asgl, kernels`` (and the fused kernel modules) must work where ``datasets`` is absent
     (the GPU image has none) and must not initialise CUDA at import time."""
@@ -536,6 +537,7 @@ def test_unbounded_slope_is_exactly_plain_adam():
     assert torch.equal(a.width_param, b.width_param) and torch.equal(a.decay_logit, b.decay_logit)
 
 
+@pytest.mark.interpret
 def test_slope_floor_same_trajectory_on_both_backends():
     for min_slope in (0.01, None):
         ref = _train_slope("torch", min_slope)

@@ -14,19 +14,21 @@ import contextlib
 import copy
 import io
 
-import nir
-import nirtorch
 import numpy as np
 import pytest
-import snntorch
 import torch
 import torch.nn.functional as F
-from snntorch.import_nir import _nir_to_snntorch_module, import_from_nir
 from torch import nn
 
-import asgl
-from asgl.bn_lif import BatchNormLIF
-from asgl.nir import NIRExportError, to_nir
+nir = pytest.importorskip("nir", reason="the deploy extra: pip install 'asgl-snn[deploy]'")
+nirtorch = pytest.importorskip("nirtorch", reason="the deploy extra: pip install 'asgl-snn[deploy]'")
+snntorch = pytest.importorskip("snntorch", reason="the deploy extra: pip install 'asgl-snn[deploy]'")
+
+from snntorch.import_nir import _nir_to_snntorch_module, import_from_nir  # noqa: E402  (after the skips)
+
+import asgl  # noqa: E402
+from asgl.bn_lif import BatchNormLIF  # noqa: E402
+from asgl.nir import NIRExportError, to_nir  # noqa: E402
 
 DT = 1e-4
 
@@ -249,6 +251,7 @@ def resnet():
     return model, x, to_nir(model, x, dt=DT)
 
 
+@pytest.mark.e2e
 def test_resnet18_through_a_file_and_snntorch(tmp_path, resnet):
     model, x, graph = resnet
     path = tmp_path / "resnet18.nir"
@@ -258,6 +261,7 @@ def test_resnet18_through_a_file_and_snntorch(tmp_path, resnet):
     _check(model, x, 2, "image", ("snntorch", "reference"), nir.read(path))
 
 
+@pytest.mark.e2e
 def test_resnet18_threshold_needs_scale_nodes(resnet):
     """θ ≠ 1: the identity shortcuts carry θ·s, the branch convs have it folded: Scale nodes."""
     model, x, _ = resnet
@@ -270,6 +274,7 @@ def test_resnet18_threshold_needs_scale_nodes(resnet):
     _check(model, x, 2, "image", ("reference",), graph)
 
 
+@pytest.mark.e2e
 def test_graph_structure(resnet):
     """BN folded away, residual sums as edges, the recurrence as a cycle, θ = 1 needs no Scale."""
     model, _, graph = resnet
@@ -305,6 +310,7 @@ def test_threshold_folded_into_the_next_weights():
     assert not any(isinstance(n, nir.Scale) for n in graph.nodes.values())
 
 
+@pytest.mark.e2e
 def test_fused_units_export_through_their_children(resnet):
     """Each BN -> (+ residual) -> LIF is one BatchNormLIF; on the triton backend it runs one fused
     kernel the trace cannot see into. The export traces the torch reference through its bn and lif

@@ -19,6 +19,8 @@ from perf.aot import rlif_blocks
 from perf.aot import rlif_bwd_spec as bwd_spec
 from perf.aot import rlif_fwd_spec as fwd_spec
 
+pytestmark = pytest.mark.aot
+
 BLOCK_H, BLOCK_K, NUM_WARPS = 256, 16, 8  # what asgl.kernels.rlif._blocks(240) picks
 
 

@@ -232,6 +232,7 @@ def test_deterministic_and_eval_needs_no_state(device):
         rtol=0, atol=1e-5)
 
 
+@pytest.mark.smoke
 @pytest.mark.interpret
 def test_recurrent_module_triton_backend_matches_torch_backend(device):
     torch.manual_seed(0)

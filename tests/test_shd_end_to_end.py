@@ -15,6 +15,8 @@ pytest.importorskip("datasets")
 from data_fixtures import write_shd_h5
 from asgl.train.run import main
 
+pytestmark = pytest.mark.e2e
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -24,6 +24,8 @@ import pytest
 from perf.aot import KernelSpec
 from perf.static_model import BASELINE, BUDGETS, loop_cost, natural_loops, parse_sass, variant_table
 
+pytestmark = pytest.mark.aot
+
 REGRESSION = 1.15
 
 

@@ -12,6 +12,8 @@ import torch
 from perf import step_budget as sb
 from asgl.train.config import build_config
 
+pytestmark = pytest.mark.e2e
+
 RECIPE = "configs/cifar10_resnet18_t4.yaml"
 
 

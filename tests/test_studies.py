@@ -34,6 +34,7 @@ def _check_record(rec):
     assert rec["command"].startswith("python train/run.py --config configs/quickstart.yaml")
 
 
+@pytest.mark.e2e
 def test_width_robustness_quick(tmp_path):
     out = tmp_path / "out"
     assert width_robustness.main(["--quick", "--seeds", "1", "--out", str(out), "--runs-dir",
@@ -80,6 +81,7 @@ def test_width_robustness_quick(tmp_path):
         _check_record(rec)
 
 
+@pytest.mark.e2e
 def test_noise_probability_quick(tmp_path):
     out = tmp_path / "out"
     assert noise_probability.main(["--quick", "--seeds", "1", "--out", str(out), "--runs-dir",
@@ -94,6 +96,7 @@ def test_noise_probability_quick(tmp_path):
     _check_png(out / "noise_probability.png")
 
 
+@pytest.mark.e2e
 def test_dynamics_quick(tmp_path):
     out = tmp_path / "out"
     assert dynamics.main(["--quick", "--out", str(out), "--runs-dir", str(tmp_path / "runs")]) == 0
@@ -107,6 +110,7 @@ def test_dynamics_quick(tmp_path):
     _check_png(out / "dynamics.png")
 
 
+@pytest.mark.e2e
 def test_temporal_task_quick(tmp_path):
     out = tmp_path / "out"
     assert temporal_task.main(["--quick", "--seeds", "1", "--out", str(out), "--runs-dir",

@@ -16,6 +16,8 @@ import pytest
 import torch
 from test_trainer import needs_datasets, rows, run, tiny_args, write_tiny_digits
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def tmp(tmp_path_factory):
