@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from asgl.kernels.lif_ref import RESETS, SURROGATES, slope_from_width_param, width_param_from_width
+from asgl.kernels.lif_ref import slope_from_width_param, width_param_from_width
 
 from . import functional as F
 
@@ -19,6 +19,35 @@ GRANULARITIES = ("layer", "channel")
 # Default floor of a learnable sigmoid slope k = 1/α (see LIF.clamp_): k ≥ 0.01 is α ≤ 100, ten times
 # the widest α of the paper's tables (α = 10, k = 0.1), so no recipe of the paper is bounded by it.
 MIN_SIGMOID_SLOPE = 1e-2
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def check_lif_args(*, decay: float = 0.5, thresh: float = 1.0, reset: str = "hard", surrogate: str = "sigmoid",
+                   width: float = 1.0, learn_width: bool = True, width_granularity: str = "layer", p: float = 0.0,
+                   min_slope: float | None = MIN_SIGMOID_SLOPE, backend: str = "auto") -> None:
+    """``ValueError``, its message starting with the argument's name, for a value :class:`LIF` cannot
+    take. The one place these rules live: :class:`LIF` checks its arguments with it, and the
+    trainer's config its ``model`` section (``model.<argument>`` in the message)."""
+    F.check_neuron_args(reset=reset, surrogate=surrogate, p=p)
+    F.check_choice("width_granularity", width_granularity, GRANULARITIES)
+    F.check_choice("backend", backend, F.BACKENDS)
+    if not _finite_positive(width):
+        raise ValueError(f"width (the relaxation width α) must be > 0 and finite, got {width!r}")
+    if not (isinstance(decay, (int, float)) and 0.0 < decay < 1.0):
+        raise ValueError(f"decay (the leak λ) must be in (0, 1), got {decay!r}")
+    if not _finite_positive(thresh):
+        raise ValueError(f"thresh (the threshold θ) must be > 0 and finite, got {thresh!r}")
+    if min_slope is not None:
+        if not _finite_positive(min_slope):
+            raise ValueError(f"min_slope (the floor k_min of the sigmoid slope) must be > 0 and finite, or none "
+                             f"for an unbounded slope, got {min_slope!r}")
+        if surrogate == "sigmoid" and learn_width and 1.0 / width < min_slope:
+            raise ValueError(f"width α = {width!r} is wider than min_slope = {min_slope!r} allows (α ≤ 1/min_slope "
+                             f"= {1.0 / min_slope:g}); lower width or min_slope, or give no min_slope for an "
+                             "unbounded slope")
 
 
 class LIF(nn.Module):
@@ -63,30 +92,9 @@ class LIF(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        if reset not in RESETS:
-            raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
-        if surrogate not in SURROGATES:
-            raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
-        if width_granularity not in GRANULARITIES:
-            raise ValueError(f"width_granularity must be one of {GRANULARITIES}, got {width_granularity!r}")
-        if backend not in F.BACKENDS:
-            raise ValueError(f"backend must be one of {F.BACKENDS}, got {backend!r}")
-        if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
-            raise ValueError(f"width (the relaxation width α) must be a finite number > 0, got {width!r}")
-        if not (isinstance(decay, (int, float)) and 0.0 < decay < 1.0):
-            raise ValueError(f"decay (the leak λ) must be in the open interval (0, 1), got {decay!r}")
-        if not (isinstance(thresh, (int, float)) and math.isfinite(thresh) and thresh > 0):
-            raise ValueError(f"thresh (the threshold θ) must be a finite number > 0, got {thresh!r}")
-        if min_slope is not None:
-            if isinstance(min_slope, bool) or not (
-                isinstance(min_slope, (int, float)) and math.isfinite(min_slope) and min_slope > 0
-            ):
-                raise ValueError(f"min_slope (the floor k_min of the sigmoid slope) must be None or a finite "
-                                 f"number > 0, got {min_slope!r}")
-            if surrogate == "sigmoid" and learn_width and 1.0 / width < min_slope:
-                raise ValueError(f"width α = {width!r} is wider than min_slope = {min_slope!r} allows "
-                                 f"(α ≤ 1/min_slope = {1.0 / min_slope:g}); lower width or min_slope, or set "
-                                 f"min_slope=None for an unbounded slope")
+        check_lif_args(decay=decay, thresh=thresh, reset=reset, surrogate=surrogate, width=width,
+                       learn_width=learn_width, width_granularity=width_granularity, p=p, min_slope=min_slope,
+                       backend=backend)
         if width_granularity == "channel":
             if not (isinstance(channels, int) and channels > 0):
                 raise ValueError(
@@ -127,10 +135,8 @@ class LIF(nn.Module):
 
     @p.setter
     def p(self, value: float) -> None:
-        value = float(value)
-        if not (0.0 <= value <= 1.0):
-            raise ValueError(f"p (the analog-mode probability) must be in [0, 1], got {value!r}")
-        self._p = value
+        F.check_p(value)
+        self._p = float(value)
 
     @property
     def width(self) -> torch.Tensor:
@@ -176,8 +182,8 @@ class LIF(nn.Module):
             )
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        self.check_input(x_seq)
-        return F.lif(
+        self.check_input(x_seq)  # the arguments were checked at construction
+        return F.run_lif(
             x_seq, self.decay_logit, self.width_param, self.thresh, reset=self.reset,
             v_reset=self.v_reset, surrogate=self.surrogate, p=self.p, training=self.training,
             backend=self.backend,
@@ -221,7 +227,7 @@ class RecurrentLIF(LIF):
                 f"RecurrentLIF expects x_seq of shape [T, B, {self.in_features}], got {tuple(x_seq.shape)}"
             )
         wx_seq = torch.nn.functional.linear(x_seq, self.input_weight)
-        return F.recurrent_lif(
+        return F.run_recurrent_lif(
             wx_seq, self.recurrent_weight, self.decay_logit, self.width_param, self.thresh,
             reset=self.reset, v_reset=self.v_reset, surrogate=self.surrogate, p=self.p,
             training=self.training, backend=self.backend,

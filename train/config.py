@@ -29,14 +29,12 @@ from typing import Any, Union
 
 import yaml
 
+from asgl.functional import check_choice
 from asgl.layers import BN_STATISTICS
 from asgl.models import list_models
+from asgl.neuron import check_lif_args
 from asgl.train.data import IMAGE_DATASETS, DataConfig
 
-SURROGATES = ("sigmoid", "rectangle")
-RESETS = ("hard", "soft")
-GRANULARITIES = ("layer", "channel")
-BACKENDS = ("auto", "torch", "triton")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "cyclic_cosine", "none")
 LOSSES = ("ce", "tet")
@@ -256,16 +254,24 @@ def all_keys(cls=RunConfig, prefix: str = "") -> list[str]:
 
 def describe(cls=RunConfig, prefix: str = "") -> dict[str, str]:
     """``{dotted key: one-line description}``, read from the comment after each field in the source
-    (the one place a key is explained), for ``--help``."""
+    (the one place a key is explained), for ``--help``. A comment naming a tuple of names defined
+    beside the class (``one of DATASETS``) shows its members."""
     out = {}
     for name, tp in _fields(cls).items():
         if dataclasses.is_dataclass(tp):
             out.update(describe(tp, f"{prefix}{name}."))
+    module = vars(inspect.getmodule(cls))
+
+    def expand(match: re.Match) -> str:
+        value = module.get(match.group(0))
+        is_names = isinstance(value, tuple) and value and all(isinstance(v, str) for v in value)
+        return " | ".join(value) if is_names else match.group(0)
+
     comments = {}
     for line in inspect.getsource(cls).splitlines():
         match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
         if match:
-            comments[match.group(1)] = match.group(2).strip()
+            comments[match.group(1)] = re.sub(r"\b[A-Z][A-Z_]+\b", expand, match.group(2).strip())
     for name, tp in _fields(cls).items():
         if not dataclasses.is_dataclass(tp):
             out[f"{prefix}{name}"] = comments.get(name, "")
@@ -385,10 +391,10 @@ def _check(ok: bool, key: str, msg: str, value: Any) -> None:
 
 
 def _choice(value: str, key: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}{hint}")
+    try:
+        check_choice(key, value, choices)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _finite(x: float) -> bool:
@@ -400,18 +406,12 @@ def validate(cfg: RunConfig) -> None:
     m, o, n, lo, t = cfg.model, cfg.optim, cfg.noise, cfg.loss, cfg.train
     _choice(m.name, "model.name", tuple(list_models()))
     _check(m.T >= 1, "model.T", "must be >= 1", m.T)
-    _choice(m.surrogate, "model.surrogate", SURROGATES)
-    _check(_finite(m.width) and m.width > 0, "model.width", "(the relaxation width α) must be > 0", m.width)
-    _choice(m.width_granularity, "model.width_granularity", GRANULARITIES)
-    _check(0 < m.decay < 1, "model.decay", "(the leak λ) must be in (0, 1)", m.decay)
-    _check(_finite(m.thresh) and m.thresh > 0, "model.thresh", "(the threshold θ) must be > 0", m.thresh)
-    _choice(m.reset, "model.reset", RESETS)
-    _check(0 <= m.p <= 1, "model.p", "(the analog-mode probability) must be in [0, 1]", m.p)
-    if m.min_slope is not None:
-        _check(_finite(m.min_slope) and m.min_slope > 0, "model.min_slope", "must be > 0 (or null)", m.min_slope)
-        _check(m.surrogate != "sigmoid" or not m.learn_width or m.width * m.min_slope <= 1, "model.width",
-               f"must be <= 1/model.min_slope = {1 / m.min_slope:g} (or model.min_slope null)", m.width)
-    _choice(m.backend, "model.backend", BACKENDS)
+    try:  # the neuron's own rules (asgl.LIF's arguments have the names of these keys)
+        check_lif_args(decay=m.decay, thresh=m.thresh, reset=m.reset, surrogate=m.surrogate, width=m.width,
+                       learn_width=m.learn_width, width_granularity=m.width_granularity, p=m.p,
+                       min_slope=m.min_slope, backend=m.backend)
+    except ValueError as e:
+        raise ConfigError(f"model.{e}") from None
     _choice(m.bn_statistics, "model.bn_statistics", BN_STATISTICS)
 
     _choice(o.name, "optim.name", OPTIMIZERS)
