@@ -83,6 +83,7 @@ def straight(tmp):
 # ---------------------------------------------------------------------------------------- runs
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_quickstart_config_end_to_end(tmp_path):
     """The shipped quickstart on the full digits, shortened to 2 epochs: learns, logs, saves, plots."""
@@ -118,13 +119,14 @@ def test_quickstart_config_end_to_end(tmp_path):
                                                                 "firing_rate.png"}
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_resume_at_epoch_boundary_is_bit_identical(tmp, straight):
     run_dir, _ = straight
     r1 = run(tiny_args(tmp, "split", "--train.stop_after_epochs=1"), tmp)
     assert r1.returncode == 0, r1.stderr
-    assert "resume with --resume" in r1.stdout
     split = tmp / "runs" / "split"
+    assert f"stopped after epoch 1 (step 12) as asked; resume with --resume {split}" in r1.stdout
     r2 = run(["--resume", str(split)], tmp)
     assert r2.returncode == 0, r2.stderr
     a, b = params(run_dir), params(split)
@@ -138,12 +140,14 @@ def test_resume_at_epoch_boundary_is_bit_identical(tmp, straight):
             assert x[key] == y[key], key
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_resume_mid_epoch_is_bit_identical(tmp, straight):
     run_dir, _ = straight
     r1 = run(tiny_args(tmp, "mid", "--train.max_steps=17"), tmp)  # 12 steps/epoch: stops at batch 5 of epoch 2
     assert r1.returncode == 0, r1.stderr
     mid = tmp / "runs" / "mid"
+    assert f"stopped in epoch 2 after batch 5/12 (step 17) as asked; resume with --resume {mid}" in r1.stdout
     ck = torch.load(mid / "last.pt", map_location="cpu", weights_only=True)
     assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 5, 17)
     r2 = run(["--resume", str(mid)], tmp)
@@ -158,6 +162,7 @@ def test_resume_mid_epoch_is_bit_identical(tmp, straight):
         assert ra[1][key] == rb[1][key], key
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_sigint_mid_epoch_saves_last_and_resume_finishes(tmp):
     """SIGINT mid-epoch: finish the step, write last.pt with the position, exit 130; resume completes."""
@@ -188,6 +193,7 @@ def test_sigint_mid_epoch_saves_last_and_resume_finishes(tmp):
     assert torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["global_step"] == 96
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_logged_lr_is_the_epochs_mean_and_a_summary_line_ends_the_run(straight):
     """``lr`` is the mean LR the epoch's 12 steps trained with (cosine over 24 steps from 0.1), not the
@@ -204,6 +210,7 @@ def test_logged_lr_is_the_epochs_mean_and_a_summary_line_ends_the_run(straight):
     assert float(last.rsplit("| ", 1)[1].removesuffix(" s")) > 0
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_debug_ranks_output_leaves_the_run_unchanged(tmp, straight):
     """The per-rank records (indices, eval counts, the forked-RNG noise probe) do not perturb training."""
@@ -219,6 +226,7 @@ def test_debug_ranks_output_leaves_the_run_unchanged(tmp, straight):
     assert len(probes) == 2 and all(probes) and probes[0] != probes[1]  # the stream moves on between epochs
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_bf16_autocast_run_on_cpu(tmp):
     r = run(tiny_args(tmp, "bf16", "--train.mixed_precision=bf16", "--optim.epochs=1"), tmp)
@@ -278,6 +286,7 @@ def test_fp16_step_updates_the_shared_scaler_once_for_both_optimizers():
 # ---------------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("override, message", [
     ("--model.widht=2", "unknown config key 'model.widht' (did you mean 'model.width'?)"),
     ("--optim.lr=fast", "optim.lr: expected a number, got 'fast'"),
@@ -300,6 +309,7 @@ def test_bad_config_exits_2_with_one_clear_message(tmp_path, override, message):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.e2e
 def test_unusable_out_dir_is_a_clear_error(tmp_path):
     (tmp_path / "afile").write_text("x")
     for out_dir in (tmp_path / "afile", tmp_path / "afile" / "deeper"):
@@ -307,6 +317,32 @@ def test_unusable_out_dir_is_a_clear_error(tmp_path):
         assert r.returncode == 2, r.stderr
         assert "is not a folder" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_run_folder_records_what_is_written_and_clears_only_that(tmp_path):
+    from asgl.train import run_folder as rf
+
+    run_dir = tmp_path / "runs" / "r"
+    rf.check(run_dir, overwrite=False)  # not there yet: fine
+    rf.prepare(run_dir, fresh=True)
+    rf.write(run_dir / "config.yaml", b"a")
+    (run_dir / "plots").mkdir()
+    (run_dir / "plots" / "x.png").write_bytes(b"p")
+    rf.record(run_dir / "plots" / "x.png")
+    rf.record(run_dir / "plots" / "y.png")  # a folder is listed once, by its top-level name
+    (run_dir / "mine.txt").write_text("m")
+    assert rf.recorded(run_dir) == ["config.yaml", "plots"]
+    rf.write(tmp_path / "elsewhere.json", b"{}")  # outside any run folder: written, recorded nowhere
+    assert (tmp_path / "elsewhere.json").read_bytes() == b"{}" and not (tmp_path / rf.MANIFEST).exists()
+    with pytest.raises(rf.UsageError, match="exists and is not empty"):
+        rf.check(run_dir, overwrite=False)
+    rf.check(run_dir, overwrite=True)
+    rf.prepare(run_dir, fresh=True)
+    assert sorted(p.name for p in run_dir.iterdir()) == [rf.MANIFEST, "mine.txt"] and rf.recorded(run_dir) == []
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "f").write_text("f")
+    with pytest.raises(rf.UsageError, match="holds no .artifacts record"):
+        rf.check(tmp_path / "plain", overwrite=True)
 
 
 def test_written_files_get_the_usual_permissions(tmp_path):
@@ -318,6 +354,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+@pytest.mark.e2e
 def test_frames_not_matching_T_is_a_config_error_before_anything_is_written(tmp_path):
     r = run(tiny_args(tmp_path, "frames", "--data.name=shd", "--data.frames=3"), tmp_path)  # model.T=2
     assert r.returncode == 2, r.stderr
@@ -325,6 +362,7 @@ def test_frames_not_matching_T_is_a_config_error_before_anything_is_written(tmp_
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.e2e
 def test_missing_data_is_a_clear_error_and_writes_nothing(tmp_path):
     r = run(tiny_args(tmp_path, "nodata"), tmp_path)  # tmp_path/digits does not exist
     assert r.returncode == 2
@@ -332,6 +370,7 @@ def test_missing_data_is_a_clear_error_and_writes_nothing(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_neither_local_files_nor_hub_is_a_clear_error_and_writes_nothing(tmp_path):
     r = run(tiny_args(tmp_path, "hubless", "--data.name=cifar10", "--model.name=resnet18"), tmp_path,
@@ -342,6 +381,7 @@ def test_neither_local_files_nor_hub_is_a_clear_error_and_writes_nothing(tmp_pat
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_existing_run_folder_is_not_overwritten(tmp, straight):
     run_dir, _ = straight
@@ -351,6 +391,54 @@ def test_existing_run_folder_is_not_overwritten(tmp, straight):
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.e2e
+@needs_datasets
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp, straight):
+    run_dir, _ = straight
+    done = tmp / "runs" / "done"
+    done.mkdir()
+    for name, data in snapshot(run_dir).items():
+        (done / name).write_bytes(data)
+    before = snapshot(done)
+    r = run(["--resume", str(done)], tmp)
+    assert r.returncode == 0, r.stderr
+    best = max(rows(run_dir), key=lambda row: row["test_acc"])
+    assert r.stdout == (f"{done} is complete: 2 of 2 epochs done, best test_acc {best['test_acc']:.2f} (epoch "
+                        f"{best['epoch']}); nothing changed (to train on, resume with a larger --optim.epochs)\n")
+    assert snapshot(done) == before and sorted(p.name for p in done.iterdir()) == sorted(before)
+
+
+@pytest.mark.e2e
+@needs_datasets
+def test_overwrite_removes_what_a_run_and_its_eval_and_plots_wrote_and_nothing_else(tmp):
+    """train.overwrite=true clears exactly what the manifest lists: the old run's files, its
+    eval_best.json and plots/ (and logs/, ranks/), not a file of the user's."""
+    pytest.importorskip("matplotlib")
+    first = run(tiny_args(tmp, "ow", "--optim.epochs=1", "--train.debug_ranks=true"), tmp)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp / "runs" / "ow"
+    r = run_eval([str(run_dir), f"--data.root={tmp / 'digits'}", f"--data.cache_dir={tmp / 'cache'}"], tmp)
+    assert r.returncode == 0, r.stderr
+    from asgl.train.plot import main as plot
+
+    assert plot([str(run_dir)]) == 0
+    (run_dir / "notes.txt").write_text("mine")
+    assert set((run_dir / ".artifacts").read_text().split()) == {
+        "config.yaml", "last.pt", "best.pt", "metrics.jsonl", "ranks", "eval_best.json", "plots"}
+    second = run(tiny_args(tmp, "ow", "--optim.epochs=1", "--train.overwrite=true", "--train.seed=1"), tmp)
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == [".artifacts", "best.pt", "config.yaml", "last.pt",
+                                                          "metrics.jsonl", "notes.txt"]
+    assert (run_dir / "notes.txt").read_text() == "mine" and [row["epoch"] for row in rows(run_dir)] == [1]
+    # a folder with no record of what a run wrote there is not cleared
+    (tmp / "runs" / "other").mkdir()
+    (tmp / "runs" / "other" / "data.bin").write_bytes(b"x")
+    r = run(tiny_args(tmp, "other", "--train.overwrite=true"), tmp)
+    assert r.returncode == 2 and "holds no .artifacts record" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in (tmp / "runs" / "other").iterdir()) == ["data.bin"]
+
+
+@pytest.mark.e2e
 @needs_datasets
 def test_corrupt_checkpoint_is_refused_and_nothing_overwritten(tmp, straight):
     run_dir, _ = straight
@@ -376,6 +464,7 @@ def test_corrupt_checkpoint_is_refused_and_nothing_overwritten(tmp, straight):
     assert snapshot(bad) == before
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp):
     """Epoch 1 trains normally; resumed with an absurd LR the loss blows up: exit 1, last.pt untouched."""
@@ -397,6 +486,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp):
     assert "lr: 0.1" in (run_dir / "config.yaml").read_text()
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_nonfinite_loss_before_any_checkpoint_says_so(tmp):
     r = run(tiny_args(tmp, "nan0", "--optim.lr=1e38", "--optim.schedule=none"), tmp)
@@ -406,6 +496,7 @@ def test_nonfinite_loss_before_any_checkpoint_says_so(tmp):
     assert not (tmp / "runs" / "nan0" / "last.pt").exists()
 
 
+@pytest.mark.e2e
 def test_unknown_tracker_is_a_config_error_and_writes_nothing(tmp_path):
     r = run(tiny_args(tmp_path, "tr", "--train.trackers=[tensorbord]"), tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -413,6 +504,7 @@ def test_unknown_tracker_is_a_config_error_and_writes_nothing(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("tracker", ["wandb", "aim", "mlflow", "comet_ml"])
 def test_missing_tracker_package_is_a_config_error_and_writes_nothing(tmp_path, tracker):
     import importlib.util
@@ -445,6 +537,7 @@ def read_tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]
     return out
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_tensorboard_tracker_logs_log_points_and_epochs(tmp):
     """train.trackers=[tensorboard]: the running loss every train.log_every steps, the epoch rows
@@ -462,6 +555,7 @@ def test_tensorboard_tracker_logs_log_points_and_epochs(tmp):
         assert scalars[f"firing_rate/{name}"][-1][1] == pytest.approx(m[-1]["firing_rate"][name])
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_progress_lines_without_a_terminal(straight):
     """stdout is not a terminal here: one line per log point (every 4 steps) with samples/s and ETA."""
@@ -490,6 +584,7 @@ def test_label_smoothing_matches_torch_cross_entropy():
     torch.testing.assert_close(make_criterion(tet, 7)(logits, y), want)
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_clip_grad_norm_off_by_a_huge_bound_and_on_by_a_small_one(tmp, straight):
     run_dir, _ = straight
@@ -504,6 +599,7 @@ def test_clip_grad_norm_off_by_a_huge_bound_and_on_by_a_small_one(tmp, straight)
     assert all(torch.isfinite(v).all() for v in c.values() if v.is_floating_point())
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_channels_last_on_a_cpu_and_the_launchers_mixed_precision_warning(tmp):
     r = run(tiny_args(tmp, "nhwc", "--train.channels_last=true", "--optim.epochs=1"), tmp,
@@ -518,11 +614,30 @@ def test_channels_last_on_a_cpu_and_the_launchers_mixed_precision_warning(tmp):
     assert math.isfinite(row["train_loss"]) and row["test_acc"] >= 0
 
 
+@pytest.mark.e2e
 def test_help_describes_every_key():
+    """--help is for users: how to run, the run folder, every key with its default spelt as in a
+    YAML config (null, true, []), the data set names listed; no walk through the code."""
     r = subprocess.run([*RUN, "--help"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0
-    assert "--optim.clip_grad_norm=None\n      clip the global gradient norm" in r.stdout
-    assert "--data.source='auto'\n      auto: local files" in r.stdout
+    assert r.stdout.startswith("Train an ASGL spiking network.\n")
+    assert "--optim.clip_grad_norm=null\n      clip the global gradient norm" in r.stdout
+    assert "--data.source=auto\n      auto: local files" in r.stdout
+    assert "--model.learn_width=true\n" in r.stdout and "--train.trackers=[]\n" in r.stdout
+    from asgl.train.data import DATASETS
+
+    assert "--data.name=digits\n      one of " + " | ".join(DATASETS) + "\n" in r.stdout
+    import yaml
+
+    from asgl.train.config import RunConfig, flatten, to_dict
+
+    want = flatten(to_dict(RunConfig()))
+    shown = dict(line[4:].split("=", 1) for line in r.stdout.splitlines() if line.startswith("  --"))
+    assert shown.keys() == want.keys()
+    for key, text in shown.items():  # what a YAML config file would say
+        assert yaml.safe_load(text) == want[key], (key, text)
+    assert not {"None", "True", "False", "()"} & set(shown.values()) and "None ->" not in r.stdout
+    assert "parse_command_line" not in r.stdout and "Reads top to bottom" not in r.stdout
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -535,6 +650,7 @@ def run_eval(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=240, env={**e, "PYTHONPATH": str(REPO)})
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_eval_of_a_run_folder_scores_what_training_logged(tmp, straight):
     run_dir, _ = straight
@@ -560,6 +676,7 @@ def test_eval_of_a_run_folder_scores_what_training_logged(tmp, straight):
     assert json.loads(out.read_text())["top1"] == pytest.approx(m[-1]["test_acc"])
 
 
+@pytest.mark.e2e
 @needs_datasets
 def test_eval_refuses_a_checkpoint_of_another_model_and_bad_targets(tmp, straight):
     run_dir, _ = straight
@@ -609,6 +726,8 @@ def test_checkpoint_rng_round_trip_and_errors(tmp_path):
         ck.load(tmp_path / "missing.pt")
 
 
+@pytest.mark.e2e
+@pytest.mark.multiproc
 @needs_datasets
 def test_eval_on_two_ranks_covers_the_test_set_once(tmp, straight):
     """``accelerate launch`` with 2 CPU ranks: each scores its share, the sums are reduced; the result

@@ -92,6 +92,12 @@ def _raw(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind an FSDP2 shard (a ``DTensor``: collective, every rank must call it),
+    or ``t`` itself."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Full model ``state_dict`` on the CPU, keys without wrapper prefixes (``module.``, FSDP's).
 

@@ -38,8 +38,9 @@ import torch
 
 from asgl.train import checkpoint as ckpt_io
 from asgl.train.config import ConfigError, build_config, parse_overrides, take_flags
+from asgl.train import run_folder
 from asgl.train.run import (
-    EXIT_OK, EXIT_USAGE, FiringRates, UsageError, _fail, build_model, evaluate, load_data, make_accelerator,
+    EXIT_OK, EXIT_USAGE, FiringRates, UsageError, build_model, evaluate, fail, load_data, make_accelerator,
     make_criterion, prepare, saved_config, use_channels_last,
 )
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             raise UsageError(f"model: {e}") from None
     except (ConfigError, UsageError, ckpt_io.CheckpointError) as e:
-        return _fail(str(e), EXIT_USAGE)
+        return fail(str(e), EXIT_USAGE)
 
     channels_last = use_channels_last(cfg, data, accelerator.device)
     model.to(accelerator.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_io.load_model_state(model, ckpt["model"])
     except (RuntimeError, ValueError, KeyError) as e:
         detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        return _fail(f"checkpoint {path} does not fit the model {cfg.model.name} of this config: "
+        return fail(f"checkpoint {path} does not fit the model {cfg.model.name} of this config: "
                      f"{detail[:400]}{' ...' if len(detail) > 400 else ''}", EXIT_USAGE)
     del ckpt["model"]
     criterion = make_criterion(cfg, data.num_classes, label_smoothing=0.0)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                   "model": cfg.model.name, "T": cfg.model.T, "data": cfg.data.name, **result,
                   "world_size": accelerator.num_processes}
         report.pop("samples_rank")
-        ckpt_io.write_atomic((json.dumps(report, indent=1) + "\n").encode(), out)
+        run_folder.write(out, (json.dumps(report, indent=1) + "\n").encode())  # recorded in a run folder
         rates = result["firing_rate"]
         fire_text = f"{sum(rates.values()) / len(rates):.3f}" if rates else "-"
         print(f"eval {path} | top1 {result['top1']:.2f} | top5 {result['top5']:.2f} | loss {result['loss']:.4f} | "

@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # a file run from a clone: the repository root, n
 import torch
 
 from asgl.train import checkpoint as ckpt_io
+from asgl.train import run_folder
 from asgl.train.config import ConfigError, build_config, flatten
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ckpt_io.CheckpointError, ConfigError, FileExistsError, ValueError, TypeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    run_folder.record(out)  # written into a run folder: train.overwrite=true clears it with the run
     print(f"exported {args.source} -> {out} ({args.format})", flush=True)
     return EXIT_OK
 

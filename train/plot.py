@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from asgl.train import run_folder
+
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows of ``RUN_DIR/metrics.jsonl`` in order; raises ``FileNotFoundError`` / ``ValueError``."""
@@ -75,6 +77,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         path = out / f"{name}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
+        run_folder.record(path)  # inside a run folder: its manifest lists plots/
         written.append(path)
 
     figure("loss", "loss", "loss", {"train": series("train_loss"), "test": series("test_loss")})

@@ -1,105 +1,50 @@
 """Train an ASGL spiking network.
 
-    accelerate launch train/run.py --config configs/quickstart.yaml [--section.key=value ...]
-    python train/run.py --config configs/quickstart.yaml --optim.epochs=5
-    python train/run.py --resume runs/quickstart [--train.stop_after_epochs=...]
-    python train/run.py --help            (every key, its default and what it means)
+    python train/run.py --config configs/quickstart.yaml [--section.key=value ...]
+    accelerate launch train/run.py --config configs/cifar10_resnet18_t4.yaml    (one GPU or many)
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train/run.py --config ...   (CPU ranks)
+    python train/run.py --resume runs/quickstart [--section.key=value ...]
+    python -m asgl.train.eval runs/quickstart                                     (score best.pt)
 
-Reads top to bottom: ``parse_command_line`` → ``make_accelerator`` → seeds → ``load_data`` →
-``build`` (model, optimizers, LR and noise schedules, Accelerate's prepare, torch.compile) →
-``restore`` (on --resume) → epochs of ``train_epoch`` / ``evaluate`` / log / ``save_checkpoint``.
-``python -m asgl.train.eval`` scores a checkpoint with the same ``evaluate``.
+A value comes from the defaults listed below, then the YAML file, then the --section.key=value
+overrides (--model.T=4 or --model.T 4); a bad key, type or value stops the run before any work,
+with a message naming the key.
 
-Run folder ``RUN_DIR = train.out_dir / train.run_name`` (run_name defaults to the config's name):
+The run folder RUN_DIR = train.out_dir/train.run_name (run_name: the config file's name by default):
 
-    config.yaml        the resolved config (rewritten, with the overrides, on --resume)
-    metrics.jsonl      one JSON row per epoch (appended; on --resume rows past the checkpoint are dropped)
-    last.pt, best.pt   checkpoints (see train/checkpoint.py), written atomically
-    logs/              the local trackers' files (train.trackers, e.g. [tensorboard]; wandb, mlflow, ...
-                       follow their own settings)
-    ranks/rankR.jsonl  per rank (train.debug_ranks=true; for checking sharding, DDP synchronisation
-                       and per-rank noise): the sample indices of each epoch, the number of test
-                       samples it evaluated, and after each epoch a hash of the parameters and a
-                       hash of the first LIF's train-mode output on a fixed input (its noise masks)
+    config.yaml        the resolved config
+    metrics.jsonl      one JSON row per epoch: losses, accuracies (percent), lr (the epoch's mean), p,
+                       width and firing rate per LIF layer, samples/s, peak memory
+    last.pt, best.pt   checkpoints, written atomically
+    logs/              the local trackers' files (train.trackers)
+    ranks/             per-rank records (train.debug_ranks)
+    .artifacts         what was written here: train.overwrite=true removes exactly that, nothing else
 
-stdout gets one line per epoch: ``epoch 3/10 | step 135 | train_loss ... | test_acc ... | p ... |
-lr ... | samples/s ...`` (accuracies in percent) and, at the end, ``done: best test_acc 98.61
-(epoch 6) | run folder runs/quickstart | 23.5 s``. ``lr`` is the mean LR of the epoch's optimizer
-steps (the schedule moves every step); ``peak_mem_mb`` is the epoch's peak allocated CUDA memory,
-or on a CPU the process's peak resident set size so far. The rich progress bar goes to stderr on
-the main process when stderr is a terminal; otherwise (SLURM, nohup, a pipe) stdout gets one line
-per log point: ``step 50/4500 | epoch 1/10 batch 50/450 | loss ... | acc ... | lr ... | samples/s
-... | eta 41m05s`` (the ETA at this invocation's pace, evaluations included).
+stdout: one line per epoch (without a terminal also one per log point, every train.log_every
+optimizer steps), and a last line "done: best test_acc ... | run folder ... | ... s".
 
-Trackers (``train.trackers``: any of Accelerate's ``log_with`` names): the resolved config goes to
-``init_trackers``; at every log point the running ``train/loss``, ``train/acc``, ``lr``, ``p`` and
-each LIF layer's ``width/<layer>``; at each epoch's end the epoch row (test accuracy, top-5, per-layer
-width and firing rate, samples/s, ...). The step axis is the optimizer step. A tracker whose package
-is missing stops the run before any work.
+Resuming: --resume RUN_DIR continues from its last.pt with the config it was trained with, bit-identical
+to an uninterrupted run on the same number of processes (on another number the trainer says what
+changes). Overrides given with --resume apply from there on; train.max_steps, train.stop_after_epochs
+and train.overwrite belong to one invocation. A finished run is reported complete and left unchanged
+(pass a larger --optim.epochs to train on).
 
-Resuming: ``--resume RUN_DIR`` takes the config ``RUN_DIR/last.pt`` was trained with (the one
-config.yaml shows, unless a resume with other overrides failed before saving), applies the
-overrides given, restores model, both optimizers, LR and noise schedules, the RNG states of every
-rank and the data position (epoch and batch), and continues in the same folder: the continuation is bit-identical to an
-uninterrupted run (same world size, device type and thread count; on another world size the
-global batches and schedules carry on, with fresh data shards and noise streams, and the trainer
-says so). Overrides given with --resume replace the saved values (a new ``optim.lr`` applies
-from the current schedule position on); ``train.max_steps``, ``train.stop_after_epochs`` and
-``train.overwrite`` belong to one invocation and are not carried over.
-``train.stop_after_epochs=N`` ends a run after N epochs with the schedules still spanning
-``optim.epochs`` (for time-limited jobs); ``train.max_steps`` stops after that many optimizer
-steps, mid-epoch if need be.
+Stopping: Ctrl-C or SIGTERM finishes the current step, writes last.pt and exits (a second signal aborts
+at once); train.stop_after_epochs=N and train.max_steps=N stop early with last.pt written.
 
-Accelerate: mixed precision comes from the config (``train.mixed_precision``), not the launcher
-(a launcher's ``--mixed_precision`` that disagrees gets a warning, then the config's is used);
-fp16 needs a GPU (on a CPU it is refused: Accelerate would silently run fp32), and its one loss
-scaler serves both optimizers with one ``update()`` per step (see ``optimizer_step``); DDP/FSDP
-and the process count come from ``accelerate launch``. Gradient accumulation is done here
-(``no_sync`` on the micro-batches, the loss divided by the group size, the last group of an epoch
-may be shorter) so its position is part of the resumable state. Host syncs happen only at log
-points (every ``train.log_every`` optimizer steps and at epoch end); a non-finite loss is
-detected there. With ``train.compile=default`` the training forward and backward are compiled
-(``torch.compile``; the fused neurons are custom ops it traces), with ``reduce-overhead`` also
-captured as CUDA graphs (on a GPU); eval runs eager.
-``train.channels_last`` (on by default for image networks on CUDA) keeps the weights and the input
-batches in NHWC memory; ``optim.clip_grad_norm`` clips the global gradient norm of all parameters
-(after the fp16 unscale); ``loss.label_smoothing`` smooths the targets of either loss (test_loss is
-reported without it).
-
-FSDP (``accelerate launch --use_fsdp [--fsdp_version 2]``): the weights are sharded; the neurons'
-learnable decays, widths and thresholds (per layer, often 0-dim) stay whole on every rank (FSDP1:
-the whole neuron modules, a recurrent layer's weights included), and their gradients are averaged
-here before each optimizer step, as DDP would (see ``keep_neurons_whole``). Mixed precision is autocast, as
-under DDP: FSDP keeps, gathers and reduces fp32. FSDP1 and FSDP2 train the same parameters as DDP,
-bit for bit on 2 CPU ranks (fp32 and bf16). Before evaluating, rank 0's buffers (BN running
-statistics) are broadcast, as DDP does, so every rank scores the model the checkpoint holds.
-Checkpoints hold full (gathered) model and optimizer states whatever the wrapper, so a ``last.pt``
-written under FSDP resumes under DDP or on one process and vice versa (bit-identical on the same
-world size). Accelerate enables FSDP on accelerators only: on a CPU it falls back to DDP, and the
-trainer says so.
-
-Stopping: the first SIGINT/SIGTERM finishes the current optimizer step (with several ranks: up to
-the next log point, where the ranks agree), writes ``last.pt`` with the position in the epoch, and
-exits. A second signal aborts at once.
-
-Exit codes: 0 done (or stopped by train.max_steps / train.stop_after_epochs, ``last.pt`` written);
-1 non-finite loss (the last good checkpoint is kept); 2 bad command line, config, data, checkpoint or
-run folder (nothing written); 130 / 143 stopped by SIGINT / SIGTERM after writing ``last.pt``.
-These are the trainer's own (``python train/run.py``); ``accelerate launch`` reports any failure
-of its processes as exit code 1, with a traceback of its own after the trainer's ``error:`` line.
+Exit codes: 0 done; 1 non-finite loss (the last good checkpoint is kept); 2 bad command line, config,
+data, checkpoint, run folder or launch (nothing written); 130 / 143 stopped by SIGINT / SIGTERM after
+writing last.pt. Under accelerate launch, a failing process makes the launcher exit with 1.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import random
-import resource
-import shutil
 import signal
 import sys
 import time
@@ -113,41 +58,52 @@ if __package__ in (None, ""):  # a file run from a clone: the repository root, n
 
 import numpy as np
 import torch
+import yaml
 
 from asgl.train import checkpoint as ckpt_io
+from asgl.train import run_folder
 from asgl.train.config import (
-    ConfigError, RunConfig, build_config, describe, flatten, load_yaml, parse_overrides, take_flags, to_dict,
-    to_yaml,
+    ConfigError, RunConfig, build_config, describe, flatten, load_yaml, parse_overrides, take_flags, to_dict, to_yaml,
 )
 from asgl.train.data import DataNotFoundError
+from asgl.train.epoch_log import EpochLogger, flat_scalars, peak_memory_mb
+from asgl.train.rank_debug import RankDebug
+from asgl.train.run_folder import UsageError
 
 EXIT_OK, EXIT_NONFINITE, EXIT_USAGE = 0, 1, 2
-ARTIFACTS = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "logs", "ranks", "plots")
 INVOCATION_KEYS = ("train.max_steps", "train.stop_after_epochs", "train.overwrite")
 
 
-class UsageError(RuntimeError):
-    """A problem with what the user asked for (run folder, resume target); exit code 2."""
+class RunComplete(Exception):
+    """``--resume`` of a run that has finished all of ``optim.epochs``: nothing to do (exit code 0)."""
 
 
 def _is_main_launch_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _fail(msg: str, code: int) -> int:
-    if _is_main_launch_process():
-        print(f"error: {msg}", file=sys.stderr, flush=True)
+def fail(msg: str, code: int) -> int:
+    """Print ``error: msg`` on stderr and return ``code``. Every process that fails says so: under a
+    launcher the first rank to exit has the others stopped, maybe before the main one could print."""
+    print(f"error: {msg}", file=sys.stderr, flush=True)
     return code
 
 
-def _help() -> str:
-    lines = [__doc__.strip(), "", "Config keys (--section.key=value; default, then what it means):"]
+def _yaml_value(value) -> str:
+    """``value`` as the YAML of a config file spells it (``null``, ``true``, ``[]``, ``0.0005``)."""
+    text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True, width=10**6)
+    return text.removesuffix("...\n").strip()
+
+
+def help_text() -> str:
+    """``--help``: the usage above, then every config key with its default and meaning."""
+    lines = [__doc__.strip(), "", "Config keys (--section.key=value; the default, then what it means):"]
     cfg = RunConfig()
     for key, text in describe().items():
         obj = cfg
         for part in key.split("."):
             obj = getattr(obj, part)
-        lines.append(f"  --{key}={obj!r}" + (f"\n      {text}" if text else ""))
+        lines.append(f"  --{key}={_yaml_value(obj)}" + (f"\n      {text}" if text else ""))
     return "\n".join(lines)
 
 
@@ -155,20 +111,6 @@ def split_argv(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
     """``(config_path, resume_dir, override_args)`` from the command line."""
     values, rest = take_flags(argv, ("--config", "--resume"))
     return values.get("--config"), values.get("--resume"), rest
-
-
-def check_run_dir(run_dir: Path) -> None:
-    """Raise :class:`UsageError` unless ``run_dir`` is a folder, or can be made as one, that we
-    may write into (checked on every rank before anything is written)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"run folder {run_dir} exists and is not a folder (train.out_dir / train.run_name)")
-    base = run_dir
-    while not base.exists():
-        base = base.parent
-    if not base.is_dir():
-        raise UsageError(f"run folder {run_dir}: {base} is not a folder (train.out_dir)")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise UsageError(f"run folder {run_dir}: {base} is not writable (train.out_dir)")
 
 
 def lr_lambda(cfg: RunConfig, steps_per_epoch: int):
@@ -297,15 +239,6 @@ def mean_epoch_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, first_step: int,
     return base * sum(factor(s) for s in range(first_step, first_step + steps)) / max(1, steps)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: max allocated on ``device`` since the last ``torch.cuda.reset_peak_memory_stats`` (the
-    trainer resets it at every epoch start, so this is the epoch's peak); CPU: peak resident set size
-    of this process over its whole life (the OS offers no reset)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
-
-
 TRACKER_PACKAGES = {  # Accelerate's log_with names -> the import names that provide them
     "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "aim": ("aim",), "mlflow": ("mlflow",),
     "comet_ml": ("comet_ml",), "clearml": ("clearml",), "dvclive": ("dvclive",), "swanlab": ("swanlab",),
@@ -326,7 +259,7 @@ def check_trackers(trackers: tuple[str, ...]) -> None:
 
 def parse_command_line(argv: list[str]) -> tuple[RunConfig, Path, dict | None]:
     """``(config, run folder, checkpoint to resume or None)``; raises ConfigError / UsageError /
-    CheckpointError before anything is written."""
+    CheckpointError before anything is written, and :class:`RunComplete` for a finished run."""
     config_path, resume_dir, rest = split_argv(argv)
     overrides = parse_overrides(rest)
     if resume_dir is not None:
@@ -347,6 +280,12 @@ def parse_command_line(argv: list[str]) -> tuple[RunConfig, Path, dict | None]:
         if cfg.train.stop_after_epochs is not None and cfg.train.stop_after_epochs <= done_epochs:
             raise UsageError(f"train.stop_after_epochs={cfg.train.stop_after_epochs}: {run_dir} has already "
                              f"finished epoch {done_epochs}")
+        if done_epochs >= cfg.optim.epochs and int(resume["step_in_epoch"]) == 0:
+            best, best_epoch = float(resume["best_metric"]), resume.get("best_epoch")
+            best_text = (f", best test_acc {best:.2f}" + (f" (epoch {best_epoch})" if best_epoch else "")
+                         if best >= 0 else "")
+            raise RunComplete(f"{run_dir} is complete: {done_epochs} of {cfg.optim.epochs} epochs done{best_text}; "
+                              "nothing changed (to train on, resume with a larger --optim.epochs)")
         if resume["world_size"] != int(os.environ.get("WORLD_SIZE", "1")) and _is_main_launch_process():
             print(f"warning: {run_dir}/last.pt was written by {resume['world_size']} ranks; continuing with "
                   f"{os.environ.get('WORLD_SIZE', '1')}: not bit-identical to an uninterrupted run",
@@ -357,11 +296,7 @@ def parse_command_line(argv: list[str]) -> tuple[RunConfig, Path, dict | None]:
         cfg = build_config(config_path, overrides)
         cfg.train.run_name = cfg.train.run_name or (Path(config_path).stem if config_path else "run")
         run_dir = Path(cfg.train.out_dir) / cfg.train.run_name
-        check_run_dir(run_dir)
-        existing = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
-        if existing and not cfg.train.overwrite:
-            raise UsageError(f"run folder {run_dir} exists and is not empty; resume it with --resume {run_dir}, "
-                             "pick another --train.run_name, or pass --train.overwrite=true")
+        run_folder.check(run_dir, overwrite=cfg.train.overwrite)
         resume = None
     check_trackers(cfg.train.trackers)
     return cfg, run_dir, resume
@@ -378,7 +313,15 @@ def saved_config(tree: dict) -> dict:
 
 def make_accelerator(cfg: RunConfig, run_dir: Path | None = None):
     """The ``Accelerator`` for ``cfg`` (its mixed precision, its trackers logging under
-    ``RUN_DIR/logs``); :class:`UsageError` for a setting this machine cannot run."""
+    ``RUN_DIR/logs``); :class:`UsageError` for a setting this machine cannot run, or a launch that
+    would make each process train alone.
+
+    Mixed precision comes from the config, which is saved with the run and restored on --resume: a
+    launcher's ``--mixed_precision`` that disagrees gets a warning. fp16 needs a GPU (on a CPU
+    Accelerate would silently train in fp32). DDP/FSDP and the process count come from
+    ``accelerate launch``; Accelerate enables FSDP on accelerators only (on a CPU it falls back to
+    DDP, and the trainer says so).
+    """
     from accelerate import Accelerator  # heavy; after the cheap checks
     from accelerate.utils import DistributedType, ProjectConfiguration
 
@@ -402,6 +345,13 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None):
         # Accelerate's FSDP plugin wants a GPU (or another accelerator) to sync module states on.
         raise UsageError(f"FSDP (accelerate launch --use_fsdp): {str(e).splitlines()[0]} FSDP needs a GPU; "
                          "on a CPU use --multi_gpu (DDP)") from None
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        # `accelerate launch --multi_gpu` without GPUs: every process would run as a 1-rank run of
+        # its own, all of them training the same model into the same run folder.
+        raise UsageError(f"the launcher started {launched} processes but Accelerate runs this one alone on "
+                         f"{accelerator.device} (no GPU for it): on a CPU, launch with ACCELERATE_USE_CPU=1 "
+                         f"accelerate launch --multi_gpu --num_processes {launched} ...")
     if cfg.train.mixed_precision == "fp16" and accelerator.scaler is None:
         # On a CPU Accelerate would silently train in fp32 (no fp16 autocast, no loss scaler).
         raise UsageError(f"train.mixed_precision=fp16 needs a GPU (this run is on {accelerator.device}); "
@@ -544,7 +494,7 @@ def evaluate(model: torch.nn.Module, loader, criterion, accelerator, fire: Firin
             "samples": int(n), "samples_rank": local}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class Trainer:
     """Everything one training run holds, built by :func:`build`."""
 
@@ -559,13 +509,12 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     noise: Any
     criterion: Any
+    eval_criterion: Any               # the loss without label smoothing (test_loss)
     fire: FiringRates
     replicated: list                  # FSDP: parameters kept whole on every rank
     channels_last: bool
-    eval_criterion: Any               # the loss without label smoothing (test_loss)
     steps_per_epoch: int
     num_params: int
-    run_dir: Path | None = None
     global_step: int = 0
 
     @property
@@ -579,7 +528,7 @@ class Trainer:
 
     def widths(self) -> dict[str, float]:
         """Mean relaxation width α per LIF layer (a host sync; collective under FSDP2)."""
-        return {name: _full(lif.width.detach()).mean().item() for name, lif in self.lifs}
+        return {name: ckpt_io.full_tensor(lif.width.detach()).mean().item() for name, lif in self.lifs}
 
 
 def prepare(accelerator, cfg: RunConfig, model: torch.nn.Module, optimizer=None, neuron_optimizer=None):
@@ -634,16 +583,29 @@ def build(cfg: RunConfig, accelerator, data) -> Trainer:
     train_model = prepared
     if cfg.train.compile != "none":
         train_model = torch.compile(prepared, mode=None if cfg.train.compile == "default" else cfg.train.compile)
-    return Trainer(cfg, accelerator, data, train_model, prepared, accelerator.unwrap_model(prepared), optimizer,
-                   neuron_optimizer, scheduler, noise, make_criterion(cfg, data.num_classes), fire, replicated,
-                   channels_last, make_criterion(cfg, data.num_classes, label_smoothing=0.0), steps_per_epoch,
-                   num_params)
+    return Trainer(cfg=cfg, accelerator=accelerator, data=data, model=train_model, eval_model=prepared,
+                   core=accelerator.unwrap_model(prepared), optimizer=optimizer, neuron_optimizer=neuron_optimizer,
+                   scheduler=scheduler, noise=noise, criterion=make_criterion(cfg, data.num_classes),
+                   eval_criterion=make_criterion(cfg, data.num_classes, label_smoothing=0.0), fire=fire,
+                   replicated=replicated, channels_last=channels_last, steps_per_epoch=steps_per_epoch,
+                   num_params=num_params)
 
 
-def restore(t: Trainer, resume: dict) -> tuple[int, int, float, int | None, list | None]:
-    """Load a checkpoint into ``t`` (full tensors in; each rank keeps its shard under FSDP).
-    Returns ``(epoch, batch, best, best_epoch, partial sums)`` to continue from; ``ValueError`` (and
-    torch's errors) when it does not fit."""
+@dataclasses.dataclass
+class Position:
+    """Where a run continues: the epoch (0-based, = epochs done) and batch, the best test accuracy so
+    far and its epoch, and the train sums of an interrupted epoch's first part."""
+
+    epoch: int = 0
+    batch: int = 0
+    best: float = -1.0
+    best_epoch: int | None = None
+    partial: list | None = None
+
+
+def restore(t: Trainer, resume: dict) -> Position:
+    """Load a checkpoint into ``t`` (full tensors in; each rank keeps its shard under FSDP) and return
+    the position to continue from; ``ValueError`` (and torch's errors) when it does not fit."""
     cfg, o = t.cfg, t.cfg.optim
     ckpt_io.load_model_state(t.eval_model, resume["model"])
     ckpt_io.load_optimizer_state(t.eval_model, t.optimizer, resume["optimizer"])
@@ -671,7 +633,8 @@ def restore(t: Trainer, resume: dict) -> tuple[int, int, float, int | None, list
         ckpt_io.set_rng_state(resume["rng"][rank])
     else:  # a new world size cannot replay the old streams; derive fresh ones
         torch.manual_seed(cfg.train.seed + rank + 1_000_003 * t.global_step)
-    return start_epoch, start_batch, float(resume["best_metric"]), resume.get("best_epoch"), resume.get("partial")
+    return Position(start_epoch, start_batch, float(resume["best_metric"]), resume.get("best_epoch"),
+                    resume.get("partial"))
 
 
 def save_checkpoint(t: Trainer, run_dir: Path, names: list[str], *, epoch: int, step_in_epoch: int, sums,
@@ -696,7 +659,7 @@ def save_checkpoint(t: Trainer, run_dir: Path, names: list[str], *, epoch: int, 
     if t.accelerator.is_main_process:
         blob = ckpt_io.serialize(state)
         for name in names:
-            ckpt_io.write_atomic(blob, run_dir / f"{name}.pt")
+            run_folder.write(run_dir / f"{name}.pt", blob)
     t.accelerator.wait_for_everyone()
 
 
@@ -712,10 +675,12 @@ class EpochResult:
 
 
 def train_epoch(t: Trainer, epoch: int, start_batch: int, partial, stop: dict, progress=None,
-                on_log=None) -> EpochResult:
-    """Train epoch ``epoch`` from batch ``start_batch``: gradient accumulation over ``grad_accum``
-    micro-batches, one optimizer step per group, host syncs only at log points (every
-    ``train.log_every`` steps and at the end), where ``on_log(step_stats)`` is called.
+                on_log=None, debug: RankDebug | None = None) -> EpochResult:
+    """Train epoch ``epoch`` (0-based) from batch ``start_batch``: gradient accumulation over
+    ``grad_accum`` micro-batches (``no_sync`` on all but the last, the loss divided by the group size,
+    an epoch's last group may be shorter: its position is part of the resumable state), one optimizer
+    step per group, host syncs only at log points (every ``train.log_every`` steps and at the end),
+    where ``on_log(step_stats)`` is called. ``debug``: the ``train.debug_ranks`` records.
 
     ``partial``: the train sums of the interrupted part of this epoch (from a checkpoint) or None.
     ``stop["signal"]``: set by a signal handler; the epoch ends after the current step (with several
@@ -727,11 +692,8 @@ def train_epoch(t: Trainer, epoch: int, start_batch: int, partial, stop: dict, p
     accum, batches = cfg.train.grad_accum, len(data.train)
     t.eval_model.train()
     data.train.set_epoch(epoch, start_batch)
-    if cfg.train.debug_ranks and hasattr(data.train, "batch_indices"):
-        with open(Path(t.run_dir) / "ranks" / f"rank{rank}.jsonl", "a") as f:
-            idx = [b.tolist() for b in data.train.batch_indices()[start_batch:]]
-            f.write(json.dumps({"epoch": epoch, "start_batch": start_batch, "rank": rank, "world": world,
-                                "indices": idx}) + "\n")
+    if debug is not None:
+        debug.epoch_start(epoch, start_batch, data.train)
     # Train sums live on the device; they are read (synced) only at log points and epoch end.
     sums = torch.zeros(2, device=device, dtype=torch.float64)  # Σ loss·B, Σ correct
     seen = 0  # samples this rank trained on this epoch (known on the host)
@@ -805,100 +767,41 @@ def train_epoch(t: Trainer, epoch: int, start_batch: int, partial, stop: dict, p
     return out
 
 
-def _duration(s: float) -> str:
-    s = max(0, int(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def main(argv: list[str] | None = None) -> int:
-    t_start = time.perf_counter()
-    argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
-        print(_help())
-        return EXIT_OK
-
-    # ---------------------------------------------------------------- config (validated up front)
-    try:
-        cfg, run_dir, resume = parse_command_line(argv)
-    except (ConfigError, UsageError, ckpt_io.CheckpointError) as e:
-        return _fail(str(e), EXIT_USAGE)
-    resuming = resume is not None
-
-    # ---------------------------------------------------------------- Accelerator, seeds, data, model
-    try:
-        accelerator = make_accelerator(cfg, run_dir)
-    except UsageError as e:
-        return _fail(str(e), EXIT_USAGE)
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    main_proc = accelerator.is_main_process
+def seed_everything(cfg: RunConfig) -> None:
+    """Seed Python, numpy and torch with ``train.seed``; ``train.deterministic``: deterministic
+    cuDNN/cuBLAS algorithms (the fused neurons are deterministic either way)."""
     if cfg.train.deterministic:
-        # cuDNN/cuBLAS pick nondeterministic algorithms by default (the fused neurons are
-        # deterministic either way). Ops with no deterministic kernel warn instead of failing.
+        # Ops with no deterministic kernel warn instead of failing.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    seed = cfg.train.seed
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    random.seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+
+
+def load_and_build(cfg: RunConfig, accelerator, run_dir: Path, resume: dict | None) -> tuple[Trainer, Position]:
+    """This rank's data, the :class:`Trainer`, and the position to start from (the checkpoint's on
+    --resume); :class:`UsageError` for data, a model or a checkpoint that cannot be used."""
+    data = load_data(cfg, accelerator)
+    if len(data.train) == 0:
+        raise UsageError(f"data: {data.num_train} training samples give no full batch of data.batch_size on "
+                         f"{accelerator.num_processes} rank(s)")
+    t = build(cfg, accelerator, data)
+    if resume is None:
+        return t, Position()
     try:
-        data = load_data(cfg, accelerator)
-        if len(data.train) == 0:
-            raise UsageError(f"data: {data.num_train} training samples give no full batch of data.batch_size on "
-                             f"{world} rank(s)")
-        t = build(cfg, accelerator, data)
-    except UsageError as e:
-        return _fail(str(e), EXIT_USAGE)
-    t.run_dir = run_dir
-    o, m = cfg.optim, cfg.model
-    batches = len(data.train)
-    start_epoch, start_batch, best, best_epoch, partial = 0, 0, -1.0, None, None
-    if resuming:
-        try:
-            start_epoch, start_batch, best, best_epoch, partial = restore(t, resume)
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-            detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-            return _fail(f"checkpoint {run_dir / 'last.pt'} does not fit this run: "
-                         f"{detail[:400]}{' ...' if len(detail) > 400 else ''}", EXIT_USAGE)
-        del resume  # free the CPU copy of the weights
-    from accelerate.utils import DistributedType
+        return t, restore(t, resume)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise UsageError(f"checkpoint {run_dir / 'last.pt'} does not fit this run: "
+                         f"{detail[:400]}{' ...' if len(detail) > 400 else ''}") from None
 
-    sync_buffers_of = t.core if accelerator.distributed_type == DistributedType.FSDP else None
 
-    # train.debug_ranks: the input shape of the first LIF, for the per-rank noise probe below.
-    lifs = t.lifs
-    probe_shape: list[torch.Size] = []
-    if cfg.train.debug_ranks and lifs:
-        def remember_shape(module, args):
-            if not probe_shape:
-                probe_shape.append(args[0].shape)
-
-        lifs[0][1].register_forward_pre_hook(remember_shape)
-
-    def noise_probe_sha256() -> str | None:
-        """Hash of the first LIF's train-mode output on a fixed input, drawn from this rank's RNG
-        streams (forked, so the run is unchanged): with p > 0 it differs between ranks exactly when
-        their noise masks do."""
-        from torch.distributed.fsdp import FSDPModule
-
-        if not probe_shape:
-            return None
-        shape = (probe_shape[0][0], 1, *probe_shape[0][2:])  # [T, 1, ...]: one sample is enough
-        lif, was_training = lifs[0][1], lifs[0][1].training
-        fork = [device] if device.type == "cuda" else []
-        sharded = isinstance(t.eval_model, FSDPModule)  # a recurrent layer's weights are sharded there
-        with torch.random.fork_rng(devices=fork), torch.no_grad():
-            x_seq = torch.linspace(0.0, 2.0 * float(m.thresh), math.prod(shape), device=device).reshape(shape)
-            lif.train()
-            if sharded:
-                t.eval_model.unshard()  # collective: every rank probes
-            y_seq = lif(x_seq)
-            if sharded:
-                t.eval_model.reshard()
-        lif.train(was_training)
-        return hashlib.sha256(y_seq.float().cpu().numpy().tobytes()).hexdigest()
-
-    # ---------------------------------------------------------------- run folder, trackers, signals
+def on_stop_signals() -> dict:
+    """The first SIGINT/SIGTERM sets ``stop["signal"]``: the current optimizer step finishes (with
+    several ranks: up to the next log point, where the ranks agree), ``last.pt`` is written and the
+    run exits; a second signal aborts at once."""
     stop = {"signal": 0}
 
     def on_signal(signum, frame):
@@ -910,196 +813,133 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    return stop
 
-    if main_proc and not resuming:  # created only now: a run that fails to start leaves nothing
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for name in ARTIFACTS:  # train.overwrite=true: clear only what a run writes
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    accelerator.wait_for_everyone()
+
+def open_run_folder(t: Trainer, run_dir: Path, pos: Position, *, fresh: bool) -> None:
+    """Created only now (a run that fails to start leaves nothing) by the main process, which clears
+    it for a fresh run (``train.overwrite``: what the manifest lists), writes ``config.yaml`` and on
+    --resume keeps only the ``metrics.jsonl`` rows the checkpoint has seen; the other ranks wait."""
+    main_proc = t.accelerator.is_main_process
     if main_proc:
-        ckpt_io.write_atomic(to_yaml(cfg).encode(), run_dir / "config.yaml")
+        run_folder.prepare(run_dir, fresh=fresh)
+    t.accelerator.wait_for_everyone()
+    if main_proc:
+        run_folder.write(run_dir / "config.yaml", to_yaml(t.cfg).encode())
         metrics_path = run_dir / "metrics.jsonl"
         if metrics_path.exists():  # keep only rows the checkpoint has seen (a crash may have left more)
             rows = [line for line in metrics_path.read_text().splitlines() if line.strip()]
-            rows = [r for r in rows if json.loads(r)["epoch"] <= start_epoch]
-            ckpt_io.write_atomic("".join(r + "\n" for r in rows).encode(), metrics_path)
-        print(f"run {run_dir} | {m.name} T={m.T} | {data.num_train} train / {data.num_test} test samples "
-              f"({data.origin}) | {world} rank(s) on {device} | {batches} batches/epoch/rank | "
-              f"{t.num_params:,} parameters"
-              + (" | channels_last" if t.channels_last else "")
-              + (f" | resumed at epoch {start_epoch + 1} batch {start_batch}" if start_batch or start_epoch else ""),
-              flush=True)
-    if cfg.train.trackers:
-        flat = {k.replace(".", "/"): v for k, v in _flat_scalars(to_dict(cfg)).items()}
-        accelerator.init_trackers(cfg.train.run_name, config=flat)
-    if cfg.train.debug_ranks:
-        (run_dir / "ranks").mkdir(exist_ok=True)
+            rows = [r for r in rows if json.loads(r)["epoch"] <= pos.epoch]
+            run_folder.write(metrics_path, "".join(r + "\n" for r in rows).encode())
 
-    def kept_checkpoint() -> str:
-        last = run_dir / "last.pt"
-        return (f"The last good checkpoint is kept: {last}" if last.is_file()
-                else "No checkpoint was written yet (none before the first epoch ends).")
 
-    progress = None
-    if main_proc and sys.stderr.isatty():
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def epoch_row(t: Trainer, epoch: int, result: EpochResult, test: dict | None, best: float) -> dict:
+    """The ``metrics.jsonl`` row of epoch ``epoch`` (1-based); ``test``: the evaluation, if one ran."""
+    loss_sum, correct, seen = result.sums
+    widths = t.widths()
+    return {
+        "epoch": epoch, "step": t.global_step, "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
+        "test_loss": test["loss"] if test else None, "test_acc": test["top1"] if test else None,
+        "test_top5": test["top5"] if test else None, "best_test_acc": best if best >= 0 else None,
+        "lr": mean_epoch_lr(t.scheduler, result.first_step, t.steps_per_epoch), "p": result.p, "width": widths,
+        "firing_rate": test["firing_rate"] if test else {},
+        "samples_per_s": result.samples_run * t.accelerator.num_processes / result.time_s,
+        "epoch_time_s": result.time_s, "peak_mem_mb": peak_memory_mb(t.accelerator.device),
+    }
 
-        progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
-                            console=Console(stderr=True), transient=True)
-        progress.start()
-    total_steps = o.epochs * t.steps_per_epoch
-    steps_at_start = t.global_step
 
-    def on_log(s: dict) -> None:
-        """A log point: tracker scalars (every rank computes the widths: collective under FSDP2),
-        and without a terminal one progress line on stdout."""
-        widths = t.widths() if cfg.train.trackers else {}
-        if cfg.train.trackers:
-            accelerator.log({"train/loss": s["loss"], "train/acc": s["acc"], "lr": s["lr"], "p": s["p"],
-                             **{f"width/{k}": v for k, v in widths.items()}}, step=t.global_step)
-        if main_proc and progress is None:
-            rate = s["samples_run"] * world / max(s["elapsed_s"], 1e-9)
-            steps_done = t.global_step - steps_at_start
-            # ETA to the end of optim.epochs at this invocation's pace so far (evaluations included).
-            eta = (time.perf_counter() - t_loop) / max(steps_done, 1) * (total_steps - t.global_step)
-            print(f"step {t.global_step}/{total_steps} | epoch {s['epoch'] + 1}/{o.epochs} "
-                  f"batch {s['batch']}/{s['batches']} | loss {s['loss']:.4f} | acc {s['acc']:.2f} | "
-                  f"lr {s['lr']:.4g} | samples/s {rate:.0f} | eta {_duration(eta)}", flush=True)
+def fit(t: Trainer, run_dir: Path, pos: Position, stop: dict, log: EpochLogger,
+        debug: RankDebug | None) -> tuple[int, Position]:
+    """Epochs from ``pos`` until ``optim.epochs`` (or ``train.stop_after_epochs``, ``train.max_steps``,
+    a signal): train, evaluate the pure SNN, log, checkpoint. Returns the exit code (``EXIT_OK`` or
+    ``EXIT_NONFINITE``) and the position reached (``batch`` > 0: stopped inside an epoch)."""
+    from accelerate.utils import DistributedType
 
-    # ---------------------------------------------------------------- epochs
-    exit_code = EXIT_OK
-    epoch = start_epoch
+    cfg, o, main_proc = t.cfg, t.cfg.optim, t.accelerator.is_main_process
+    sync_buffers_of = t.core if t.accelerator.distributed_type == DistributedType.FSDP else None
     last_epoch = o.epochs if cfg.train.stop_after_epochs is None else min(o.epochs, cfg.train.stop_after_epochs)
-    t_loop = time.perf_counter()
+    epoch, batch, best, best_epoch, partial = pos.epoch, pos.batch, pos.best, pos.best_epoch, pos.partial
     while epoch < last_epoch:
-        result = train_epoch(t, epoch, start_batch, partial, stop, progress, on_log)
+        result = train_epoch(t, epoch, batch, partial, stop, log.progress, log.on_log, debug)
         partial = None
         if result.nonfinite:
-            exit_code = EXIT_NONFINITE
+            last = run_dir / "last.pt"
+            kept = (f"The last good checkpoint is kept: {last}" if last.is_file()
+                    else "No checkpoint was written yet (none before the first epoch ends).")
             if main_proc:
                 print(f"error: non-finite training loss in epoch {epoch + 1} (by step {t.global_step}); stopping. "
-                      f"{kept_checkpoint()}", file=sys.stderr, flush=True)
-            break
+                      f"{kept}", file=sys.stderr, flush=True)
+            return EXIT_NONFINITE, Position(epoch, batch, best, best_epoch)
         if result.stopped_at is not None:  # interrupted mid-epoch: save the position
             save_checkpoint(t, run_dir, ["last"], epoch=epoch, step_in_epoch=result.stopped_at, sums=result.sums,
                             best=best, best_epoch=best_epoch)
-            break
-        loss_sum, correct, seen = result.sums
-
-        # ------------------------------------------------------------ eval: the pure SNN
-        evaluate_now = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == o.epochs
-        row_test = {"test_loss": None, "test_acc": None, "test_top5": None}
-        fire = {}
-        if evaluate_now:
-            ev = evaluate(t.eval_model, data.test, t.eval_criterion, accelerator, t.fire,
-                          channels_last=t.channels_last, sync_buffers_of=sync_buffers_of)
-            fire = ev["firing_rate"]
-            row_test = {"test_loss": ev["loss"], "test_acc": ev["top1"], "test_top5": ev["top5"]}
-            if cfg.train.debug_ranks:  # the ranks' eval shards must cover the test set once
-                with open(run_dir / "ranks" / f"rank{rank}.jsonl", "a") as f:
-                    f.write(json.dumps({"eval_epoch": epoch + 1, "rank": rank,
-                                        "evaluated": ev["samples_rank"]}) + "\n")
-        improved = evaluate_now and row_test["test_acc"] > best
+            return EXIT_OK, Position(epoch, result.stopped_at, best, best_epoch)
+        test = None
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == o.epochs:  # the last epoch always evaluates
+            test = evaluate(t.eval_model, t.data.test, t.eval_criterion, t.accelerator, t.fire,
+                            channels_last=t.channels_last, sync_buffers_of=sync_buffers_of)
+            if debug is not None:  # the ranks' eval shards must cover the test set once
+                debug.evaluated(epoch + 1, test["samples_rank"])
+        improved = test is not None and test["top1"] > best
         if improved:
-            best, best_epoch = row_test["test_acc"], epoch + 1
-
-        # ------------------------------------------------------------ log, schedule, checkpoint
-        widths = t.widths()
-        row = {
-            "epoch": epoch + 1, "step": t.global_step, "train_loss": loss_sum / seen,
-            "train_acc": 100.0 * correct / seen, **row_test, "best_test_acc": best if best >= 0 else None,
-            "lr": mean_epoch_lr(t.scheduler, result.first_step, t.steps_per_epoch), "p": result.p,
-            "width": widths, "firing_rate": fire, "samples_per_s": result.samples_run * world / result.time_s,
-            "epoch_time_s": result.time_s, "peak_mem_mb": peak_memory_mb(device),
-        }
+            best, best_epoch = test["top1"], epoch + 1
+        row = epoch_row(t, epoch + 1, result, test, best)
         t.noise.step()
-        epoch += 1
-        if cfg.train.debug_ranks:  # after DDP's all-reduce every rank must hold the same parameters
-            digest = params_sha256(t.eval_model, t.core)
-            with open(run_dir / "ranks" / f"rank{rank}.jsonl", "a") as f:
-                f.write(json.dumps({"epoch_done": epoch, "rank": rank, "params_sha256": digest,
-                                    "noise_probe_sha256": noise_probe_sha256()}) + "\n")
+        epoch, batch = epoch + 1, 0
+        if debug is not None:
+            debug.epoch_done(epoch)
         save_checkpoint(t, run_dir, ["last", "best"] if improved else ["last"], epoch=epoch, step_in_epoch=0,
                         sums=None, best=best, best_epoch=best_epoch)
-        if main_proc:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            test = (f"test_loss {row['test_loss']:.4f} | test_acc {row['test_acc']:.2f} | best {best:.2f}"
-                    if evaluate_now else "test -")
-            mean_w = sum(widths.values()) / max(1, len(widths))
-            mean_f = f"{sum(fire.values()) / len(fire):.3f}" if fire else "-"
-            print(f"epoch {epoch}/{o.epochs} | step {t.global_step} | train_loss {row['train_loss']:.4f} | "
-                  f"train_acc {row['train_acc']:.2f} | {test} | p {result.p:.3f} | lr {row['lr']:.4g} | "
-                  f"width {mean_w:.3f} | fire {mean_f} | samples/s {row['samples_per_s']:.0f} | "
-                  f"time {result.time_s:.1f}s | mem {row['peak_mem_mb']:.0f}MB", flush=True)
-        if cfg.train.trackers:
-            scalars = {("epoch/" + k if k in ("train_loss", "train_acc", "lr") else k): v
-                       for k, v in _flat_scalars(row).items() if v is not None}
-            accelerator.log(scalars, step=t.global_step)
-        start_batch = 0
+        log.epoch(row)
         if stop["signal"]:
             break
+    return EXIT_OK, Position(epoch, 0, best, best_epoch)
 
-    if progress:
-        progress.stop()
+
+def main(argv: list[str] | None = None) -> int:
+    """The trainer's command line (see the module docstring); returns the exit code."""
+    t_start = time.perf_counter()
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return EXIT_OK
+    try:  # the config, the run folder and the launch are checked before anything is written
+        cfg, run_dir, resume = parse_command_line(argv)
+        accelerator = make_accelerator(cfg, run_dir)
+    except RunComplete as e:
+        if _is_main_launch_process():
+            print(e, flush=True)
+        return EXIT_OK
+    except (ConfigError, UsageError, ckpt_io.CheckpointError) as e:
+        return fail(str(e), EXIT_USAGE)
+    seed_everything(cfg)
+    try:
+        t, pos = load_and_build(cfg, accelerator, run_dir, resume)
+    except UsageError as e:
+        return fail(str(e), EXIT_USAGE)
+    fresh = resume is None
+    del resume  # free the CPU copy of the weights
+    stop = on_stop_signals()
+    open_run_folder(t, run_dir, pos, fresh=fresh)
+    log = EpochLogger(t, run_dir, {k.replace(".", "/"): v for k, v in flat_scalars(to_dict(cfg)).items()})
+    log.header(pos)
+    debug = RankDebug(t, run_dir) if cfg.train.debug_ranks else None
+    exit_code, pos = fit(t, run_dir, pos, stop, log, debug)
+    log.close()
     accelerator.end_training()
-    if exit_code == EXIT_NONFINITE:
-        return EXIT_NONFINITE
+    if exit_code != EXIT_OK:
+        return exit_code
     if stop["signal"] > 0:
-        if main_proc:
+        if accelerator.is_main_process:
             print(f"stopped by {signal.Signals(stop['signal']).name}; resume with --resume {run_dir}",
                   file=sys.stderr, flush=True)
         return 128 + stop["signal"]
-    if main_proc and epoch < o.epochs:
-        print(f"stopped after epoch {epoch} (step {t.global_step}) as asked; resume with --resume {run_dir}",
-              flush=True)
-    if main_proc:
-        best_text = ("no evaluation yet" if best < 0 else f"best test_acc {best:.2f}"
-                     + (f" (epoch {best_epoch})" if best_epoch is not None else ""))
-        print(f"done: {best_text} | run folder {run_dir} | {time.perf_counter() - t_start:.1f} s", flush=True)
+    if accelerator.is_main_process and (pos.batch or pos.epoch < cfg.optim.epochs):
+        where = (f"in epoch {pos.epoch + 1} after batch {pos.batch}/{len(t.data.train)}" if pos.batch
+                 else f"after epoch {pos.epoch}")
+        print(f"stopped {where} (step {t.global_step}) as asked; resume with --resume {run_dir}", flush=True)
+    log.done(pos.best, pos.best_epoch, t_start)
     return EXIT_OK
-
-
-def params_sha256(prepared: torch.nn.Module, core: torch.nn.Module) -> str:
-    """sha256 over the names and full values of every parameter of ``core``, the model inside
-    ``prepared`` (Accelerate's wrapper; collective under FSDP: every rank must call it)."""
-    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
-    if isinstance(prepared, FSDPModule):  # back to the sharded parameters (an eval pass leaves the
-        prepared.reshard()                # root's unsharded ones registered)
-    gather = (FullyShardedDataParallel.summon_full_params(prepared, writeback=False)
-              if isinstance(prepared, FullyShardedDataParallel) else contextlib.nullcontext())
-    digest = hashlib.sha256()
-    with gather:
-        for name, param in core.named_parameters():
-            # A copy: numpy() pins a CPU tensor's storage, and FSDP must free its unsharded params.
-            digest.update(name.encode() + _full(param.detach()).to("cpu", copy=True).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor behind an FSDP2 shard (a ``DTensor``: collective, every rank must call it),
-    or ``t`` itself."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def _flat_scalars(tree: dict, prefix: str = "") -> dict:
-    """Nested dict -> ``{"a/b": number-or-str}`` (TensorBoard wants flat scalars)."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat_scalars(v, f"{prefix}{k}/"))
-        elif isinstance(v, (int, float, str, bool)) or v is None:
-            out[f"{prefix}{k}"] = v
-        elif isinstance(v, (list, tuple)):
-            out[f"{prefix}{k}"] = str(v)
-    return out
 
 
 if __name__ == "__main__":

@@ -72,8 +72,8 @@ class DataConfig:
     autoaugment: bool = False  # images: AutoAugment's CIFAR-10 policy
     # events
     roll: int = 0  # ± pixels random roll
-    frames: int | None = None  # events / audio / shd: time steps (None -> the model's T)
-    resolution: int | None = None  # events: resize frames to this (None -> the sensor's 128)
+    frames: int | None = None  # events / audio / shd: time steps (null -> the model's T)
+    resolution: int | None = None  # events: resize frames to this (null -> the sensor's 128)
     # added keys
     label_column: str | None = None  # images: override the label column (e.g. "coarse_label" for CIFAR-100)
     shuffle_buffer: int = 10_000  # streaming: size of the shuffle buffer

@@ -234,7 +234,7 @@ def plot(summary: list[dict], records: list[dict], path: Path, title: str) -> No
     common.save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None):
     p = common.parser("width_robustness", __doc__.split("\n")[0], default_seeds=3)
     p.add_argument("--part", choices=("sweep", "unbounded", "tuning", "paper_lr", "diagnose", "length", "depth",
                                       "all"), default="all",
@@ -246,7 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-lrs", type=float, nargs="*", default=None,
                    help=f"tuning: SG's weight LRs (default {WEIGHT_LRS}; none: no SG runs)")
     p.add_argument("--tuning-name", default="tuning", help="tuning: stem of the JSON / PNG (default tuning)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     seeds = common.check_seeds(args.seeds)
     shared = QUICK_SHARED if args.quick else SHARED
     alphas = tuple(args.alphas) if args.alphas else QUICK_ALPHAS if args.quick else ALPHAS
