@@ -34,6 +34,7 @@ def _check_record(rec):
     assert rec["command"].startswith("python train/run.py --config configs/quickstart.yaml")
 
 
+@pytest.mark.slow  # every part of the study, about 20 trainer runs: 2-3 minutes on 2 cores
 @pytest.mark.e2e
 def test_width_robustness_quick(tmp_path):
     out = tmp_path / "out"
