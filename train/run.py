@@ -84,8 +84,11 @@ def _is_main_launch_process() -> bool:
 
 def fail(msg: str, code: int) -> int:
     """Print ``error: msg`` on stderr and return ``code``. Every process that fails says so: under a
-    launcher the first rank to exit has the others stopped, maybe before the main one could print."""
-    print(f"error: {msg}", file=sys.stderr, flush=True)
+    launcher the first rank to exit has the others stopped, maybe before the main one could print.
+    One write per line: launchers run Python unbuffered (``-u``), where ``print`` writes the text and
+    its newline apart, and the ranks' lines would interleave on a shared stderr."""
+    sys.stderr.write(f"error: {msg}\n")
+    sys.stderr.flush()
     return code
 
 
