@@ -105,3 +105,10 @@ def test_profile_ncu_repro(tmp_path):
 def test_device_check_script_parses():
     proc = subprocess.run(["bash", "-n", str(ROOT / "perf" / "device_check.sh")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_gpu_estimate_table_of_reproduction_md_is_current():
+    """The §5 table of docs/REPRODUCTION.md is what perf/gpu_estimate.py computes now; the report of
+    train/studies leaves that table to it and finds its own tables current too."""
+    run_script("perf/gpu_estimate.py", "--check")
+    run_script("-m", "asgl.train.studies.report", "--check")

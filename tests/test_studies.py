@@ -208,6 +208,11 @@ def test_report_marker_errors():
     with pytest.raises(ValueError, match="names no known table"):
         report.update_document("<!-- table:bogus -->\n<!-- /table:bogus -->\n", tables)
     assert report.update_document("no markers\n", tables) == "no markers\n"
+    # a table another script writes (perf/gpu_estimate.py) is left as it is
+    text = ("<!-- table:gpu_estimate -->\nkept\n<!-- /table:gpu_estimate -->\n"
+            "<!-- table:width -->\n<!-- /table:width -->\n")
+    assert report.update_document(text, tables, leave=report.WRITTEN_ELSEWHERE) == text.replace(
+        "<!-- table:width -->\n", "<!-- table:width -->\nT\n")
 
 
 # ---- the large test set and the intervals ---------------------------------------------------------
