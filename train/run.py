@@ -60,6 +60,7 @@ import numpy as np
 import torch
 import yaml
 
+import asgl
 from asgl.train import checkpoint as ckpt_io
 from asgl.train import run_folder
 from asgl.train.config import (
@@ -138,8 +139,6 @@ def lr_lambda(cfg: RunConfig, steps_per_epoch: int):
 
 def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> torch.nn.Module:
     """``asgl.create_model`` with the config's network and neuron settings."""
-    import asgl
-
     m = cfg.model
     neuron_kwargs = dict(surrogate=m.surrogate, width=m.width, learn_width=m.learn_width,
                          width_granularity=m.width_granularity, decay=m.decay, learn_decay=m.learn_decay,
@@ -206,8 +205,6 @@ def keep_neurons_whole(accelerator, model: torch.nn.Module) -> list[torch.nn.Par
     also put BatchNorm's weights in 16 bits next to fp32 running statistics (FSDP2; an error on a
     CPU) or its running statistics in 16 bits (Accelerate's FSDP1 policy).
     """
-    import asgl
-
     plugin = accelerator.state.fsdp_plugin
     if accelerator.is_fsdp2:
         kept = asgl.neuron_parameters(model)
@@ -368,8 +365,6 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None):
         print(f"warning: FSDP was asked for (--use_fsdp) but Accelerate runs {accelerator.distributed_type.value} "
               f"on {accelerator.device}: the model is replicated on every rank, not sharded", file=sys.stderr,
               flush=True)
-    import asgl
-
     try:  # the neurons' own backend check, before anything is written (config has checked the name)
         asgl.functional.resolve_backend(cfg.model.backend, torch.empty(0, device=accelerator.device))
     except ValueError:
@@ -403,8 +398,6 @@ def make_criterion(cfg: RunConfig, num_classes: int, label_smoothing: float | No
     """``(logits_seq [T, B, K], labels [B]) -> loss``: CE on the T-mean or TET, with label smoothing
     ``ε`` (default ``loss.label_smoothing``): the target puts ``1 - ε + ε/K`` on the label and ``ε/K``
     on every other class, as ``torch.nn.CrossEntropyLoss(label_smoothing=ε)`` does."""
-    import asgl
-
     eps = cfg.loss.label_smoothing if label_smoothing is None else label_smoothing
 
     def target(y: torch.Tensor) -> torch.Tensor:
@@ -421,8 +414,6 @@ class FiringRates:
     """Counts every LIF's nonzero outputs on eval-mode forwards, on the device (no host sync)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        import asgl
-
         # Names and modules taken before any wrapper (DDP, FSDP) renames the modules.
         self.lifs = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, asgl.LIF)]
         self.names = [name for name, _ in self.lifs]
@@ -554,8 +545,6 @@ def prepare(accelerator, cfg: RunConfig, model: torch.nn.Module, optimizer=None,
 def build(cfg: RunConfig, accelerator, data) -> Trainer:
     """Model, optimizers, LR and noise schedules, prepared by Accelerate (seeded: identical initial
     weights on every rank, then each rank's own noise stream)."""
-    import asgl
-
     rank, device = accelerator.process_index, accelerator.device
     seed = cfg.train.seed
     torch.manual_seed(seed)  # identical initial weights on every rank
@@ -688,8 +677,6 @@ def train_epoch(t: Trainer, epoch: int, start_batch: int, partial, stop: dict, p
     ``partial``: the train sums of the interrupted part of this epoch (from a checkpoint) or None.
     ``stop["signal"]``: set by a signal handler; the epoch ends after the current step (with several
     ranks: at the next log point, where the ranks agree)."""
-    import asgl
-
     cfg, acc, data = t.cfg, t.accelerator, t.data
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     accum, batches = cfg.train.grad_accum, len(data.train)
