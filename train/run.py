@@ -845,7 +845,7 @@ def fit(t: Trainer, run_dir: Path, pos: Position, stop: dict, log: EpochLogger,
     ``EXIT_NONFINITE``) and the position reached (``batch`` > 0: stopped inside an epoch)."""
     from accelerate.utils import DistributedType
 
-    cfg, o, main_proc = t.cfg, t.cfg.optim, t.accelerator.is_main_process
+    cfg, o = t.cfg, t.cfg.optim
     sync_buffers_of = t.core if t.accelerator.distributed_type == DistributedType.FSDP else None
     last_epoch = o.epochs if cfg.train.stop_after_epochs is None else min(o.epochs, cfg.train.stop_after_epochs)
     epoch, batch, best, best_epoch, partial = pos.epoch, pos.batch, pos.best, pos.best_epoch, pos.partial
@@ -856,10 +856,9 @@ def fit(t: Trainer, run_dir: Path, pos: Position, stop: dict, log: EpochLogger,
             last = run_dir / "last.pt"
             kept = (f"The last good checkpoint is kept: {last}" if last.is_file()
                     else "No checkpoint was written yet (none before the first epoch ends).")
-            if main_proc:
-                print(f"error: non-finite training loss in epoch {epoch + 1} (by step {t.global_step}); stopping. "
-                      f"{kept}", file=sys.stderr, flush=True)
-            return EXIT_NONFINITE, Position(epoch, batch, best, best_epoch)
+            code = fail(f"non-finite training loss in epoch {epoch + 1} (by step {t.global_step}); stopping. {kept}",
+                        EXIT_NONFINITE)  # every rank found it at the same log point: each says so
+            return code, Position(epoch, batch, best, best_epoch)
         if result.stopped_at is not None:  # interrupted mid-epoch: save the position
             save_checkpoint(t, run_dir, ["last"], epoch=epoch, step_in_epoch=result.stopped_at, sums=result.sums,
                             best=best, best_epoch=best_epoch)
