@@ -38,7 +38,7 @@ A warm-up call first compiles the kernels, so the profiled launches are the seco
 
 import sys
 
-sys.path.insert(0, {root!r})
+sys.path.insert(0, {root!r})  # the clone that wrote this file: its asgl, installed or not
 
 import torch
 
