@@ -9,7 +9,7 @@ A pretrained folder holds
 
 ``python -m asgl.train.export RUN_DIR OUT_DIR`` writes one from a training run. ``load_pretrained(OUT_DIR)``
 rebuilds the network in evaluation mode on any backend (the torch reference or the Triton kernels).
-``safetensors`` is imported on first use (``pip install asgl[deploy]``).
+``safetensors`` is imported on first use (``pip install 'asgl-snn[deploy]'``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .extras import need
 from .models import create_model
 from .models.registry import SpikingNet
 
@@ -35,11 +36,7 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def _safetensors():
-    try:
-        import safetensors.torch  # noqa: PLC0415
-    except ImportError:
-        raise ImportError("pretrained folders need the `safetensors` package: pip install 'asgl[deploy]'") from None
-    return safetensors.torch
+    return need("safetensors.torch", "pretrained folders (asgl.load_pretrained, save_pretrained)")
 
 
 def check_exportable(model: nn.Module) -> None:

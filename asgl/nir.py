@@ -2,7 +2,7 @@
 
 ``to_nir(model, sample_input)`` returns a ``nir.NIRGraph`` (``nir.write(path, graph)`` saves it)
 that snnTorch, Norse, SpikingJelly, Sinabs, Rockpool, Lava-dl and the neuromorphic hardware stacks
-read. The ``nir`` package is imported on first use: ``pip install asgl[deploy]``.
+read. The ``nir`` package (and numpy) are imported on first use: ``pip install 'asgl-snn[deploy]'``.
 
 How the graph is found. The network runs once on ``sample_input``; every module of a supported
 type becomes a node, and the tensor operations between modules (time folding, residual sums) are
@@ -84,12 +84,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .export import check_exportable
+from .extras import need
 from .layers import TimeBatchNorm2d
 from .neuron import LIF, RecurrentLIF
 
@@ -117,12 +117,7 @@ class NIRExportError(ValueError):
 
 
 def _nir():
-    try:
-        import nir  # noqa: PLC0415
-    except ImportError:
-        raise ImportError("exporting to NIR needs the `nir` package: pip install 'asgl[deploy]' "
-                          "(or pip install nir)") from None
-    return nir
+    return need("nir", "NIR export (asgl.to_nir)")
 
 
 # --------------------------------------------------------------------------------------------- trace
@@ -318,6 +313,8 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _pair(v) -> np.ndarray:
+    import numpy as np  # noqa: PLC0415
+
     return np.array(v if isinstance(v, (tuple, list)) else (v, v), dtype=np.int64)
 
 
@@ -376,6 +373,8 @@ def to_nir(model: nn.Module, sample_input: torch.Tensor, *, dt: float = DEFAULT_
 
 
 def _build(nir, nodes: list[_Node], out_index: int, T: int, B: int, dt: float):
+    import numpy as np  # noqa: PLC0415  (nir's own dependency, imported with it)
+
     consumers: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
     for i, node in enumerate(nodes):
         for j in node.inputs:
@@ -492,6 +491,8 @@ def _build(nir, nodes: list[_Node], out_index: int, T: int, B: int, dt: float):
 
 
 def _pool(nir, m: nn.Module, in_step: tuple[int, ...], name: str):
+    import numpy as np  # noqa: PLC0415  (nir's own dependency, imported with it)
+
     if len(in_step) != 3:
         raise NIRExportError(f"pool {name!r} sees per-step shape {in_step}; NIR's AvgPool2d takes [C, H, W]")
     H, W = in_step[1:]
@@ -512,6 +513,8 @@ def _pool(nir, m: nn.Module, in_step: tuple[int, ...], name: str):
 
 def _lif(nir, m: LIF, step: tuple[int, ...], dt: float, name: str):
     """NIR's LIF for ``m`` (see the module docstring): τ = dt/(1 − λ), R = 1/(1 − λ), float64."""
+    import numpy as np  # noqa: PLC0415
+
     lam = torch.sigmoid(m.decay_logit.detach().double()).cpu().numpy()
     if lam.ndim == 1 and len(step) > 1:  # one decay per channel: broadcast over the spatial dims
         lam = lam.reshape(-1, *([1] * (len(step) - 1)))

@@ -32,14 +32,17 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
+from asgl.extras import command_imports
 
-from asgl.train import checkpoint as ckpt_io
-from asgl.train.config import ConfigError, build_config, parse_overrides, take_flags
-from asgl.train.run import (
-    EXIT_OK, EXIT_USAGE, FiringRates, UsageError, _fail, build_model, evaluate, load_data, make_accelerator,
-    make_criterion, prepare, saved_config, use_channels_last,
-)
+with command_imports(__name__, "python -m asgl.train.eval"):
+    import torch
+
+    from asgl.train import checkpoint as ckpt_io
+    from asgl.train.config import ConfigError, build_config, parse_overrides, take_flags
+    from asgl.train.run import (
+        EXIT_OK, EXIT_USAGE, FiringRates, UsageError, _fail, build_model, evaluate, load_data, make_accelerator,
+        make_criterion, prepare, saved_config, use_channels_last,
+    )
 
 
 def resolve_checkpoint(target: str) -> Path:

@@ -24,10 +24,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
+from asgl.extras import command_imports, need
 
-from asgl.train import checkpoint as ckpt_io
-from asgl.train.config import ConfigError, build_config, flatten
+with command_imports(__name__, "python -m asgl.train.export"):
+    import torch
+
+    from asgl.train import checkpoint as ckpt_io
+    from asgl.train.config import ConfigError, build_config, flatten
 
 EXIT_OK, EXIT_USAGE = 0, 2
 FORMATS = ("safetensors", "nir")
@@ -93,11 +96,11 @@ def export(source: str | Path, out: str | Path, *, format: str = "safetensors", 
     out = Path(out)
     if out.exists():  # checked before the (slow) load as well as when writing
         raise FileExistsError(f"export target {out} already exists; choose another or remove it")
+    writer = need("safetensors" if format == "safetensors" else "nir", f"python -m asgl.train.export --format {format}")
     model, cfg, _ = load_model(Path(source))
     if format == "safetensors":
         return save_pretrained(model, out, name=cfg.model.name)
-    import nir  # noqa: PLC0415
-
+    nir = writer
     _, _, sample_shape = data_dims(cfg.data)
     graph = asgl.to_nir(model, torch.zeros(2, *sample_shape), **({} if dt is None else {"dt": dt}))
     # A temporary file next to it and one rename: a failed write leaves nothing.

@@ -6,7 +6,7 @@ of the source files and the decoding settings), kept on the training device and 
 
 | name | files | input | classes |
 |---|---|---|---|
-| digits | ``data/digits`` (bundled, hub parquet layout) | image ``[B, 1, 8, 8]`` | 10 |
+| digits | ``data/digits`` (bundled in the repository, hub parquet layout) | image ``[B, 1, 8, 8]`` | 10 |
 | cifar10 / cifar100 | ``uoft-cs/cifar10`` / ``uoft-cs/cifar100`` parquet | image ``[B, 3, 32, 32]`` | 10 / 100 |
 | tiny_imagenet | ``zh-plus/tiny-imagenet`` parquet (valid = test) | image ``[B, 3, 64, 64]`` | 200 |
 | shd | ``shd_train.h5`` / ``shd_test.h5`` | sequence ``[B, T, 700]`` | 20 |
@@ -49,7 +49,6 @@ EVENT_DATASETS = ("cifar10_dvs", "dvs128_gesture")
 SEQUENCE_DATASETS = ("shd", "medley_solos")
 DATASETS = IMAGE_DATASETS + EVENT_DATASETS + SEQUENCE_DATASETS
 SOURCES = ("auto", "local", "hub")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -58,7 +57,7 @@ class DataConfig:
 
     name: str = "digits"  # one of DATASETS
     source: str = "auto"  # auto: local files if data.root holds them, else the hub (image sets) | local | hub
-    root: str | None = None  # local folder with the files; null: <repo>/data/<name>
+    root: str | None = None  # local folder with the files; null: ./data/<name>, where the command runs
     hub_id: str | None = None  # image sets: the hub id to load (null: the data set's own, e.g. uoft-cs/cifar10)
     streaming: bool = False  # images: read and decode during epoch 0 instead of materialising first
     workers: int | None = None  # streaming: image-decoding processes; null: min(8, CPUs); 0: in the loop
@@ -179,8 +178,14 @@ def prepare_command(name: str, root: Path) -> str:
     return f"python -m asgl.train.data.prepare {name}" + ("" if Path(root) == default else f" --root {root}")
 
 
+def default_root(name: str) -> Path:
+    """``./data/<name>`` of the working directory (absolute, for messages): where ``data.root: null``
+    looks, as from the repository root ``make quickstart`` finds the bundled ``data/digits``."""
+    return Path.cwd() / "data" / name
+
+
 def _root(cfg: DataConfig) -> Path:
-    return Path(cfg.root) if cfg.root is not None else REPO_ROOT / "data" / cfg.name
+    return Path(cfg.root) if cfg.root is not None else default_root(cfg.name)
 
 
 def _check_train_size(n: int, b_train: int, world_size: int) -> None:
@@ -240,7 +245,7 @@ def _images_missing(cfg: DataConfig, folder: Path, hub_error: BaseException | No
            if hub_id is not None or cfg.name == "digits" else "")
     tail = ["Get it with:", f"    {get}"] if get else []
     if hub_id is not None and hub_error is not None:
-        tail.append("(needs the network; with a warm cache of the hub copy, HF_HUB_OFFLINE=1 loads it offline)")
+        tail.append("(needs the network; a copy of the hub's in the cache (data.cache_dir) loads without it)")
     tail.append("or set data.root to the folder that holds the files"
                 + (", or data.source=hub on a machine that reaches the Hugging Face hub." if hub_id and
                    cfg.source == "local" else "."))
