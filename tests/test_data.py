@@ -516,6 +516,57 @@ def test_unreachable_hub_raises_data_not_found(tmp_path, source):
     assert sorted(p.name for p in tmp_path.iterdir()) == (["hf"] if (tmp_path / "hf").exists() else [])
 
 
+def _silent_server():
+    """A local TCP server that accepts connections and never answers (a hub behind a black hole)."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    return server
+
+
+def test_hub_probe_gives_up_within_its_time():
+    import time
+
+    from asgl.train.data.images import HUB_PROBE_S, hub_reachable
+
+    with _silent_server() as server:
+        start = time.monotonic()
+        assert not hub_reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert time.monotonic() - start < HUB_PROBE_S + 1.0
+    closed = _silent_server()
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: refused at once
+    assert not hub_reachable(f"http://127.0.0.1:{port}")
+
+
+@needs_datasets
+def test_a_run_without_data_or_hub_stops_at_once(tmp_path):
+    """No local files, HF_HUB_OFFLINE unset and a hub that never answers: the run stops after the
+    probe with the one error message, without the hub client's retries (which alone sleep
+    1 + 2 + 4 + 8 + 8 = 23 s, a "Retrying in ..." line each) and without writing the run folder."""
+    import os
+    import time
+
+    with _silent_server() as server:
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                                                 "TRITON_INTERPRET")}
+        env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.getsockname()[1]}", HF_HOME=str(tmp_path / "hf_home"))
+        start = time.monotonic()
+        r = subprocess.run([sys.executable, str(REPO / "train" / "run.py"), "--config",
+                            str(REPO / "configs" / "cifar10_resnet18_t4.yaml"), f"--train.out_dir={tmp_path / 'runs'}",
+                            f"--data.cache_dir={tmp_path / 'cache'}", f"--data.root={tmp_path / 'none'}"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        elapsed = time.monotonic() - start
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: data set 'cifar10': no local files under "), r.stderr
+    assert "is unreachable (no answer within 3 s), and the cache holds no copy" in r.stderr
+    assert "Retry" not in r.stderr and "Traceback" not in r.stderr
+    assert elapsed < 15, elapsed  # the probe gives up after 3 s; the retries it spares take 23 s
+    assert not (tmp_path / "runs").exists()
+
+
 @needs_datasets
 @pytest.mark.parametrize("streaming", [False, True])
 def test_hub_source_loads_through_datasets_like_local_files(tmp_path, streaming):
