@@ -75,11 +75,15 @@ it too). Norse 1.1's importer was read, not run: it ignores ``R`` (assumes R = 1
 Inputs and outputs of the graph are per time step and per sample: an image network's input is one
 image ``[C, H, W]`` given at every step (the network repeats it over T), an event network's is
 frame t, the SHD network's is the 700 input channels at step t; the output is the readout's
-logits at step t (the network's prediction is their mean over the T steps).
+logits at step t (the network's prediction is their mean over the T steps). The input is what the
+network takes, i.e. images normalised: the graph's ``metadata["input"]`` (JSON, see
+:mod:`asgl.preprocess`) gives the mean/std, value range and class names, ``metadata["usage"]``
+says the above in one line.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,12 +94,16 @@ from torch.overrides import TorchFunctionMode
 
 from .export import check_exportable
 from .extras import need
+from .preprocess import Preprocess, check_input_spec
 from .layers import TimeBatchNorm2d
 from .neuron import LIF, RecurrentLIF
 
 __all__ = ["DEFAULT_DT", "NIRExportError", "to_nir"]
 
 DEFAULT_DT = 1e-4  # seconds; the step snnTorch's importer assumes when it turns τ back into a decay
+USAGE = ("one sample per call (no batch dim), {T} calls per sample: an image network's input is the "
+         "normalised image at every step, an event or sequence network's is step t; the prediction is the "
+         "mean (or sum) of the {T} outputs; reset every neuron's state between samples")
 
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
 _IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -336,7 +344,7 @@ def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module, nam
     return w, (b - bn.running_mean.to(dtype)) * scale + beta
 
 
-def to_nir(model: nn.Module, sample_input: torch.Tensor, *, dt: float = DEFAULT_DT):
+def to_nir(model: nn.Module, sample_input: torch.Tensor, *, dt: float = DEFAULT_DT, input_spec: dict | None = None):
     """The evaluation-mode ``model`` as a ``nir.NIRGraph`` (see the module docstring for the mapping).
 
     Args:
@@ -345,13 +353,21 @@ def to_nir(model: nn.Module, sample_input: torch.Tensor, *, dt: float = DEFAULT_
         sample_input: one batch the model accepts (``[B, C, H, W]`` images, ``[B, T, ...]`` events
             or sequences); it only fixes the shapes.
         dt: the time step in seconds that turns each decay λ into NIR's τ = dt/(1 − λ).
+        input_spec: the input description (:mod:`asgl.preprocess`) to record in the graph's
+            metadata; by default that of ``model.preprocess`` (a model from ``asgl.load_pretrained``).
 
     Node names are the module names (``stem.conv``, ``blocks.3.conv2.bn_lif.lif``); a recurrent layer
     ``rnn`` gives ``rnn.in`` (input weights), ``rnn.lif`` and ``rnn.rec`` (recurrent weights).
-    Parameters keep the model's dtype. Raises :class:`NIRExportError` for anything NIR cannot
-    express exactly.
+    Parameters keep the model's dtype. The graph's metadata: ``source`` ("asgl"), ``dt``, ``T``,
+    ``usage`` (how to run it: one sample at a time, T steps, state reset between samples) and, when
+    known, ``input``: the input description as a JSON string (``json.loads`` it: shape, value
+    range, mean/std of the normalisation the graph's input expects, class names). Raises
+    :class:`NIRExportError` for anything NIR cannot express exactly.
     """
     nir = _nir()
+    if input_spec is None and isinstance(getattr(model, "preprocess", None), Preprocess):
+        input_spec = model.preprocess.spec
+    input_json = json.dumps(check_input_spec(input_spec)) if input_spec is not None else None
     _check_model(model)
     if not (isinstance(dt, (int, float)) and not isinstance(dt, bool) and math.isfinite(dt) and dt > 0):
         raise ValueError(f"dt (the time step in seconds) must be a finite number > 0, got {dt!r}")
@@ -369,10 +385,13 @@ def to_nir(model: nn.Module, sample_input: torch.Tensor, *, dt: float = DEFAULT_
         raise NIRExportError(f"the model returned shape {tuple(out.shape)}; the exporter needs per-step outputs "
                              f"[T, B={B}, ...]")
     T = out.shape[0]
-    return _build(nir, nodes, out_index, T, B, float(dt))
+    metadata = {"source": "asgl", "dt": float(dt), "T": T, "usage": USAGE.format(T=T)}
+    if input_json is not None:
+        metadata["input"] = input_json
+    return _build(nir, nodes, out_index, T, B, float(dt), metadata)
 
 
-def _build(nir, nodes: list[_Node], out_index: int, T: int, B: int, dt: float):
+def _build(nir, nodes: list[_Node], out_index: int, T: int, B: int, dt: float, metadata: dict):
     import numpy as np  # noqa: PLC0415  (nir's own dependency, imported with it)
 
     consumers: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
@@ -486,8 +505,7 @@ def _build(nir, nodes: list[_Node], out_index: int, T: int, B: int, dt: float):
     # Input first, output last: importers that walk the nodes in order (nirtorch) expect it.
     graph_nodes = {"input": nir.Input(input_type=np.array(input_shape)), **graph_nodes,
                    "output": nir.Output(output_type=np.array(out_step))}
-    return nir.NIRGraph(nodes=graph_nodes, edges=edges, metadata={"source": "asgl", "dt": dt, "T": T},
-                        type_check=False)
+    return nir.NIRGraph(nodes=graph_nodes, edges=edges, metadata=metadata, type_check=False)
 
 
 def _pool(nir, m: nn.Module, in_step: tuple[int, ...], name: str):

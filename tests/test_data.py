@@ -1003,3 +1003,38 @@ def test_prepare_prints_the_manual_steps(tmp_path, capsys, name, step):
     err = capsys.readouterr().err
     assert step in err and f"python -m asgl.train.data.prepare {name} --root {tmp_path / name}" in err
     assert not (tmp_path / name).exists()
+
+
+# ------------------------------------------------------------------------------ input description
+
+
+@pytest.mark.parametrize("name", ["digits", "cifar10", "cifar100", "tiny_imagenet", "cifar10_dvs", "dvs128_gesture",
+                                  "shd", "medley_solos"])
+def test_every_data_set_describes_its_input(name):
+    """What an export carries (asgl.preprocess's description): valid, consistent with the classes and
+    channels the trainer builds the network with, and with the shapes its loaders produce."""
+    from asgl.preprocess import check_input_spec
+    from asgl.train.data import describe_input
+
+    classes, channels, spec = describe_input(DataConfig(name=name), T=5)
+    assert check_input_spec(spec) == spec
+    assert spec["class_names"] is None or len(spec["class_names"]) == classes
+    expected = {"digits": [1, 8, 8], "cifar10": [3, 32, 32], "cifar100": [3, 32, 32], "tiny_imagenet": [3, 64, 64],
+                "cifar10_dvs": [5, 2, 128, 128], "dvs128_gesture": [5, 2, 128, 128], "shd": [5, 700],
+                "medley_solos": [5, 128]}[name]
+    assert spec["shape"] == expected and channels == expected[0 if spec["kind"] == "image" else 1]
+    coarse = describe_input(DataConfig(name="cifar100", label_column="coarse_label"), T=1)
+    assert coarse[0] == 20 and coarse[2]["class_names"][0] == "aquatic_mammals"
+
+
+def test_digits_class_names_are_the_bundled_files():
+    """The names an export records for the digits are the ClassLabel names of the bundled parquet files."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from asgl.train.data import describe_input
+
+    meta = pq.read_schema(REPO / "data" / "digits" / "plain_text" / "test-00000-of-00001.parquet").metadata
+    names = json.loads(meta[b"huggingface"])["info"]["features"]["label"]["names"]
+    assert describe_input(DataConfig(name="digits"), T=4)[2]["class_names"] == names

@@ -172,6 +172,58 @@ def build_data(cfg: DataConfig, *, T: int, seed: int, rank: int = 0, world_size:
     return bundle
 
 
+def describe_input(cfg: DataConfig, T: int) -> tuple[int, int, dict]:
+    """``(num_classes, in_channels, input description)`` of ``cfg.name`` from the data modules'
+    constants (no files are read). The description is what ``asgl.preprocess`` documents: what one
+    raw sample looks like and what the network takes (an exported network carries it)."""
+    from asgl.preprocess import LAYOUTS
+
+    frames = cfg.frames if cfg.frames is not None else T
+    mean = std = names = None
+    if cfg.name in IMAGE_DATASETS:
+        from .images import CIFAR100_COARSE_CLASSES, IMAGE_SPECS
+
+        spec = IMAGE_SPECS[cfg.name]
+        kind, classes, channels, shape = "image", _num_classes(cfg, spec), spec.channels, [spec.channels, spec.size,
+                                                                                          spec.size]
+        mean, std = list(spec.mean), list(spec.std)
+        if cfg.label_column in (None, spec.label_column):
+            names = spec.class_names
+        elif cfg.name == "cifar100" and cfg.label_column == "coarse_label":
+            names = CIFAR100_COARSE_CLASSES
+        encoding = None
+    elif cfg.name in EVENT_DATASETS:
+        from . import events
+
+        side = cfg.resolution or events.SENSOR
+        kind, channels, shape = "event", 2, [frames, 2, side, side]
+        names = events.CIFAR10_DVS_CLASSES if cfg.name == "cifar10_dvs" else events.GESTURE_CLASS_NAMES
+        classes = len(names)
+        encoding = (f"per-pixel event counts of each polarity: a recording's events split in order into {frames} "
+                    f"frames of equal event count, {events.SENSOR}x{events.SENSOR} resized to {side}x{side} "
+                    "(asgl.train.data.events)")
+    elif cfg.name == "shd":
+        from . import shd
+
+        kind, classes, channels, shape = "sequence", shd.NUM_CLASSES, shd.UNITS, [frames, shd.UNITS]
+        encoding = (f"spike counts of the {shd.UNITS} input channels in {frames} equal bins of the first "
+                    f"{cfg.shd_max_time:g} s (asgl.train.data.shd)")
+    else:
+        from . import audio
+
+        names = audio.INSTRUMENTS
+        kind, classes, channels, shape = "sequence", audio.NUM_CLASSES, 2 * cfg.n_mels, [frames, 2 * cfg.n_mels]
+        encoding = (f"level-crossing spike counts (step {cfg.delta_threshold:g} standard deviations) of {cfg.n_mels} "
+                    f"log-mel bands, up then down, over {frames} steps (asgl.train.data.audio)")
+    description = {"kind": kind, "layout": LAYOUTS[kind], "shape": shape,
+                   "dtype": "uint8" if kind == "image" else "float32",
+                   "value_range": [0, 255] if kind == "image" else [0, None], "mean": mean, "std": std,
+                   "class_names": list(names) if names is not None else None}
+    if encoding is not None:
+        description["encoding"] = encoding
+    return classes, channels, description
+
+
 def prepare_command(name: str, root: Path) -> str:
     """The command that fetches (or explains how to get) ``name`` into ``root``."""
     default = _root(DataConfig(name=name))

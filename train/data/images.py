@@ -42,7 +42,28 @@ class ImageSpec:
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    class_names: tuple[str, ...] | None = None  # of label_column's labels 0..K-1 (the hub's ClassLabel names)
 
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
+    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
+    "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest",
+    "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard",
+    "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
+    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine", "possum",
+    "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper",
+    "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone",
+    "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf",
+    "woman", "worm",
+)
+CIFAR100_COARSE_CLASSES = (
+    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables", "household_electrical_devices",
+    "household_furniture", "insects", "large_carnivores", "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes", "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates",
+    "people", "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
+)
 
 IMAGE_SPECS: dict[str, ImageSpec] = {
     # mean/std of the 1,437 training images of the bundled split (pixels / 255).
@@ -50,7 +71,7 @@ IMAGE_SPECS: dict[str, ImageSpec] = {
         None,
         {"train": "plain_text/train-*.parquet", "test": "plain_text/test-*.parquet"},
         {"train": "train", "test": "test"},
-        "image", "label", 10, 1, 8, (0.3054,), (0.3760,),
+        "image", "label", 10, 1, 8, (0.3054,), (0.3760,), tuple(str(d) for d in range(10)),
     ),
     "cifar10": ImageSpec(
         "uoft-cs/cifar10",
@@ -59,16 +80,17 @@ IMAGE_SPECS: dict[str, ImageSpec] = {
         # The ASGL authors' normalisation (the common CIFAR-10 "std" 0.2023..., which is not the
         # pixel std 0.2470, 0.2435, 0.2616): inputs come out ~1.2x wider than unit variance, as in
         # the paper's runs.
-        "img", "label", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
+        "img", "label", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), CIFAR10_CLASSES,
     ),
     # CIFAR-100: the pixel mean/std of its training set (what CIFAR-100 recipes normalise with).
     "cifar100": ImageSpec(
         "uoft-cs/cifar100",
         {"train": "cifar100/train-*.parquet", "test": "cifar100/test-*.parquet"},
         {"train": "train", "test": "test"},
-        "img", "fine_label", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        "img", "fine_label", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), CIFAR100_CLASSES,
     ),
     # Tiny-ImageNet's labelled held-out split is "valid" (10,000 images); it serves as the test set.
+    # Its labels index WordNet ids the hub copy's card lists; none are kept here (class_names None).
     "tiny_imagenet": ImageSpec(
         "zh-plus/tiny-imagenet",
         {"train": "data/train-*.parquet", "test": "data/valid-*.parquet"},
@@ -294,10 +316,11 @@ def num_rows(source: ImageSource, split: str, cache_dir: str) -> int:
 
 
 def normaliser(spec: ImageSpec, device: torch.device | str):
-    """uint8 ``[B, C, H, W]`` → float32 ``(x/255 - mean) / std``."""
-    mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1) * 255.0
-    inv = 1.0 / (torch.tensor(spec.std, device=device).view(1, -1, 1, 1) * 255.0)
-    return lambda x: (x.float() - mean) * inv
+    """uint8 ``[B, C, H, W]`` → float32 ``(x/255 - mean) / std``: the arithmetic of ``asgl.Preprocess``,
+    which an exported network applies to raw images (:func:`asgl.preprocess.image_normaliser`)."""
+    from asgl.preprocess import image_normaliser
+
+    return image_normaliser(spec.mean, spec.std, device)
 
 
 def synthetic_train_loader(cfg, num_samples: int, *, seed: int = 0, device: torch.device | str = "cpu"):
