@@ -125,8 +125,8 @@ class Tracer(TorchFunctionMode):
         kind, name = kind_of(module), self.names[module] or type(module).__name__
         if kind == "unsupported":
             raise GraphError(
-                f"layer {name!r} ({type(module).__name__}) is not a layer the graph tracer knows; supported: Conv2d, Linear, "
-                "batch norm after a conv/linear layer, AvgPool2d, AdaptiveAvgPool2d, Flatten, asgl.LIF, "
+                f"layer {name!r} ({type(module).__name__}) is not a layer the graph tracer knows; supported: Conv2d, "
+                "Linear, batch norm after a conv/linear layer, AvgPool2d, AdaptiveAvgPool2d, Flatten, asgl.LIF, "
                 "asgl.RecurrentLIF, Identity, Dropout")
         src = self.source(args, f"layer {name!r} ({type(module).__name__})")
         self.pending = (kind, name, src, tuple(next(_tensors(args)).shape))

@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -95,6 +95,9 @@ from .extras import need
 from .graph import GraphError, Node, consumers, step_shape, trace_steps
 from .neuron import LIF
 from .preprocess import Preprocess, check_input_spec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["DEFAULT_DT", "NIRExportError", "to_nir"]
 
@@ -133,7 +136,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _pair(v) -> np.ndarray:
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     return np.array(v if isinstance(v, (tuple, list)) else (v, v), dtype=np.int64)
 
@@ -196,7 +199,7 @@ def to_nir(model: nn.Module, sample_input: torch.Tensor, *, dt: float = DEFAULT_
 
 
 def _build(nir, nodes: list[Node], out_index: int, T: int, B: int, dt: float, metadata: dict):
-    import numpy as np  # noqa: PLC0415  (nir's own dependency, imported with it)
+    import numpy as np  # nir's own dependency, imported with it
 
     consumers_of = consumers(nodes, out_index)
 
@@ -302,7 +305,7 @@ def _build(nir, nodes: list[Node], out_index: int, T: int, B: int, dt: float, me
 
 
 def _pool(nir, m: nn.Module, in_step: tuple[int, ...], name: str):
-    import numpy as np  # noqa: PLC0415  (nir's own dependency, imported with it)
+    import numpy as np  # nir's own dependency, imported with it
 
     if len(in_step) != 3:
         raise NIRExportError(f"pool {name!r} sees per-step shape {in_step}; NIR's AvgPool2d takes [C, H, W]")
@@ -324,7 +327,7 @@ def _pool(nir, m: nn.Module, in_step: tuple[int, ...], name: str):
 
 def _lif(nir, m: LIF, step: tuple[int, ...], dt: float, name: str):
     """NIR's LIF for ``m`` (see the module docstring): τ = dt/(1 − λ), R = 1/(1 − λ), float64."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     lam = torch.sigmoid(m.decay_logit.detach().double()).cpu().numpy()
     if lam.ndim == 1 and len(step) > 1:  # one decay per channel: broadcast over the spatial dims

@@ -41,9 +41,9 @@ FORMATS = ("safetensors", "nir")
 
 def load_model(source: Path) -> tuple[torch.nn.Module, object, Path]:
     """The network of a run folder (its ``best.pt``) or of a checkpoint file, in eval mode, on the CPU."""
-    from asgl.export import check_state_fits  # noqa: PLC0415
-    from asgl.train.data import describe_input  # noqa: PLC0415
-    from asgl.train.run import build_model  # noqa: PLC0415
+    from asgl.export import check_state_fits
+    from asgl.train.data import describe_input
+    from asgl.train.run import build_model
 
     path = source / "best.pt" if source.is_dir() else source
     if source.is_dir() and not path.is_file() and (source / "last.pt").is_file():
@@ -65,9 +65,9 @@ def load_model(source: Path) -> tuple[torch.nn.Module, object, Path]:
 
 def export(source: str | Path, out: str | Path, *, format: str = "safetensors", dt: float | None = None) -> Path:
     """Write the network of ``source`` (run folder or checkpoint) to ``out``; returns ``out``."""
-    import asgl  # noqa: PLC0415
-    from asgl.export import save_pretrained  # noqa: PLC0415
-    from asgl.train.data import describe_input  # noqa: PLC0415
+    import asgl
+    from asgl.export import save_pretrained
+    from asgl.train.data import describe_input
 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
