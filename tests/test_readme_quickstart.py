@@ -1,7 +1,8 @@
-"""The README's "Export and deploy" section, run as written on a quickstart run: its shell commands
-(the export to a folder and to NIR) and its two Python blocks (raw uint8 test digits through
-``asgl.load_pretrained`` and ``model.preprocess``, then the NIR graph through snnTorch), taken from
-the README itself so that the documented path is the tested one."""
+"""The README's commands on a quickstart run, taken from the README itself and run as written, so
+that the documented path is the tested one: the evaluation (operations and energy included), and
+the "Export and deploy" section: its shell commands (the export to a folder and to NIR) and its two
+Python blocks (raw uint8 test digits through ``asgl.load_pretrained`` and ``model.preprocess``, then
+the NIR graph through snnTorch)."""
 
 from __future__ import annotations
 
@@ -19,18 +20,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Export and deploy"
+EVALUATE = "**Evaluate**"
 
 pytest.importorskip("datasets", reason="reading the digits parquet files needs the datasets package")
 pytest.importorskip("snntorch")
 pytest.importorskip("safetensors")
 
 
-def readme_blocks(section: str) -> list[tuple[str, str]]:
-    """``[(language, code)]`` of the fenced blocks of the README section that starts with ``section``."""
+def readme_blocks(marker: str) -> list[tuple[str, str]]:
+    """``[(language, code)]`` of the fenced blocks of the README from ``marker`` (a section heading or
+    a paragraph's bold lead) to the next heading or bold lead."""
     text = (REPO / "README.md").read_text()
-    start = text.index(section)
-    end = text.find("\n## ", start + len(section))
-    return re.findall(r"```(\w+)\n(.*?)```", text[start:end if end >= 0 else None], flags=re.S)
+    start = text.index(marker) + len(marker)
+    ends = [i for i in (text.find("\n## ", start), text.find("\n**", start)) if i >= 0]
+    return re.findall(r"```(\w+)\n(.*?)```", text[start:min(ends) if ends else None], flags=re.S)
 
 
 def shell_commands(code: str) -> list[list[str]]:
@@ -133,3 +136,41 @@ def test_snntorch_runs_the_nir_graph_as_the_readme_shows(workdir, deployed):
     assert predictions.shape == (360,)
     assert torch.equal(predictions, logits.argmax(-1))
     assert "the same class as asgl for 100.00%" in deployed["stdout"]
+
+
+def test_eval_as_the_readme_shows(workdir):
+    """The README's evaluation command: the trainer's numbers for best.pt, and the operation count.
+    Its per-layer firing rates are those of the trainer's own counter; the ANN MACs of digits_cnn
+    by hand: conv 1->32 at 8x8: 32·64·9 = 18,432; 32->64 at 8x8: 64·64·32·9 = 1,179,648; after the
+    pool 64->64 at 4x4: 64·16·64·9 = 589,824; the classifier 256·10 = 2,560."""
+    ((lang, code),) = readme_blocks(EVALUATE)
+    (command,) = shell_commands(code)
+    r = subprocess.run(command, cwd=workdir, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((workdir / "runs" / "quickstart" / "eval_best.json").read_text())
+    (line,) = r.stdout.splitlines()
+    assert line.startswith(f"eval runs/quickstart/best.pt | top1 {best_test_acc(workdir):.2f} | ")
+    assert report["top1"] == best_test_acc(workdir)
+    assert "| per sample: SOPs " in line and "(assumed 0.9 pJ/AC, 4.6 pJ/MAC)" in line
+    ops = report["operations"]
+    assert ops["assumptions"]["pj_per_ac"] == 0.9 and ops["assumptions"]["pj_per_mac"] == 4.6
+    layers = ops["layers"]
+    assert list(layers) == ["features.0.conv", "features.1.conv", "features.3.conv", "head.module.1"]
+    assert [row["ann_macs"] for row in layers.values()] == [18432, 1179648, 589824, 2560]
+    assert layers["features.0.conv"]["macs"] == 4 * 18432 and layers["features.0.conv"]["sops"] == 0
+    for row in list(layers.values())[1:]:
+        assert row["firing_rate"] == report["firing_rate"][row["input"]] and row["sops"] > 0 and row["macs"] == 0
+        assert row["energy_pj"] == pytest.approx(0.9 * row["sops"])
+    total = ops["total"]
+    for key in ("sops", "macs", "ann_macs", "energy_pj", "ann_energy_pj"):
+        assert total[key] == pytest.approx(sum(row[key] for row in layers.values())), key
+    assert total["ann_energy_pj"] == pytest.approx(4.6 * 1790464)
+
+    out = workdir / "runs" / "cheap_adds.json"
+    r = subprocess.run([*command, "--pj-per-ac=0.45", f"--out={out}"], cwd=workdir, env=env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cheap = json.loads(out.read_text())["operations"]["total"]
+    assert cheap["sops"] == total["sops"] and cheap["energy_pj"] == pytest.approx(0.45 * total["sops"] + 4.6 * total["macs"])
+    r = subprocess.run([*command, "--pj-per-mac=-1"], cwd=workdir, env=env(), capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: --pj-per-mac") and "Traceback" not in r.stderr
