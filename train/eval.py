@@ -60,7 +60,7 @@ with command_imports(__name__, "python -m asgl.train.eval"):
 
 
 # What an evaluation writes into a run folder by default: eval_<checkpoint>.json beside the run's
-# best.pt or last.pt. The run's files and these are what train.overwrite clears.
+# best.pt or last.pt; train.overwrite must clear these with the run's own files (train/run.py).
 CHECKPOINTS = ("best", "last")
 RUN_FOLDER_FILES = tuple(f"eval_{name}.json" for name in CHECKPOINTS)
 
