@@ -79,9 +79,11 @@ _PASS = ("pool", "flatten", "add")  # linear maps that keep a spike one event: f
 @dataclass
 class _Synapses:
     name: str  # the layer's module name ("<name>.in" / "<name>.rec": a recurrent layer's two weight matrices)
-    source: int  # node index of what feeds it: 0 the network's input, else a spiking node
+    order: tuple[int, int]  # (node index, 0 input weights / 1 recurrent weights): the order layers run in
     macs: int  # dense multiply-accumulates of one sample at one step
-    fanout: torch.Tensor | None  # [*source step shape] float64 (None for the network's input)
+    # what feeds it: (node index, fan-out) with node 0 the network's input (fan-out None: dense MACs)
+    # or a spiking node (fan-out float64 [*its step shape]); several where a sum feeds the layer
+    inputs: list[tuple[int, torch.Tensor | None]]
 
 
 def _window_areas(size: int, out: int) -> torch.Tensor:
@@ -111,15 +113,13 @@ def _ones_layer(node: Node, x: torch.Tensor, recurrent: bool = False) -> torch.T
         if m.padding_mode != "zeros":
             raise GraphError(f"convolution {node.name!r} pads with {m.padding_mode!r}; the operation count "
                              "knows zero padding only")
-        return F.conv2d(x, torch.ones_like(m.weight, dtype=torch.float64), None, m.stride, m.padding, m.dilation,
+        return F.conv2d(x, torch.ones(m.weight.shape, dtype=torch.float64), None, m.stride, m.padding, m.dilation,
                         m.groups)
-    if node.kind == "linear":
-        return F.linear(x, torch.ones_like(m.weight, dtype=torch.float64))
-    weight = m.recurrent_weight if recurrent else m.input_weight
-    return F.linear(x, torch.ones_like(weight, dtype=torch.float64))
+    weight = m.weight if node.kind == "linear" else m.recurrent_weight if recurrent else m.input_weight
+    return F.linear(x, torch.ones(weight.shape, dtype=torch.float64))
 
 
-def fanout_map(nodes: list[Node], route: list[int], target: int, in_step: tuple[int, ...], T: int, B: int,
+def fanout_map(nodes: list[Node], route: list[int], target: int, in_step: tuple[int, ...],
                recurrent: bool = False) -> torch.Tensor:
     """How many (weight, output) pairs of synaptic node ``target`` each element of a ``[*in_step]``
     value reaches through the nodes of ``route`` (pools, flattens, sums), as float64 ``[*in_step]``:
@@ -163,13 +163,13 @@ class OpCounter:
         self.sources = [i for i, node in enumerate(nodes) if node.kind in _SPIKING]
         self.names = {0: "input", **{i: nodes[i].name for i in self.sources}}
         self.steps = {i: step_shape(nodes[i].out_shape, T, B, nodes[i].name) for i in self.sources}
-        self.layers: list[_Synapses] = []
+        layers: dict[str, _Synapses] = {}
         for src in [0, *self.sources]:
             in_step = self.steps.get(src)  # the network's input needs none: it drives dense MACs
             if src and nodes[src].kind == "rnn":  # its recurrent weights act on its own spikes
                 node = nodes[src]
-                self.layers.append(_Synapses(f"{node.name}.rec", src, node.module.hidden ** 2,
-                                             fanout_map(nodes, [], src, in_step, T, B, recurrent=True)))
+                layers[f"{node.name}.rec"] = _Synapses(f"{node.name}.rec", (src, 1), node.module.hidden ** 2, [
+                    (src, fanout_map(nodes, [], src, in_step, recurrent=True))])
             for target, route in self._synapses_from(src, nodes, taken):
                 node = nodes[target]
                 out_step = step_shape(node.out_shape, T, B, node.name)
@@ -181,8 +181,9 @@ class OpCounter:
                 else:
                     macs = node.module.hidden * node.module.input_weight.shape[1]
                 name = f"{node.name}.in" if node.kind == "rnn" else node.name
-                fanout = None if src == 0 else fanout_map(nodes, route, target, in_step, T, B)
-                self.layers.append(_Synapses(name, src, macs, fanout))
+                layer = layers.setdefault(name, _Synapses(name, (target, 0), macs, []))
+                layer.inputs.append((src, None if src == 0 else fanout_map(nodes, route, target, in_step)))
+        self.layers = sorted(layers.values(), key=lambda layer: layer.order)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.counts = {i: torch.zeros(self.steps[i], dtype=torch.float64, device=device) for i in self.sources}
         self.elements = torch.zeros(len(self.sources), dtype=torch.float64, device=device)
@@ -242,14 +243,18 @@ class OpCounter:
         reduce = reduce or (lambda t: t)
         counts = {i: reduce(c).cpu() for i, c in self.counts.items()}
         elements = reduce(self.elements).cpu()
-        rate = {i: float(counts[i].sum() / elements[k]) if elements[k] else 0.0 for k, i in enumerate(self.sources)}
+        index = {i: k for k, i in enumerate(self.sources)}
         ann_steps = 1 if self.static_input else self.T
         layers, total = {}, dict.fromkeys(("sops", "macs", "ann_macs", "energy_pj", "ann_energy_pj"), 0.0)
         for s in self.layers:
-            sops = 0.0 if s.fanout is None else float((counts[s.source] * s.fanout).sum()) / samples
-            macs = float(self.T * s.macs) if s.fanout is None else 0.0
+            spiking = [(i, fanout) for i, fanout in s.inputs if i != 0]
+            sops = sum(float((counts[i] * fanout).sum()) for i, fanout in spiking) / samples
+            macs = float(self.T * s.macs) if len(spiking) < len(s.inputs) else 0.0
             ann = float(ann_steps * s.macs)
-            row = {"input": self.names[s.source], "firing_rate": None if s.source == 0 else rate[s.source],
+            fired = sum(float(counts[i].sum()) for i, _ in spiking)
+            seen = sum(float(elements[index[i]]) for i, _ in spiking)
+            row = {"input": " + ".join(self.names[i] for i, _ in s.inputs),
+                   "firing_rate": (fired / seen if seen else 0.0) if spiking else None,
                    "sops": sops, "macs": macs, "ann_macs": ann, "energy_pj": pj_per_ac * sops + pj_per_mac * macs,
                    "ann_energy_pj": pj_per_mac * ann}
             layers[s.name] = row

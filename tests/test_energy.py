@@ -110,18 +110,19 @@ def test_fanout_of_a_strided_conv_and_through_pools_by_hand():
                         SeqToANN(nn.Conv2d(1, 5, 3, stride=2, padding=1, bias=False)))
     counter = OpCounter(_Seq(net), torch.zeros(2, 1, 4, 4), static_input=True)
     reach = torch.tensor([1.0, 2.0, 1.0, 1.0], dtype=torch.float64)
-    torch.testing.assert_close(counter.layers[1].fanout, (5 * reach[:, None] * reach[None, :])[None], rtol=0, atol=0)
+    ((_, fan),) = counter.layers[1].inputs
+    torch.testing.assert_close(fan, (5 * reach[:, None] * reach[None, :])[None], rtol=0, atol=0)
 
     pooled = nn.Sequential(SeqToANN(nn.Conv2d(1, 1, 1, bias=False)), asgl.LIF(backend="torch"),
                            SeqToANN(nn.AvgPool2d(2), nn.Conv2d(1, 5, 3, padding=1, bias=False)))
-    fan = OpCounter(_Seq(pooled), torch.zeros(2, 1, 8, 8), static_input=True).layers[1].fanout
+    ((_, fan),) = OpCounter(_Seq(pooled), torch.zeros(2, 1, 8, 8), static_input=True).layers[1].inputs
     taps = torch.tensor([2.0, 3.0, 3.0, 2.0], dtype=torch.float64)  # rows of the pooled 4x4 map
     cell = 5 * taps[:, None] * taps[None, :]
     torch.testing.assert_close(fan[0], cell.repeat_interleave(2, 0).repeat_interleave(2, 1), rtol=0, atol=0)
 
     glob = nn.Sequential(SeqToANN(nn.Conv2d(1, 3, 1, bias=False)), asgl.LIF(backend="torch"),
                          SeqToANN(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 7)))
-    fan = OpCounter(_Seq(glob), torch.zeros(2, 1, 4, 4), static_input=True).layers[1].fanout
+    ((_, fan),) = OpCounter(_Seq(glob), torch.zeros(2, 1, 4, 4), static_input=True).layers[1].inputs
     assert fan.shape == (3, 4, 4) and bool((fan == 7).all())
 
 
@@ -134,6 +135,37 @@ class _Seq(nn.Module):
 
     def forward(self, x):
         return self.body(image_sequence(x, 2, 1))
+
+
+class _Sum(nn.Module):
+    """Two neurons on the same 4x4 image (1x1 convs of weight 1 and 1/4) summed into a 1x1 conv to 3
+    channels: each spike of either reaches 3 weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.a_conv, self.b_conv = (SeqToANN(nn.Conv2d(1, 1, 1, bias=False)) for _ in range(2))
+        self.a, self.b = asgl.LIF(decay=0.5, backend="torch"), asgl.LIF(decay=0.5, backend="torch")
+        self.out = SeqToANN(nn.Conv2d(1, 3, 1, bias=False))
+        with torch.no_grad():
+            self.a_conv.module.weight.fill_(1.0)
+            self.b_conv.module.weight.fill_(0.25)
+
+    def forward(self, x):
+        x_seq = image_sequence(x, 2, 1)
+        return self.out(self.a(self.a_conv(x_seq)) + self.b(self.b_conv(x_seq)))
+
+
+def test_a_sum_of_spiking_inputs_passes_every_spike_on():
+    """Pixels 1.5 and 4.0: a fires at both at each of the 2 steps (4 spikes), b (input 0.375 and 1.0)
+    only at the second (2 spikes; 0.375 leaks to 0.5625 < 1 at step 2): (4 + 2) · 3 = 18 SOPs."""
+    model = _Sum().eval()
+    counter = OpCounter(model, torch.zeros(2, 1, 4, 4), static_input=True)
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 0, 1], x[0, 0, 2, 3] = 1.5, 4.0
+    with torch.no_grad():
+        model(x)
+    row = counter.report(samples=1)["layers"]["out.module"]
+    assert (row["input"], row["sops"], row["firing_rate"], row["ann_macs"]) == ("a + b", 18.0, 6 / 64, 48.0)
 
 
 @pytest.mark.parametrize("name,shape,static", [
@@ -149,12 +181,13 @@ def test_every_kind_of_network_is_counted(name, shape, static):
     counter = OpCounter(model, torch.zeros(shape), static_input=static)
     convs = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     assert {s.name for s in counter.layers} >= set(convs) - {"rnn.in", "rnn.rec"}
-    assert {counter.names[s.source] for s in counter.layers if s.source} == {
+    assert {counter.names[i] for s in counter.layers for i, _ in s.inputs if i} == {
         n for n, m in model.named_modules() if isinstance(m, asgl.LIF)}
     for s in counter.layers:
-        if s.fanout is None:
+        ((source, fanout),) = s.inputs  # one input each: no sum feeds a layer in these networks
+        if fanout is None:
             continue
-        total = float(s.fanout.sum())
+        total = float(fanout.sum())
         assert total > 0 and total == int(total), s.name
         m = convs.get(s.name)
         if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1):
