@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bn_lif import neuron_output_module
 from .graph import GraphError, Node, consumers, step_shape, trace_steps
 
 __all__ = ["PJ_PER_AC", "PJ_PER_MAC", "OpCounter", "fanout_map"]
@@ -187,7 +188,9 @@ class OpCounter:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.counts = {i: torch.zeros(self.steps[i], dtype=torch.float64, device=device) for i in self.sources}
         self.elements = torch.zeros(len(self.sources), dtype=torch.float64, device=device)
-        self._handles = [nodes[i].module.register_forward_hook(self._hook(k, i)) for k, i in enumerate(self.sources)]
+        # a neuron inside a fused unit (BatchNormLIF) is computed by the unit, not called: hook the unit
+        self._handles = [neuron_output_module(model, nodes[i].module).register_forward_hook(self._hook(k, i))
+                         for k, i in enumerate(self.sources)]
 
     @staticmethod
     def _synapses_from(src: int, nodes: list[Node], taken: dict[int, list[int]]):

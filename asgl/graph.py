@@ -6,7 +6,7 @@ execution order. A node is a layer (``conv``, ``linear``, ``bn``, ``pool``, ``fl
 ``rnn``: an ``asgl.RecurrentLIF``), a sum of two activations (``add``) or the ``input``; identities
 and changes of the time/batch layout (time folding, ``expand`` of an image over T) are no nodes.
 The units the networks are built from (``ConvBNLIF``, ``BatchNormLIF``) are traced through like
-any container. Anything else on the path from input to output (another layer type, a ReLU, a max
+any container (a fused unit as its unfused composition: its bn and lif children). Anything else on the path from input to output (another layer type, a ReLU, a max
 pool, adding a constant) raises :class:`GraphError` naming it.
 
 Users: :func:`asgl.to_nir` (NIR export) and :mod:`asgl.energy` (operation counts).
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .bn_lif import BatchNormLIF
 from .layers import TimeBatchNorm2d
 from .neuron import LIF, RecurrentLIF
 
@@ -185,14 +186,18 @@ def trace(model: nn.Module, x: torch.Tensor) -> tuple[list[Node], int, torch.Ten
         if kind_of(module) is not None:
             handles.append(module.register_forward_pre_hook(tracer.pre_hook))
             handles.append(module.register_forward_hook(tracer.post_hook))
-    # The trace runs every neuron on the torch reference: a fused module that dispatches on its
-    # neuron's backend (BatchNormLIF's bn_lif_fused kernel) then goes through its bn and lif
-    # children, whose operations the trace sees; the fused kernels compute that reference.
+    # The trace runs every neuron on the torch reference, and a fused unit (BatchNormLIF) as its
+    # unfused composition, so that it goes through its bn and lif children, whose operations the
+    # trace sees; the fused kernels and the unit's reference compute that composition.
     neurons = [m for m in model.modules() if isinstance(m, LIF)]
     backends = [m.backend for m in neurons]
+    units = [m for m in model.modules() if isinstance(m, BatchNormLIF)]
+    fused = [m.fused for m in units]
     try:
         for m in neurons:
             m.backend = "torch"
+        for m in units:
+            m.fused = False
         with torch.no_grad(), tracer:
             tracer.mark(x, 0)
             out = model(x)
@@ -201,6 +206,8 @@ def trace(model: nn.Module, x: torch.Tensor) -> tuple[list[Node], int, torch.Ten
             h.remove()
         for m, backend in zip(neurons, backends):
             m.backend = backend
+        for m, was_fused in zip(units, fused):
+            m.fused = was_fused
     if not isinstance(out, torch.Tensor) or id(out) not in tracer.producer:
         raise GraphError("the model's output is not computed from its input by supported layers")
     return tracer.nodes, tracer.producer[id(out)], out

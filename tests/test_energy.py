@@ -200,6 +200,30 @@ def test_every_kind_of_network_is_counted(name, shape, static):
     assert report["total"]["ann_macs"] == sum(row["ann_macs"] for row in report["layers"].values())
 
 
+@pytest.mark.interpret
+def test_neurons_inside_fused_units_are_counted():
+    """On the triton backend a conv -> BN -> LIF unit computes its neuron in one fused op without
+    calling the LIF child: the counter reads the unit's output, every spike of it."""
+    model = asgl.create_model("digits_cnn", T=2, backend="triton").eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.bias.fill_(0.7)  # firing rates of some 10-50 %
+    counter = OpCounter(model, torch.zeros(2, 1, 8, 8), static_input=True)
+    seen = {}
+    units = {n: m for n, m in model.named_modules() if isinstance(m, asgl.BatchNormLIF)}
+    for name, unit in units.items():
+        unit.register_forward_hook(lambda m, a, y, name=name: seen.__setitem__(name, y.detach().clone()))
+    with torch.no_grad():
+        model(torch.rand(3, 1, 8, 8))
+    report = counter.report(samples=3)
+    for name, y in seen.items():
+        rate = float((y != 0).double().mean())
+        assert 0.02 < rate < 0.9, (name, rate)
+        consumers = [row for row in report["layers"].values() if row["input"] == f"{name}.lif"]
+        assert consumers and all(row["firing_rate"] == rate for row in consumers), name
+
+
 def test_what_the_count_does_not_model_is_refused():
     relu = nn.Sequential(SeqToANN(nn.Conv2d(1, 1, 1)), asgl.LIF(backend="torch"), SeqToANN(nn.ReLU()))
     with pytest.raises(GraphError, match="operation count: layer .*ReLU"):
