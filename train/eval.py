@@ -59,24 +59,13 @@ with command_imports(__name__, "python -m asgl.train.eval"):
     )
 
 
-# What an evaluation writes into a run folder by default: eval_<checkpoint>.json beside the run's
-# best.pt or last.pt; train.overwrite must clear these with the run's own files (train/run.py).
-CHECKPOINTS = ("best", "last")
-RUN_FOLDER_FILES = tuple(f"eval_{name}.json" for name in CHECKPOINTS)
-
-
-def default_out(checkpoint: Path) -> Path:
-    """``eval_<checkpoint name>.json`` beside the checkpoint (one of :data:`RUN_FOLDER_FILES` in a run folder)."""
-    return checkpoint.with_name(f"eval_{checkpoint.stem}.json")
-
-
 def resolve_checkpoint(target: str) -> Path:
     """A run folder's ``best.pt`` (else ``last.pt``), or the checkpoint file itself."""
     path = Path(target)
     if path.is_dir():
-        for name in CHECKPOINTS:
-            if (path / f"{name}.pt").is_file():
-                return path / f"{name}.pt"
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
         raise UsageError(f"{path}: no best.pt or last.pt (not a run folder, or no epoch finished yet)")
     if not path.exists():
         raise UsageError(f"{path}: no such run folder or checkpoint")
@@ -131,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = ckpt_io.load(path)
         cfg = build_config(None, overrides, base=saved_config(ckpt["config"]))
         cfg.train.trackers = ()  # an evaluation logs to its JSON file only
-        out = out or default_out(path)
+        out = out or path.with_name(f"eval_{path.stem}.json")
         if out.is_dir():
             raise UsageError(f"--out {out} is a folder; give a file name")
         if not out.parent.is_dir():
