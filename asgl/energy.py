@@ -185,9 +185,11 @@ class OpCounter:
                 layer = layers.setdefault(name, _Synapses(name, (target, 0), macs, []))
                 layer.inputs.append((src, None if src == 0 else fanout_map(nodes, route, target, in_step)))
         self.layers = sorted(layers.values(), key=lambda layer: layer.order)
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        self.counts = {i: torch.zeros(self.steps[i], dtype=torch.float64, device=device) for i in self.sources}
-        self.elements = torch.zeros(len(self.sources), dtype=torch.float64, device=device)
+        # Spike counts per neuron and output elements per spiking layer, float64 on the device the
+        # model runs on (moved there with the first counted output: the counter may be built before
+        # the model is moved).
+        self.counts = {i: torch.zeros(self.steps[i], dtype=torch.float64) for i in self.sources}
+        self.elements = torch.zeros(len(self.sources), dtype=torch.float64)
         # a neuron inside a fused unit (BatchNormLIF) is computed by the unit, not called: hook the unit
         self._handles = [neuron_output_module(model, nodes[i].module).register_forward_hook(self._hook(k, i))
                          for k, i in enumerate(self.sources)]
@@ -219,6 +221,9 @@ class OpCounter:
             if module.training:
                 return
             flat = output.detach().reshape(-1, *shape)
+            if self.elements.device != flat.device:
+                self.counts = {j: c.to(flat.device) for j, c in self.counts.items()}
+                self.elements = self.elements.to(flat.device)
             self.counts[i] += (flat != 0).sum(0, dtype=torch.float64)
             self.elements[k] += flat.numel()
 

@@ -132,17 +132,17 @@ def main(argv: list[str] | None = None) -> int:
             model = build_model(cfg, data.num_classes, data.in_channels)
         except ValueError as e:
             raise UsageError(f"model: {e}") from None
+        try:  # the operation count's hooks, on the model as built (its graph traced once, on the CPU)
+            sample = torch.zeros(2, *describe_input(cfg.data, cfg.model.T)[2]["shape"])
+            ops = OpCounter(model, sample, static_input=data.input_kind == "image")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     except (ConfigError, UsageError, ckpt_io.CheckpointError) as e:
         return _fail(str(e), EXIT_USAGE)
 
     channels_last = use_channels_last(cfg, data, accelerator.device)
     model.to(accelerator.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     fire = FiringRates(model, accelerator.device)
-    try:
-        sample = torch.zeros(2, *describe_input(cfg.data, cfg.model.T)[2]["shape"], device=accelerator.device)
-        ops = OpCounter(model, sample, static_input=data.input_kind == "image")
-    except ValueError as e:
-        return _fail(str(e), EXIT_USAGE)
     model = prepare(accelerator, cfg, model)[0]
     try:
         ckpt_io.load_model_state(model, ckpt["model"])
