@@ -6,8 +6,9 @@ execution order. A node is a layer (``conv``, ``linear``, ``bn``, ``pool``, ``fl
 ``rnn``: an ``asgl.RecurrentLIF``), a sum of two activations (``add``) or the ``input``; identities
 and changes of the time/batch layout (time folding, ``expand`` of an image over T) are no nodes.
 The units the networks are built from (``ConvBNLIF``, ``BatchNormLIF``) are traced through like
-any container (a fused unit as its unfused composition: its bn and lif children). Anything else on the path from input to output (another layer type, a ReLU, a max
-pool, adding a constant) raises :class:`GraphError` naming it.
+any container (a fused unit as its unfused composition: its bn and lif children). Anything else
+on the path from input to output (another layer type, a ReLU, a max pool, adding a constant)
+raises :class:`GraphError` naming it.
 
 Users: :func:`asgl.to_nir` (NIR export) and :mod:`asgl.energy` (operation counts).
 """
