@@ -21,13 +21,14 @@ from .layers import (
 from .models import create_model, list_models, register_model
 from .neuron import LIF, RecurrentLIF, clamp_neuron_params_, clamp_thresholds_, neurons
 from .nir import to_nir
+from .preprocess import Preprocess
 from .optim import build_optimizers, neuron_parameters, weight_param_groups
 from .schedule import NoiseSchedule
 
 __all__ = [
-    "BatchNormLIF", "LIF", "NoiseSchedule", "RecurrentLIF", "SeqToANN", "TimeBatchNorm", "TimeBatchNorm1d",
-    "TimeBatchNorm2d", "bn_lif", "build_optimizers", "clamp_neuron_params_", "clamp_thresholds_", "create_model",
-    "fold_time", "functional", "layers", "list_models", "load_pretrained", "mean_ce_loss", "mean_over_time", "models",
-    "neuron_parameters", "neurons", "optim", "register_model", "tet_loss", "to_nir", "unfold_time",
-    "weight_param_groups",
+    "BatchNormLIF", "LIF", "NoiseSchedule", "Preprocess", "RecurrentLIF", "SeqToANN", "TimeBatchNorm",
+    "TimeBatchNorm1d", "TimeBatchNorm2d", "bn_lif", "build_optimizers", "clamp_neuron_params_", "clamp_thresholds_",
+    "create_model", "fold_time", "functional", "layers", "list_models", "load_pretrained", "mean_ce_loss",
+    "mean_over_time", "models", "neuron_parameters", "neurons", "optim", "register_model", "tet_loss", "to_nir",
+    "unfold_time", "weight_param_groups",
 ]

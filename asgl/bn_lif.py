@@ -28,7 +28,7 @@ from . import functional as F
 from .layers import TimeBatchNorm
 from .neuron import LIF
 
-__all__ = ["BatchNormLIF"]
+__all__ = ["BatchNormLIF", "neuron_output_module"]
 
 
 class BatchNormLIF(nn.Module):
@@ -100,3 +100,10 @@ class BatchNormLIF(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
+
+
+def neuron_output_module(model: nn.Module, lif: LIF) -> nn.Module:
+    """The module of ``model`` whose forward returns ``lif``'s output, for forward hooks that read
+    neuron outputs: the :class:`BatchNormLIF` that owns ``lif`` (its fused op and its reference
+    compute the neuron without calling the child), else ``lif`` itself."""
+    return next((m for m in model.modules() if isinstance(m, BatchNormLIF) and m.lif is lif), lif)

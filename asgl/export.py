@@ -3,13 +3,27 @@
 A pretrained folder holds
 
     config.json          {"format": "asgl-pretrained-v1", "model": name, "num_classes", "T",
-                          "in_channels", "neuron": {the LIF arguments}} — create_model's arguments
+                          "in_channels", "neuron": {the LIF arguments}, "input": {...} or null}:
+                          create_model's arguments, and what the network's input is (below)
     model.safetensors    the model's state_dict (weights, BN running statistics, neuron decays,
                          widths, thresholds), readable without running pickled code
 
+``"input"`` is the data set's input description (:mod:`asgl.preprocess`): layout and shape of one
+sample, raw dtype and value range, the normalisation mean/std, class names. ``load_pretrained``
+turns it into ``model.preprocess``, an :class:`asgl.preprocess.Preprocess` (a module whose buffers
+follow ``model.to``; not in the state dict), so that raw samples score what the trainer measured::
+
+    model = asgl.load_pretrained("runs/digits")
+    logits = model(model.preprocess(images_uint8))      # per-step logits [T, B, K]; predict their mean
+
+(A separate ``preprocess`` rather than normalising inside ``forward``: the network keeps taking
+what it was trained on, so a caller that normalises already, ``asgl.to_nir`` and the state dict
+see the same model as before, and ``preprocess`` can refuse input that is plainly normalised
+already instead of normalising it twice.)
+
 ``python -m asgl.train.export RUN_DIR OUT_DIR`` writes one from a training run. ``load_pretrained(OUT_DIR)``
 rebuilds the network in evaluation mode on any backend (the torch reference or the Triton kernels).
-``safetensors`` is imported on first use (``pip install asgl[deploy]``).
+``safetensors`` is imported on first use (``pip install 'asgl-snn[deploy]'``).
 """
 
 from __future__ import annotations
@@ -23,8 +37,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .extras import need
 from .models import create_model
 from .models.registry import SpikingNet
+from .preprocess import Preprocess, check_input_spec
 
 __all__ = ["CONFIG_NAME", "FORMAT", "WEIGHTS_NAME", "check_exportable", "check_state_fits", "load_pretrained",
            "save_pretrained"]
@@ -35,11 +51,7 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def _safetensors():
-    try:
-        import safetensors.torch
-    except ImportError:
-        raise ImportError("pretrained folders need the `safetensors` package: pip install 'asgl[deploy]'") from None
-    return safetensors.torch
+    return need("safetensors.torch", "pretrained folders (asgl.load_pretrained, save_pretrained)")
 
 
 def check_exportable(model: nn.Module) -> None:
@@ -83,15 +95,25 @@ def _umask() -> int:
     return mask
 
 
-def save_pretrained(model: nn.Module, out_dir: str | Path, *, name: str) -> Path:
+def save_pretrained(model: nn.Module, out_dir: str | Path, *, name: str, input_spec: dict | None = None) -> Path:
     """Write ``model`` (an :class:`asgl.models.SpikingNet` built by ``create_model(name, ...)``, in
-    eval mode) to the new folder ``out_dir``: ``config.json`` and ``model.safetensors``."""
+    eval mode) to the new folder ``out_dir``: ``config.json`` and ``model.safetensors``.
+
+    ``input_spec``: the input description (:mod:`asgl.preprocess`) that ``load_pretrained`` turns
+    into ``model.preprocess``; None (``"input": null``) leaves the loaded model without one.
+    """
     st = _safetensors()
     if not isinstance(model, SpikingNet):
         raise TypeError(f"model must be a network from asgl.create_model, got {type(model).__name__}")
     check_exportable(model)
+    if input_spec is not None:
+        input_spec = check_input_spec(input_spec)
+        channels = input_spec["shape"][0 if input_spec["kind"] == "image" else 1]
+        if channels != model.in_channels:
+            raise ValueError(f"input_spec describes {channels} input channels (shape {input_spec['shape']}), the "
+                             f"model takes {model.in_channels}")
     config = {"format": FORMAT, "model": name, "num_classes": model.num_classes, "T": model.T,
-              "in_channels": model.in_channels, "neuron": dict(model.neuron_kwargs)}
+              "in_channels": model.in_channels, "neuron": dict(model.neuron_kwargs), "input": input_spec}
     try:  # the config must rebuild this very model
         rebuilt = create_model(name, num_classes=model.num_classes, T=model.T, in_channels=model.in_channels,
                                **model.neuron_kwargs)
@@ -122,10 +144,13 @@ def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], what: str
 
 
 def load_pretrained(path: str | Path, *, backend: str = "auto", device: str | torch.device = "cpu") -> nn.Module:
-    """The network saved in the folder ``path``, in eval mode on ``device``.
+    """The network saved in the folder ``path``, in eval mode on ``device``, with ``model.preprocess``.
 
     ``backend``: the neurons' backend (``"auto"``, ``"torch"`` or ``"triton"``), whatever the model
-    was trained with.
+    was trained with. ``model.preprocess`` (:class:`asgl.preprocess.Preprocess`) maps raw samples
+    (uint8 images, or floats in ``[0, 1]``; counts for event and sequence data) to what the network
+    takes: ``model(model.preprocess(x))``. It is None for a folder written without an input
+    description.
     """
     st = _safetensors()
     path = Path(path)
@@ -142,6 +167,10 @@ def load_pretrained(path: str | Path, *, backend: str = "auto", device: str | to
     missing = [k for k in ("model", "num_classes", "T", "in_channels", "neuron") if k not in config]
     if missing:
         raise ValueError(f"{config_path} lacks {', '.join(missing)}")
+    try:
+        preprocess = Preprocess(config["input"]) if config.get("input") is not None else None
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from None
     neuron = dict(config["neuron"], backend=backend)
     model = create_model(config["model"], num_classes=config["num_classes"], T=config["T"],
                          in_channels=config["in_channels"], **neuron)
@@ -154,4 +183,5 @@ def load_pretrained(path: str | Path, *, backend: str = "auto", device: str | to
     for k, v in state.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise ValueError(f"{weights_path}: {k!r} holds non-finite values")
+    model.preprocess = preprocess
     return model.to(device).eval()

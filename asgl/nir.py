@@ -2,11 +2,11 @@
 
 ``to_nir(model, sample_input)`` returns a ``nir.NIRGraph`` (``nir.write(path, graph)`` saves it)
 that snnTorch, Norse, SpikingJelly, Sinabs, Rockpool, Lava-dl and the neuromorphic hardware stacks
-read. The ``nir`` package is imported on first use: ``pip install asgl[deploy]``.
+read. The ``nir`` package (and numpy) are imported on first use: ``pip install 'asgl-snn[deploy]'``.
 
-How the graph is found. The network runs once on ``sample_input``; every module of a supported
-type becomes a node, and the tensor operations between modules (time folding, residual sums) are
-recorded with a ``TorchFunctionMode``. So the exporter depends on module types, not on how a
+How the graph is found (:mod:`asgl.graph`). The network runs once on ``sample_input``; every module
+of a supported type becomes a node, and the tensor operations between modules (time folding,
+residual sums) are recorded with a ``TorchFunctionMode``. So the exporter depends on module types, not on how a
 network arranges them. The units the networks are built from (``ConvBNLIF``, ``BNLIF``,
 ``BatchNormLIF``: conv, BN, the residual sum and the LIF in one module) are traced through like any
 container: their conv, batch norm and neuron become nodes, and a residual added inside the unit
@@ -75,215 +75,43 @@ it too). Norse 1.1's importer was read, not run: it ignores ``R`` (assumes R = 1
 Inputs and outputs of the graph are per time step and per sample: an image network's input is one
 image ``[C, H, W]`` given at every step (the network repeats it over T), an event network's is
 frame t, the SHD network's is the 700 input channels at step t; the output is the readout's
-logits at step t (the network's prediction is their mean over the T steps).
+logits at step t (the network's prediction is their mean over the T steps). The input is what the
+network takes, i.e. images normalised: the graph's ``metadata["input"]`` (JSON, see
+:mod:`asgl.preprocess`) gives the mean/std, value range and class names, ``metadata["usage"]``
+says the above in one line.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from .export import check_exportable
-from .layers import TimeBatchNorm2d
-from .neuron import LIF, RecurrentLIF
+from .extras import need
+from .graph import GraphError, Node, consumers, step_shape, trace_steps
+from .neuron import LIF
+from .preprocess import Preprocess, check_input_spec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["DEFAULT_DT", "NIRExportError", "to_nir"]
 
 DEFAULT_DT = 1e-4  # seconds; the step snnTorch's importer assumes when it turns τ back into a decay
+USAGE = ("one sample per call (no batch dim), {T} calls per sample: an image network's input is the "
+         "normalised image at every step, an event or sequence network's is step t; the prediction is the "
+         "mean (or sum) of the {T} outputs; reset every neuron's state between samples")
 
-_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
-_IDENTITIES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-# Operations that move data between the time, batch and feature axes without changing any value;
-# after the trace each one's per-step shape is checked to be unchanged (only time/batch moved).
-_LAYOUT_OPS = {
-    torch.Tensor.reshape, torch.reshape, torch.Tensor.view, torch.Tensor.permute, torch.permute,
-    torch.Tensor.transpose, torch.transpose, torch.Tensor.expand, torch.Tensor.unsqueeze, torch.unsqueeze,
-    torch.Tensor.squeeze, torch.squeeze, torch.Tensor.contiguous, torch.Tensor.clone, torch.Tensor.detach,
-    torch.Tensor.to, torch.Tensor.float, torch.Tensor.flatten, torch.flatten, torch.Tensor.unflatten,
-    torch.Tensor.view_as, torch.Tensor.reshape_as, torch.Tensor.movedim, torch.movedim, torch.Tensor.repeat,
-}
-_ADD_OPS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__iadd__,
-            torch.Tensor.add_}
-
-
-class NIRExportError(ValueError):
+class NIRExportError(GraphError):
     """The network (or something in it) cannot be written to NIR exactly; the message says what."""
 
 
 def _nir():
-    try:
-        import nir
-    except ImportError:
-        raise ImportError("exporting to NIR needs the `nir` package: pip install 'asgl[deploy]' "
-                          "(or pip install nir)") from None
-    return nir
-
-
-# --------------------------------------------------------------------------------------------- trace
-
-
-@dataclass
-class _Node:
-    kind: str  # input | conv | linear | bn | pool | flatten | lif | rnn | add
-    name: str
-    inputs: list[int]
-    module: nn.Module | None = None
-    in_shape: tuple[int, ...] = ()  # the whole tensor's shape, time and batch dims included
-    out_shape: tuple[int, ...] = ()
-    layout_checks: list[tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
-
-
-_KINDS = (
-    (RecurrentLIF, "rnn"), (LIF, "lif"), (nn.Conv2d, "conv"), (nn.Linear, "linear"), (_BATCH_NORMS, "bn"),
-    ((nn.AvgPool2d, nn.AdaptiveAvgPool2d), "pool"), (nn.Flatten, "flatten"), (_IDENTITIES, "identity"),
-)
-# The forwards whose computation the mapping above describes (TimeBatchNorm*'s included).
-_KNOWN_FORWARDS = {c.forward for c in (RecurrentLIF, LIF, nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm,
-                                       TimeBatchNorm2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, *_IDENTITIES)}
-
-
-def _kind(module: nn.Module) -> str | None:
-    """The node kind of a module, ``"identity"`` for pass-through ones, None for containers.
-
-    A subclass or an instance that replaces the forward of a supported type (another neuron model
-    derived from LIF, say) is ``"unsupported"``: its operations are not traced, so nothing would
-    show that it computes something else."""
-    for types, kind in _KINDS:
-        if isinstance(module, types):
-            known = type(module).forward in _KNOWN_FORWARDS and "forward" not in vars(module)
-            return kind if known else "unsupported"
-    if next(module.children(), None) is None:
-        return "unsupported"
-    return None
-
-
-def _tensors(obj: Any):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item)
-
-
-def _op_name(func) -> str:
-    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
-
-
-class _Tracer(TorchFunctionMode):
-    """Records which module consumed which module's output, and the sums in between."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.nodes: list[_Node] = []
-        self.producer: dict[int, int] = {}  # id(tensor) -> node index
-        self.keep: list[torch.Tensor] = []  # keeps traced tensors alive so their ids stay unique
-        self.depth = 0  # > 0 inside a module that becomes one node: its own operations are not traced
-        self.names = {m: n for n, m in model.named_modules()}
-
-    def mark(self, tensor: torch.Tensor, index: int) -> None:
-        self.producer[id(tensor)] = index
-        self.keep.append(tensor)
-
-    def source(self, args, where: str) -> int:
-        traced = [t for t in _tensors(args) if id(t) in self.producer]
-        if len(traced) != 1:
-            raise NIRExportError(f"{where} takes {len(traced)} activations of the network; the exporter handles "
-                                 "modules with exactly one")
-        return self.producer[id(traced[0])]
-
-    def pre_hook(self, module: nn.Module, args) -> None:
-        self.depth += 1
-        if self.depth > 1:  # a module inside one that is already a node
-            return
-        kind, name = _kind(module), self.names[module] or type(module).__name__
-        if kind == "unsupported":
-            raise NIRExportError(
-                f"layer {name!r} ({type(module).__name__}) has no exact NIR counterpart; supported: Conv2d, Linear, "
-                "batch norm after a conv/linear layer, AvgPool2d, AdaptiveAvgPool2d, Flatten, asgl.LIF, "
-                "asgl.RecurrentLIF, Identity, Dropout")
-        src = self.source(args, f"layer {name!r} ({type(module).__name__})")
-        self.pending = (kind, name, src, tuple(next(_tensors(args)).shape))
-
-    def post_hook(self, module: nn.Module, args, output) -> None:
-        self.depth -= 1
-        if self.depth:
-            return
-        kind, name, src, shape = self.pending
-        out = list(_tensors(output))
-        if len(out) != 1:
-            raise NIRExportError(f"layer {name!r} returned {len(out)} tensors; the exporter handles one")
-        if kind == "identity":
-            self.mark(out[0], src)
-            return
-        self.nodes.append(_Node(kind, name, [src], module, shape, tuple(out[0].shape)))
-        self.mark(out[0], len(self.nodes) - 1)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if self.depth:
-            return out
-        traced = [t for t in _tensors((args, kwargs)) if id(t) in self.producer]
-        outs = list(_tensors(out))
-        if not traced or not outs:  # constants, parameters, or a query such as .shape / .dim()
-            return out
-        if func in _ADD_OPS:
-            operands = [a for a in _tensors(args)]
-            alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
-            if len(traced) != 2 or len(operands) != 2 or alpha != 1:
-                raise NIRExportError(
-                    f"{_op_name(func)}: only the sum of two activations maps to NIR (as two edges into one node); "
-                    "adding a constant or a scaled term does not")
-            self.nodes.append(_Node("add", f"add{len(self.nodes)}", [self.producer[id(t)] for t in traced],
-                                    in_shape=tuple(traced[0].shape), out_shape=tuple(outs[0].shape)))
-            self.mark(outs[0], len(self.nodes) - 1)
-        elif func in _LAYOUT_OPS and len(traced) == 1 and len(outs) == 1:
-            src = self.producer[id(traced[0])]
-            self.nodes[src].layout_checks.append((tuple(traced[0].shape), tuple(outs[0].shape)))
-            self.mark(outs[0], src)
-        else:
-            raise NIRExportError(
-                f"operation {_op_name(func)} on the network's activations has no exact NIR counterpart "
-                "(supported between layers: sums of two activations and changes of the time/batch layout)")
-        return out
-
-
-def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Node], int, torch.Tensor]:
-    tracer = _Tracer(model)
-    tracer.nodes.append(_Node("input", "input", [], in_shape=tuple(x.shape), out_shape=tuple(x.shape)))
-    handles = []
-    for module in model.modules():
-        if _kind(module) is not None:
-            handles.append(module.register_forward_pre_hook(tracer.pre_hook))
-            handles.append(module.register_forward_hook(tracer.post_hook))
-    # The trace runs every neuron on the torch reference: a fused module that dispatches on its
-    # neuron's backend (BatchNormLIF's bn_lif_fused kernel) then goes through its bn and lif
-    # children, whose operations the trace sees; the fused kernels compute that reference.
-    neurons = [m for m in model.modules() if isinstance(m, LIF)]
-    backends = [m.backend for m in neurons]
-    try:
-        for m in neurons:
-            m.backend = "torch"
-        with torch.no_grad(), tracer:
-            tracer.mark(x, 0)
-            out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, backend in zip(neurons, backends):
-            m.backend = backend
-    if not isinstance(out, torch.Tensor) or id(out) not in tracer.producer:
-        raise NIRExportError("the model's output is not computed from its input by supported layers")
-    return tracer.nodes, tracer.producer[id(out)], out
+    return need("nir", "NIR export (asgl.to_nir)")
 
 
 # ------------------------------------------------------------------------------------ check, convert
@@ -303,21 +131,13 @@ def _check_model(model: nn.Module) -> None:
                 raise NIRExportError(f"neuron {name!r} has threshold {float(m.thresh)!r}; NIR needs one > 0")
 
 
-def _step_shape(shape: tuple[int, ...], T: int, B: int, what: str) -> tuple[int, ...]:
-    """Drop the leading ``[T, B]`` or ``[T·B]`` dims: the per-sample, per-step shape NIR uses."""
-    if len(shape) >= 2 and shape[:2] == (T, B):
-        return shape[2:]
-    if len(shape) >= 1 and shape[0] == T * B:
-        return shape[1:]
-    raise NIRExportError(f"{what} sees a tensor of shape {shape}, neither [T, B, ...] nor [T·B, ...] "
-                         f"with T={T}, B={B}")
-
-
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().copy()
 
 
 def _pair(v) -> np.ndarray:
+    import numpy as np
+
     return np.array(v if isinstance(v, (tuple, list)) else (v, v), dtype=np.int64)
 
 
@@ -339,7 +159,7 @@ def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module, nam
     return w, (b - bn.running_mean.to(dtype)) * scale + beta
 
 
-def to_nir(model: nn.Module, sample_input: torch.Tensor, *, dt: float = DEFAULT_DT):
+def to_nir(model: nn.Module, sample_input: torch.Tensor, *, dt: float = DEFAULT_DT, input_spec: dict | None = None):
     """The evaluation-mode ``model`` as a ``nir.NIRGraph`` (see the module docstring for the mapping).
 
     Args:
@@ -348,46 +168,40 @@ def to_nir(model: nn.Module, sample_input: torch.Tensor, *, dt: float = DEFAULT_
         sample_input: one batch the model accepts (``[B, C, H, W]`` images, ``[B, T, ...]`` events
             or sequences); it only fixes the shapes.
         dt: the time step in seconds that turns each decay λ into NIR's τ = dt/(1 − λ).
+        input_spec: the input description (:mod:`asgl.preprocess`) to record in the graph's
+            metadata; by default that of ``model.preprocess`` (a model from ``asgl.load_pretrained``).
 
     Node names are the module names (``stem.conv``, ``blocks.3.conv2.bn_lif.lif``); a recurrent layer
     ``rnn`` gives ``rnn.in`` (input weights), ``rnn.lif`` and ``rnn.rec`` (recurrent weights).
-    Parameters keep the model's dtype. Raises :class:`NIRExportError` for anything NIR cannot
-    express exactly.
+    Parameters keep the model's dtype. The graph's metadata: ``source`` ("asgl"), ``dt``, ``T``,
+    ``usage`` (how to run it: one sample at a time, T steps, state reset between samples) and, when
+    known, ``input``: the input description as a JSON string (``json.loads`` it: shape, value
+    range, mean/std of the normalisation the graph's input expects, class names). Raises
+    :class:`NIRExportError` for anything NIR cannot express exactly.
     """
     nir = _nir()
+    if input_spec is None and isinstance(getattr(model, "preprocess", None), Preprocess):
+        input_spec = model.preprocess.spec
+    input_json = json.dumps(check_input_spec(input_spec)) if input_spec is not None else None
     _check_model(model)
     if not (isinstance(dt, (int, float)) and not isinstance(dt, bool) and math.isfinite(dt) and dt > 0):
         raise ValueError(f"dt (the time step in seconds) must be a finite number > 0, got {dt!r}")
-    if not isinstance(sample_input, torch.Tensor) or sample_input.dim() < 1 or sample_input.shape[0] < 1:
-        raise ValueError("sample_input must be a batch-first tensor the model accepts, got "
-                         f"{type(sample_input).__name__} {tuple(getattr(sample_input, 'shape', ()))}")
-    # Two samples at least, so that the batch dim B can never be confused with the time dim T.
-    x = sample_input[:1].expand(2, *sample_input.shape[1:]).contiguous() if sample_input.shape[0] == 1 else sample_input
-    first = next(model.parameters(), None)
-    if first is not None:
-        x = x.to(first.device)
-    nodes, out_index, out = _trace(model, x)
-    B = x.shape[0]
-    if out.dim() < 3 or out.shape[1] != B:
-        raise NIRExportError(f"the model returned shape {tuple(out.shape)}; the exporter needs per-step outputs "
-                             f"[T, B={B}, ...]")
-    T = out.shape[0]
-    return _build(nir, nodes, out_index, T, B, float(dt))
+    try:
+        nodes, out_index, T, B = trace_steps(model, sample_input)
+        metadata = {"source": "asgl", "dt": float(dt), "T": T, "usage": USAGE.format(T=T)}
+        if input_json is not None:
+            metadata["input"] = input_json
+        return _build(nir, nodes, out_index, T, B, float(dt), metadata)
+    except NIRExportError:
+        raise
+    except GraphError as e:  # what the graph tracer cannot follow, NIR cannot express either
+        raise NIRExportError(str(e)) from None
 
 
-def _build(nir, nodes: list[_Node], out_index: int, T: int, B: int, dt: float):
-    consumers: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
-    for i, node in enumerate(nodes):
-        for j in node.inputs:
-            consumers[j].append(i)
-    consumers[out_index].append(-1)
-    for i, node in enumerate(nodes):
-        if node.kind == "input":
-            continue
-        for before, after in node.layout_checks:
-            if _step_shape(before, T, B, node.name) != _step_shape(after, T, B, node.name):
-                raise NIRExportError(f"the output of {node.name!r} is reshaped from {before} to {after}, which changes "
-                                     "more than the time/batch layout; use an nn.Flatten layer")
+def _build(nir, nodes: list[Node], out_index: int, T: int, B: int, dt: float, metadata: dict):
+    import numpy as np  # nir's own dependency, imported with it
+
+    consumers_of = consumers(nodes, out_index)
 
     graph_nodes: dict[str, Any] = {}
     edges: list[tuple[str, str]] = []
@@ -414,12 +228,12 @@ def _build(nir, nodes: list[_Node], out_index: int, T: int, B: int, dt: float):
             continue
         if node.kind == "bn":
             (j,) = node.inputs
-            if nodes[j].kind not in ("conv", "linear") or consumers[j] != [i]:
+            if nodes[j].kind not in ("conv", "linear") or consumers_of[j] != [i]:
                 raise NIRExportError(f"batch norm {node.name!r} does not directly follow a convolution or linear layer "
                                      "whose only consumer it is, so it cannot be folded; NIR has no batch norm node")
             value[i] = value[j]
             continue
-        in_step = _step_shape(node.in_shape, T, B, node.name)
+        in_step = step_shape(node.in_shape, T, B, node.name)
         if node.inputs == [0] and input_shape is None:
             input_shape = in_step
         srcs, scale = value[node.inputs[0]]
@@ -427,7 +241,7 @@ def _build(nir, nodes: list[_Node], out_index: int, T: int, B: int, dt: float):
         if node.kind in ("conv", "linear"):
             m = node.module
             weight, bias = m.weight.detach() * scale, (m.bias.detach() if m.bias is not None else None)
-            (after,) = consumers[i] if len(consumers[i]) == 1 else (None,)
+            (after,) = consumers_of[i] if len(consumers_of[i]) == 1 else (None,)
             if after is not None and after >= 0 and nodes[after].kind == "bn":
                 weight, bias = _fold_bn(weight, bias, nodes[after].module, nodes[after].name)
             if node.kind == "conv":
@@ -475,23 +289,24 @@ def _build(nir, nodes: list[_Node], out_index: int, T: int, B: int, dt: float):
             if a[1] == b[1]:
                 value[i] = (a[0] + b[0], a[1])
             else:
-                step = _step_shape(node.in_shape, T, B, "a residual sum")
+                step = step_shape(node.in_shape, T, B, "a residual sum")
                 value[i] = (unscaled(a[0], a[1], f"{node.name}.a.scale", step)
                             + unscaled(b[0], b[1], f"{node.name}.b.scale", step), 1.0)
     if input_shape is None:
         raise NIRExportError("no supported layer reads the model's input")
     srcs, scale = value[out_index]
-    out_step = _step_shape(nodes[out_index].out_shape, T, B, "the output")
+    out_step = step_shape(nodes[out_index].out_shape, T, B, "the output")
     srcs = unscaled(srcs, scale, "output.scale", out_step)
     edges.extend((s, "output") for s in srcs)
     # Input first, output last: importers that walk the nodes in order (nirtorch) expect it.
     graph_nodes = {"input": nir.Input(input_type=np.array(input_shape)), **graph_nodes,
                    "output": nir.Output(output_type=np.array(out_step))}
-    return nir.NIRGraph(nodes=graph_nodes, edges=edges, metadata={"source": "asgl", "dt": dt, "T": T},
-                        type_check=False)
+    return nir.NIRGraph(nodes=graph_nodes, edges=edges, metadata=metadata, type_check=False)
 
 
 def _pool(nir, m: nn.Module, in_step: tuple[int, ...], name: str):
+    import numpy as np  # nir's own dependency, imported with it
+
     if len(in_step) != 3:
         raise NIRExportError(f"pool {name!r} sees per-step shape {in_step}; NIR's AvgPool2d takes [C, H, W]")
     H, W = in_step[1:]
@@ -512,6 +327,8 @@ def _pool(nir, m: nn.Module, in_step: tuple[int, ...], name: str):
 
 def _lif(nir, m: LIF, step: tuple[int, ...], dt: float, name: str):
     """NIR's LIF for ``m`` (see the module docstring): τ = dt/(1 − λ), R = 1/(1 − λ), float64."""
+    import numpy as np
+
     lam = torch.sigmoid(m.decay_logit.detach().double()).cpu().numpy()
     if lam.ndim == 1 and len(step) > 1:  # one decay per channel: broadcast over the spatial dims
         lam = lam.reshape(-1, *([1] * (len(step) - 1)))

@@ -520,6 +520,63 @@ def test_unreachable_hub_raises_data_not_found(tmp_path, source):
     assert sorted(p.name for p in tmp_path.iterdir()) == (["hf"] if (tmp_path / "hf").exists() else [])
 
 
+def _silent_server():
+    """A local TCP server that accepts connections and never answers (a hub behind a black hole)."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    return server
+
+
+def test_hub_probe_gives_up_within_its_time():
+    import time
+
+    from asgl.train.data.images import HUB_PROBE_S, hub_reachable
+
+    with _silent_server() as server:
+        start = time.monotonic()
+        assert not hub_reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert time.monotonic() - start < HUB_PROBE_S + 1.0
+    closed = _silent_server()
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: refused at once
+    assert not hub_reachable(f"http://127.0.0.1:{port}")
+
+
+@needs_datasets
+def test_a_run_without_data_or_hub_stops_at_once(tmp_path):
+    """No local files, HF_HUB_OFFLINE unset and a hub that never answers: the run stops after the
+    probe with the one error message, without the hub client's retries (which alone sleep
+    1 + 2 + 4 + 8 + 8 = 23 s, a "Retrying in ..." line each) and without writing the run folder."""
+    import os
+    import time
+
+    with _silent_server() as server:
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                                                 "TRITON_INTERPRET")}
+        env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.getsockname()[1]}", HF_HOME=str(tmp_path / "hf_home"))
+        # the same process's imports alone, timed beside it: what the machine's load adds to both
+        start = time.monotonic()
+        subprocess.run([sys.executable, "-c", "import datasets, asgl.train.run, asgl.train.data"], cwd=REPO, env=env,
+                       check=True, timeout=120)
+        imports = time.monotonic() - start
+        start = time.monotonic()
+        r = subprocess.run([sys.executable, str(REPO / "train" / "run.py"), "--config",
+                            str(REPO / "configs" / "cifar10_resnet18_t4.yaml"), f"--train.out_dir={tmp_path / 'runs'}",
+                            f"--data.cache_dir={tmp_path / 'cache'}", f"--data.root={tmp_path / 'none'}"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        elapsed = time.monotonic() - start
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: data set 'cifar10': no local files under "), r.stderr
+    assert "is unreachable (no answer within 3 s), and the cache holds no copy" in r.stderr
+    assert "Retry" not in r.stderr and "Traceback" not in r.stderr
+    # past the imports: the probe's 3 s and the config, not the hub client's 23 s of retries
+    assert elapsed - imports < 10, (elapsed, imports)
+    assert not (tmp_path / "runs").exists()
+
+
 @needs_datasets
 @pytest.mark.parametrize("streaming", [False, True])
 def test_hub_source_loads_through_datasets_like_local_files(tmp_path, streaming):
@@ -957,3 +1014,38 @@ def test_prepare_prints_the_manual_steps(tmp_path, capsys, name, step):
     err = capsys.readouterr().err
     assert step in err and f"python -m asgl.train.data.prepare {name} --root {tmp_path / name}" in err
     assert not (tmp_path / name).exists()
+
+
+# ------------------------------------------------------------------------------ input description
+
+
+@pytest.mark.parametrize("name", ["digits", "cifar10", "cifar100", "tiny_imagenet", "cifar10_dvs", "dvs128_gesture",
+                                  "shd", "medley_solos"])
+def test_every_data_set_describes_its_input(name):
+    """What an export carries (asgl.preprocess's description): valid, consistent with the classes and
+    channels the trainer builds the network with, and with the shapes its loaders produce."""
+    from asgl.preprocess import check_input_spec
+    from asgl.train.data import describe_input
+
+    classes, channels, spec = describe_input(DataConfig(name=name), T=5)
+    assert check_input_spec(spec) == spec
+    assert spec["class_names"] is None or len(spec["class_names"]) == classes
+    expected = {"digits": [1, 8, 8], "cifar10": [3, 32, 32], "cifar100": [3, 32, 32], "tiny_imagenet": [3, 64, 64],
+                "cifar10_dvs": [5, 2, 128, 128], "dvs128_gesture": [5, 2, 128, 128], "shd": [5, 700],
+                "medley_solos": [5, 128]}[name]
+    assert spec["shape"] == expected and channels == expected[0 if spec["kind"] == "image" else 1]
+    coarse = describe_input(DataConfig(name="cifar100", label_column="coarse_label"), T=1)
+    assert coarse[0] == 20 and coarse[2]["class_names"][0] == "aquatic_mammals"
+
+
+def test_digits_class_names_are_the_bundled_files():
+    """The names an export records for the digits are the ClassLabel names of the bundled parquet files."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from asgl.train.data import describe_input
+
+    meta = pq.read_schema(REPO / "data" / "digits" / "plain_text" / "test-00000-of-00001.parquet").metadata
+    names = json.loads(meta[b"huggingface"])["info"]["features"]["label"]["names"]
+    assert describe_input(DataConfig(name="digits"), T=4)[2]["class_names"] == names

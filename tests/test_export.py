@@ -52,8 +52,11 @@ def test_safetensors_round_trip(tmp_path, capsys):
     assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}  # as open() creates files
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "digits_cnn" and config["T"] == 2 and config["neuron"]["thresh"] == 0.8
+    assert config["input"]["shape"] == [1, 8, 8] and config["input"]["mean"] == [0.3054]
     loaded = asgl.load_pretrained(out, backend="torch")
     assert not loaded.training
+    assert isinstance(loaded.preprocess, asgl.Preprocess) and loaded.preprocess.spec == config["input"]
+    assert not any(k.startswith("preprocess") for k in loaded.state_dict())
     x = torch.randn(5, 1, 8, 8) * 2
     with torch.no_grad():
         expected = model.eval()(x)
@@ -76,6 +79,12 @@ def test_nir_format(tmp_path):
     graph = nir.read(out)
     assert {"input", "output", "features.0.bn_lif.lif", "head.module.1"} <= set(graph.nodes)
     assert graph.nodes["input"].input_type["input"].tolist() == [1, 8, 8]
+    meta = graph.metadata
+    assert (meta["source"], float(meta["dt"]), int(meta["T"])) == ("asgl", 1e-3, 2)
+    assert "one sample per call" in meta["usage"] and "reset" in meta["usage"]
+    spec = json.loads(meta["input"])
+    assert (spec["shape"], spec["mean"], spec["std"], spec["class_names"]) == (
+        [1, 8, 8], [0.3054], [0.376], [str(d) for d in range(10)])
     assert sorted(tmp_path.iterdir()) == sorted([run, out])  # no temporary file left behind
 
 
@@ -135,3 +144,48 @@ def test_save_pretrained_refuses_training_mode_and_load_checks_the_folder(tmp_pa
     (folder / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         asgl.load_pretrained(folder)
+
+
+DIGITS = {"kind": "image", "layout": "[B, C, H, W]", "shape": [1, 8, 8], "dtype": "uint8", "value_range": [0, 255],
+          "mean": [0.3054], "std": [0.376], "class_names": None}
+
+
+def test_preprocess_normalises_raw_images_as_the_trainer_and_refuses_the_rest():
+    from asgl.train.data.images import IMAGE_SPECS, normaliser
+
+    pre = asgl.Preprocess(DIGITS)
+    x = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+    expected = normaliser(IMAGE_SPECS["digits"], "cpu")(x)
+    assert torch.equal(pre(x), expected)  # the trainer's arithmetic, bit for bit
+    assert torch.equal(pre(x[0]), expected[:1])  # one sample
+    torch.testing.assert_close(pre(x.float() / 255), expected, rtol=0, atol=1e-5)
+    for bad, match in ((x.view(5, 8, 8, 1), r"shape \[B, 1, 8, 8\]"), (x.long(), "uint8 images"),
+                       (expected, "normalised already")):
+        with pytest.raises(ValueError, match=match):
+            pre(bad)
+    seq = asgl.Preprocess({"kind": "sequence", "layout": "[B, T, F]", "shape": [3, 700], "dtype": "float32",
+                           "value_range": [0, None], "mean": None, "std": None, "class_names": None})
+    counts = torch.randint(0, 3, (2, 3, 700))
+    assert torch.equal(seq(counts), counts.float())
+    with pytest.raises(ValueError, match="non-negative counts"):
+        seq(-counts.float() - 1)
+    for key, value, match in (("kind", "video", "input.kind"), ("std", [0.0], "input.std"),
+                              ("layout", "[B, H, W, C]", "input.layout"), ("mean", [0.1, 0.2], "input.mean")):
+        with pytest.raises(ValueError, match=match):
+            asgl.Preprocess({**DIGITS, key: value})
+
+
+def test_load_pretrained_refuses_a_bad_input_description(tmp_path):
+    model = asgl.create_model("digits_cnn", T=2).eval()
+    with pytest.raises(ValueError, match="3 input channels"):
+        save_pretrained(model, tmp_path / "x", name="digits_cnn", input_spec={**DIGITS, "shape": [3, 8, 8],
+                                                                             "mean": [0, 0, 0], "std": [1, 1, 1]})
+    assert not (tmp_path / "x").exists()
+    folder = save_pretrained(model, tmp_path / "y", name="digits_cnn", input_spec=DIGITS)
+    assert asgl.load_pretrained(folder).preprocess.spec == DIGITS
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "input": {**DIGITS, "value_range": [0, 1]}}))
+    with pytest.raises(ValueError, match="config.json: input.value_range"):
+        asgl.load_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "input": None}))
+    assert asgl.load_pretrained(folder).preprocess is None  # a folder written without one

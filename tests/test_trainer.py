@@ -86,9 +86,11 @@ def straight(tmp):
 @pytest.mark.e2e
 @needs_datasets
 def test_quickstart_config_end_to_end(tmp_path):
-    """The shipped quickstart on the full digits, shortened to 2 epochs: learns, logs, saves, plots."""
+    """The shipped quickstart on the full digits, shortened to 2 epochs: learns, logs, saves, plots.
+    Run from the repository root, as ``make quickstart`` runs it: data.root's default ./data/digits
+    is the bundled copy."""
     r = run(["--config", str(REPO / "configs" / "quickstart.yaml"), "--optim.epochs=2",
-             f"--data.cache_dir={tmp_path / 'cache'}", f"--train.out_dir={tmp_path / 'runs'}"], tmp_path)
+             f"--data.cache_dir={tmp_path / 'cache'}", f"--train.out_dir={tmp_path / 'runs'}"], REPO)
     assert r.returncode == 0, r.stderr
     run_dir = tmp_path / "runs" / "quickstart"
     lines = [line for line in r.stdout.splitlines() if line.startswith("epoch ")]

@@ -6,7 +6,10 @@
 
 The safetensors folder loads back with ``asgl.load_pretrained(OUT_DIR)`` on any backend. The NIR
 file is the evaluation network per time step and per sample (see ``asgl/nir.py``); ``--dt`` sets
-the time step that turns decays into NIR time constants.
+the time step that turns decays into NIR time constants. Both carry the data set's input
+description (``asgl.preprocess``: layout, shape, value range, normalisation, class names): in
+``config.json``'s ``"input"`` (``model.preprocess`` of the loaded model applies it) and as JSON in
+the NIR graph's ``metadata["input"]``.
 
 The model is rebuilt from the checkpoint's own config (``build_model`` of ``train/run.py``), with
 the number of classes and input channels of its data set, and its state loaded strictly. Exit codes:
@@ -26,46 +29,23 @@ if __package__ in (None, ""):  # a file run from a clone: the repository root, n
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-import torch
+from asgl.extras import command_imports, need
 
-from asgl.train import checkpoint as ckpt_io
-from asgl.train import run_folder
-from asgl.train.config import ConfigError, build_config, flatten
+with command_imports(__name__, "python -m asgl.train.export"):
+    import torch
+
+    from asgl.train import checkpoint as ckpt_io
+    from asgl.train import run_folder
+    from asgl.train.config import ConfigError, build_config, flatten
 
 EXIT_OK, EXIT_USAGE = 0, 2
 FORMATS = ("safetensors", "nir")
 
 
-def data_dims(data) -> tuple[int, int, tuple[int, ...]]:
-    """Classes, input channels and the shape of one input sample (batch dim excluded) of the data
-    set ``data`` (a ``DataConfig``), from the data modules' constants: no data files are read."""
-    from asgl.train.data import EVENT_DATASETS, IMAGE_DATASETS
-
-    T = data.frames
-    if data.name in IMAGE_DATASETS:
-        from asgl.train.data import _num_classes
-        from asgl.train.data.images import IMAGE_SPECS
-
-        spec = IMAGE_SPECS[data.name]
-        return _num_classes(data, spec), spec.channels, (spec.channels, spec.size, spec.size)
-    if data.name in EVENT_DATASETS:
-        from asgl.train.data import events
-
-        side = data.resolution or events.SENSOR
-        classes = 10 if data.name == "cifar10_dvs" else events.GESTURE_CLASSES
-        return classes, 2, (T, 2, side, side)
-    if data.name == "shd":
-        from asgl.train.data import shd
-
-        return shd.NUM_CLASSES, shd.UNITS, (T, shd.UNITS)
-    from asgl.train.data import audio
-
-    return audio.NUM_CLASSES, 2 * data.n_mels, (T, 2 * data.n_mels)
-
-
 def load_model(source: Path) -> tuple[torch.nn.Module, object, Path]:
     """The network of a run folder (its ``best.pt``) or of a checkpoint file, in eval mode, on the CPU."""
     from asgl.export import check_state_fits
+    from asgl.train.data import describe_input
     from asgl.train.run import build_model
 
     path = source / "best.pt" if source.is_dir() else source
@@ -75,7 +55,7 @@ def load_model(source: Path) -> tuple[torch.nn.Module, object, Path]:
     cfg = build_config(None, {}, base=flatten(ckpt["config"]))
     if cfg.data.frames is None:
         cfg.data.frames = cfg.model.T
-    num_classes, in_channels, _ = data_dims(cfg.data)
+    num_classes, in_channels, _ = describe_input(cfg.data, cfg.model.T)
     model = build_model(cfg, num_classes, in_channels)
     try:
         check_state_fits(model, ckpt["model"], f"checkpoint {path}")
@@ -90,24 +70,25 @@ def export(source: str | Path, out: str | Path, *, format: str = "safetensors", 
     """Write the network of ``source`` (run folder or checkpoint) to ``out``; returns ``out``."""
     import asgl
     from asgl.export import save_pretrained
+    from asgl.train.data import describe_input
 
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     out = Path(out)
     if out.exists():  # checked before the (slow) load as well as when writing
         raise FileExistsError(f"export target {out} already exists; choose another or remove it")
+    writer = need("safetensors" if format == "safetensors" else "nir", f"python -m asgl.train.export --format {format}")
     model, cfg, _ = load_model(Path(source))
+    _, _, input_spec = describe_input(cfg.data, cfg.model.T)
     if format == "safetensors":
-        return save_pretrained(model, out, name=cfg.model.name)
-    import nir
-
-    _, _, sample_shape = data_dims(cfg.data)
-    graph = asgl.to_nir(model, torch.zeros(2, *sample_shape), **({} if dt is None else {"dt": dt}))
+        return save_pretrained(model, out, name=cfg.model.name, input_spec=input_spec)
+    graph = asgl.to_nir(model, torch.zeros(2, *input_spec["shape"]), input_spec=input_spec,
+                        **({} if dt is None else {"dt": dt}))
     # A temporary file next to it and one rename: a failed write leaves nothing.
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        nir.write(str(tmp), graph)
+        writer.write(str(tmp), graph)
         os.rename(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -5,7 +5,7 @@
 Writes into ``RUN_DIR/plots`` (or ``--out``): ``loss.png`` (train/test loss), ``accuracy.png``
 (train/test accuracy, %), ``width.png`` (mean relaxation width α per LIF layer) and
 ``firing_rate.png`` (fraction of nonzero outputs per LIF layer on the eval pass), all against the
-epoch. matplotlib is imported only here; without it the command says how to install it.
+epoch. matplotlib is imported only here; without it the command says which extra brings it.
 """
 
 from __future__ import annotations
@@ -37,13 +37,10 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Write the four PNGs; return their paths."""
-    try:
-        import matplotlib
+    from asgl.extras import need
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')") from None
+    need("matplotlib", "python -m asgl.train.plot").use("Agg")
+    plt = need("matplotlib.pyplot", "python -m asgl.train.plot")
     rows = read_metrics(run_dir)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ of the source files and the decoding settings), kept on the training device and 
 
 | name | files | input | classes |
 |---|---|---|---|
-| digits | ``data/digits`` (bundled, hub parquet layout) | image ``[B, 1, 8, 8]`` | 10 |
+| digits | ``data/digits`` (bundled in the repository, hub parquet layout) | image ``[B, 1, 8, 8]`` | 10 |
 | cifar10 / cifar100 | ``uoft-cs/cifar10`` / ``uoft-cs/cifar100`` parquet | image ``[B, 3, 32, 32]`` | 10 / 100 |
 | tiny_imagenet | ``zh-plus/tiny-imagenet`` parquet (valid = test) | image ``[B, 3, 64, 64]`` | 200 |
 | shd | ``shd_train.h5`` / ``shd_test.h5`` | sequence ``[B, T, 700]`` | 20 |
@@ -49,7 +49,6 @@ EVENT_DATASETS = ("cifar10_dvs", "dvs128_gesture")
 SEQUENCE_DATASETS = ("shd", "medley_solos")
 DATASETS = IMAGE_DATASETS + EVENT_DATASETS + SEQUENCE_DATASETS
 SOURCES = ("auto", "local", "hub")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -58,7 +57,7 @@ class DataConfig:
 
     name: str = "digits"  # one of DATASETS
     source: str = "auto"  # auto: local files if data.root holds them, else the hub (image sets) | local | hub
-    root: str | None = None  # local folder with the files; null: <repo>/data/<name>
+    root: str | None = None  # local folder with the files; null: ./data/<name>, where the command runs
     hub_id: str | None = None  # image sets: the hub id to load (null: the data set's own, e.g. uoft-cs/cifar10)
     streaming: bool = False  # images: read and decode during epoch 0 instead of materialising first
     workers: int | None = None  # streaming: image-decoding processes; null: min(8, CPUs); 0: in the loop
@@ -173,14 +172,72 @@ def build_data(cfg: DataConfig, *, T: int, seed: int, rank: int = 0, world_size:
     return bundle
 
 
+def describe_input(cfg: DataConfig, T: int) -> tuple[int, int, dict]:
+    """``(num_classes, in_channels, input description)`` of ``cfg.name`` from the data modules'
+    constants (no files are read). The description is what ``asgl.preprocess`` documents: what one
+    raw sample looks like and what the network takes (an exported network carries it)."""
+    from asgl.preprocess import LAYOUTS
+
+    frames = cfg.frames if cfg.frames is not None else T
+    mean = std = names = None
+    if cfg.name in IMAGE_DATASETS:
+        from .images import CIFAR100_COARSE_CLASSES, IMAGE_SPECS
+
+        spec = IMAGE_SPECS[cfg.name]
+        kind, classes, channels, shape = "image", _num_classes(cfg, spec), spec.channels, [spec.channels, spec.size,
+                                                                                          spec.size]
+        mean, std = list(spec.mean), list(spec.std)
+        if cfg.label_column in (None, spec.label_column):
+            names = spec.class_names
+        elif cfg.name == "cifar100" and cfg.label_column == "coarse_label":
+            names = CIFAR100_COARSE_CLASSES
+        encoding = None
+    elif cfg.name in EVENT_DATASETS:
+        from . import events
+
+        side = cfg.resolution or events.SENSOR
+        kind, channels, shape = "event", 2, [frames, 2, side, side]
+        names = events.CIFAR10_DVS_CLASSES if cfg.name == "cifar10_dvs" else events.GESTURE_CLASS_NAMES
+        classes = len(names)
+        encoding = (f"per-pixel event counts of each polarity: a recording's events split in order into {frames} "
+                    f"frames of equal event count, {events.SENSOR}x{events.SENSOR} resized to {side}x{side} "
+                    "(asgl.train.data.events)")
+    elif cfg.name == "shd":
+        from . import shd
+
+        kind, classes, channels, shape = "sequence", shd.NUM_CLASSES, shd.UNITS, [frames, shd.UNITS]
+        encoding = (f"spike counts of the {shd.UNITS} input channels in {frames} equal bins of the first "
+                    f"{cfg.shd_max_time:g} s (asgl.train.data.shd)")
+    else:
+        from . import audio
+
+        names = audio.INSTRUMENTS
+        kind, classes, channels, shape = "sequence", audio.NUM_CLASSES, 2 * cfg.n_mels, [frames, 2 * cfg.n_mels]
+        encoding = (f"level-crossing spike counts (step {cfg.delta_threshold:g} standard deviations) of {cfg.n_mels} "
+                    f"log-mel bands, up then down, over {frames} steps (asgl.train.data.audio)")
+    description = {"kind": kind, "layout": LAYOUTS[kind], "shape": shape,
+                   "dtype": "uint8" if kind == "image" else "float32",
+                   "value_range": [0, 255] if kind == "image" else [0, None], "mean": mean, "std": std,
+                   "class_names": list(names) if names is not None else None}
+    if encoding is not None:
+        description["encoding"] = encoding
+    return classes, channels, description
+
+
 def prepare_command(name: str, root: Path) -> str:
     """The command that fetches (or explains how to get) ``name`` into ``root``."""
     default = _root(DataConfig(name=name))
     return f"python -m asgl.train.data.prepare {name}" + ("" if Path(root) == default else f" --root {root}")
 
 
+def default_root(name: str) -> Path:
+    """``./data/<name>`` of the working directory (absolute, for messages): where ``data.root: null``
+    looks, as from the repository root ``make quickstart`` finds the bundled ``data/digits``."""
+    return Path.cwd() / "data" / name
+
+
 def _root(cfg: DataConfig) -> Path:
-    return Path(cfg.root) if cfg.root is not None else REPO_ROOT / "data" / cfg.name
+    return Path(cfg.root) if cfg.root is not None else default_root(cfg.name)
 
 
 def _check_train_size(n: int, b_train: int, world_size: int) -> None:
@@ -240,7 +297,7 @@ def _images_missing(cfg: DataConfig, folder: Path, hub_error: BaseException | No
            if hub_id is not None or cfg.name == "digits" else "")
     tail = ["Get it with:", f"    {get}"] if get else []
     if hub_id is not None and hub_error is not None:
-        tail.append("(needs the network; with a warm cache of the hub copy, HF_HUB_OFFLINE=1 loads it offline)")
+        tail.append("(needs the network; a copy of the hub's in the cache (data.cache_dir) loads without it)")
     tail.append("or set data.root to the folder that holds the files"
                 + (", or data.source=hub on a machine that reaches the Hugging Face hub." if hub_id and
                    cfg.source == "local" else "."))

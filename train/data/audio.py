@@ -38,6 +38,8 @@ from .loader import DataFormatError, DataNotFoundError, SparseSequences
 
 METADATA = "Medley-solos-DB_metadata.csv"
 NUM_CLASSES = 8
+INSTRUMENTS = ("clarinet", "distorted electric guitar", "female singer", "flute", "piano", "tenor saxophone",
+               "trumpet", "violin")  # instrument_id 0..7
 SAMPLE_RATE = 22050
 N_FFT = 1024
 F_MIN = 20.0

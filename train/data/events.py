@@ -43,6 +43,10 @@ from .loader import DataFormatError, DataNotFoundError
 SENSOR = 128  # both data sets come from a 128×128 DVS
 CIFAR10_DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 GESTURE_CLASSES = 11
+# The label of class k + 1 of the data set's README (labels 0..10 here).
+GESTURE_CLASS_NAMES = ("hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise",
+                       "right_arm_counter_clockwise", "left_arm_clockwise", "left_arm_counter_clockwise", "arm_roll",
+                       "air_drums", "air_guitar", "other_gestures")
 
 # ---------------------------------------------------------------------------------- AEDAT readers
 

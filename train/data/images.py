@@ -2,7 +2,7 @@
 
 Sources, in order of precedence: an explicit ``root`` folder; else ``hub_id`` through
 ``datasets.load_dataset(hub_id)`` (needs the network or a warm HF cache); else the default folder
-``<repo>/data/<name>``. A local folder has the hub's own layout, e.g. for CIFAR-10::
+``./data/<name>`` (of the working directory). A local folder has the hub's own layout, e.g. for CIFAR-10::
 
     <root>/plain_text/train-00000-of-00001.parquet     columns  img (Image: struct bytes/path), label
     <root>/plain_text/test-00000-of-00001.parquet
@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,6 @@ import numpy as np
 import torch
 
 from .loader import DataFormatError, DataNotFoundError, fingerprint_files
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,28 @@ class ImageSpec:
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    class_names: tuple[str, ...] | None = None  # of label_column's labels 0..K-1 (the hub's ClassLabel names)
 
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
+    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
+    "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest",
+    "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard",
+    "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
+    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine", "possum",
+    "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper",
+    "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone",
+    "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf",
+    "woman", "worm",
+)
+CIFAR100_COARSE_CLASSES = (
+    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables", "household_electrical_devices",
+    "household_furniture", "insects", "large_carnivores", "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes", "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates",
+    "people", "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
+)
 
 IMAGE_SPECS: dict[str, ImageSpec] = {
     # mean/std of the 1,437 training images of the bundled split (pixels / 255).
@@ -51,7 +71,7 @@ IMAGE_SPECS: dict[str, ImageSpec] = {
         None,
         {"train": "plain_text/train-*.parquet", "test": "plain_text/test-*.parquet"},
         {"train": "train", "test": "test"},
-        "image", "label", 10, 1, 8, (0.3054,), (0.3760,),
+        "image", "label", 10, 1, 8, (0.3054,), (0.3760,), tuple(str(d) for d in range(10)),
     ),
     "cifar10": ImageSpec(
         "uoft-cs/cifar10",
@@ -60,16 +80,17 @@ IMAGE_SPECS: dict[str, ImageSpec] = {
         # The ASGL authors' normalisation (the common CIFAR-10 "std" 0.2023..., which is not the
         # pixel std 0.2470, 0.2435, 0.2616): inputs come out ~1.2x wider than unit variance, as in
         # the paper's runs.
-        "img", "label", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
+        "img", "label", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), CIFAR10_CLASSES,
     ),
     # CIFAR-100: the pixel mean/std of its training set (what CIFAR-100 recipes normalise with).
     "cifar100": ImageSpec(
         "uoft-cs/cifar100",
         {"train": "cifar100/train-*.parquet", "test": "cifar100/test-*.parquet"},
         {"train": "train", "test": "test"},
-        "img", "fine_label", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        "img", "fine_label", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), CIFAR100_CLASSES,
     ),
     # Tiny-ImageNet's labelled held-out split is "valid" (10,000 images); it serves as the test set.
+    # Its labels index WordNet ids the hub copy's card lists; none are kept here (class_names None).
     "tiny_imagenet": ImageSpec(
         "zh-plus/tiny-imagenet",
         {"train": "data/train-*.parquet", "test": "data/valid-*.parquet"},
@@ -80,10 +101,6 @@ IMAGE_SPECS: dict[str, ImageSpec] = {
 
 # Bump when decoding changes, so stale caches are not reused.
 _DECODE_VERSION = 1
-
-
-def default_root(name: str) -> Path:
-    return REPO_ROOT / "data" / name
 
 
 def _missing_message(name: str, spec: ImageSpec, root: Path, missing: list[str]) -> str:
@@ -121,6 +138,8 @@ def resolve_source(name: str, root: str | None, hub_id: str | None, label_column
     label_column = label_column or spec.label_column
     if root is None and hub_id is not None:
         return ImageSource(name, spec, None, hub_id, label_column)
+    from . import default_root
+
     folder = Path(root) if root is not None else default_root(name)
     files = {s: sorted(glob.glob(str(folder / p))) for s, p in spec.patterns.items()}
     missing = [spec.patterns[s] for s, f in files.items() if not f]
@@ -130,15 +149,72 @@ def resolve_source(name: str, root: str | None, hub_id: str | None, label_column
 
 
 def _import_datasets():
-    try:
-        import datasets
-    except ImportError as e:  # the GPU image may not ship it
-        raise ImportError("image data sets need the `datasets` package: pip install 'datasets>=3.0'") from e
-    return datasets
+    from asgl.extras import need  # the GPU image may not ship datasets
+
+    return need("datasets", "image data sets")
+
+
+# Where the hub answers, its HEAD takes well under a second; where it does not, huggingface_hub
+# retries for ~25 s (1 + 2 + 4 + 8 + 8 s, a line each) before giving up.
+HUB_PROBE_S = 3.0
+_TRUE = ("1", "ON", "YES", "TRUE")
+
+
+def hub_reachable(endpoint: str, timeout: float = HUB_PROBE_S) -> bool:
+    """Whether ``endpoint`` (the hub's URL) answers an HTTP HEAD within ``timeout`` seconds (through
+    the environment's proxies; any HTTP status or a certificate complaint counts as an answer)."""
+    import ssl
+    import threading
+    import urllib.error
+    import urllib.request
+
+    answered = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            answered.append(True)
+        except urllib.error.HTTPError:
+            answered.append(True)
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, ssl.SSLError):
+                answered.append(True)
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)  # a name lookup ignores the socket timeout
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
+
+
+def offline_unless_hub_answers(hub_id: str) -> str | None:
+    """Before the first hub access of a process: when ``HF_HUB_OFFLINE`` is unset and the hub does not
+    answer within :data:`HUB_PROBE_S`, set ``HF_HUB_OFFLINE=1`` for this process, so that a warm cache
+    still loads and a cold one fails at once instead of after the hub client's retries; returns why
+    it did (None when it did not). ``huggingface_hub`` and ``datasets`` read that variable when
+    imported: if either already is, an unanswered probe raises ``ConnectionError`` instead."""
+    if os.path.isdir(hub_id) or any(os.environ.get(k, "").upper() in _TRUE
+                                    for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return None
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if hub_reachable(endpoint):
+        return None
+    why = f"the Hugging Face hub ({endpoint}) is unreachable (no answer within {HUB_PROBE_S:g} s)"
+    if {"datasets", "huggingface_hub"} & set(sys.modules):
+        raise ConnectionError(why)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return why
 
 
 def _open(source: ImageSource, split: str, *, streaming: bool, cache_dir: str):
     """The split as a ``datasets`` (Iterable)Dataset with the image column left undecoded."""
+    offline = None
+    if source.files is None:
+        try:
+            offline = offline_unless_hub_answers(source.hub_id)
+        except ConnectionError as e:
+            raise DataNotFoundError(f"data set {source.name!r}: could not load {source.hub_id!r} ({e})") from e
     datasets = _import_datasets()
     try:
         if source.files is not None:
@@ -154,10 +230,13 @@ def _open(source: ImageSource, split: str, *, streaming: bool, cache_dir: str):
     except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as e:
         if source.files is not None:
             raise
+        from . import default_root
+
+        cause = ConnectionError(f"{offline}, and the cache holds no copy") if offline else e
         raise DataNotFoundError(
-            f"data set {source.name!r}: could not load {source.hub_id!r} from the Hugging Face hub ({e}).\n"
+            f"data set {source.name!r}: could not load {source.hub_id!r} from the Hugging Face hub ({cause}).\n"
             + _missing_message(source.name, source.spec, default_root(source.name), list(source.spec.patterns.values()))
-        ) from e
+        ) from cause
     columns = list(ds.features) if ds.features is not None else list(ds.column_names or [])
     wanted = [source.spec.image_column, source.label_column]
     absent = [c for c in wanted if c not in columns]
@@ -237,10 +316,11 @@ def num_rows(source: ImageSource, split: str, cache_dir: str) -> int:
 
 
 def normaliser(spec: ImageSpec, device: torch.device | str):
-    """uint8 ``[B, C, H, W]`` → float32 ``(x/255 - mean) / std``."""
-    mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1) * 255.0
-    inv = 1.0 / (torch.tensor(spec.std, device=device).view(1, -1, 1, 1) * 255.0)
-    return lambda x: (x.float() - mean) * inv
+    """uint8 ``[B, C, H, W]`` → float32 ``(x/255 - mean) / std``: the arithmetic of ``asgl.Preprocess``,
+    which an exported network applies to raw images (:func:`asgl.preprocess.image_normaliser`)."""
+    from asgl.preprocess import image_normaliser
+
+    return image_normaliser(spec.mean, spec.std, device)
 
 
 def synthetic_train_loader(cfg, num_samples: int, *, seed: int = 0, device: torch.device | str = "cpu"):

@@ -2,21 +2,23 @@
 
     python -m asgl.train.data.prepare NAME [--root DIR]
 
-``DIR`` defaults to ``<repo>/data/<NAME>``, the folder ``data.source=auto`` reads first.
+``DIR`` defaults to ``./data/<NAME>`` (of the working directory), the folder ``data.source=auto``
+reads first.
 
 | NAME | how |
 |---|---|
 | cifar10, cifar100, tiny_imagenet | the parquet files of the hub copy (``uoft-cs/cifar10``, ``uoft-cs/cifar100``, ``zh-plus/tiny-imagenet``) through ``huggingface_hub.snapshot_download`` (its cache, ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` respected) |
 | shd | ``shd_train.h5.gz`` / ``shd_test.h5.gz`` from https://zenkelab.org/datasets/, unpacked |
-| digits | bundled in the repository; regenerated with ``scripts/make_digits.py`` if missing |
+| digits | bundled in the repository (``data/digits``); written by ``asgl.train.data.make_digits`` if missing (needs the ``digits`` extra: scikit-learn) |
 | cifar10_dvs, dvs128_gesture, medley_solos | behind download pages: the exact manual steps are printed |
 
 Verification reads what the trainer reads (the loaders' own file discovery, row counts and
 columns of parquet files, the HDF5 datasets of SHD) and prints one line per split. Files already in
 place are verified, not fetched again.
 
-Exit codes: 0 laid out and verified; 1 the download failed, the files do not verify, or the data
-set needs the manual steps printed; 2 bad command line.
+Exit codes: 0 laid out and verified; 1 the download failed, the files do not verify, the data
+set needs the manual steps printed, or a package it needs is missing (the line names its extra);
+2 bad command line.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import shutil
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -35,11 +36,12 @@ if __package__ in (None, ""):  # a file run from a clone: the repository root, n
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parents[1]))
 
+from asgl.extras import MissingExtra, need
 from asgl.train.data import DATASETS, DataConfig, _root
 from asgl.train.data.loader import DataFormatError, DataNotFoundError
 
 SHD_URL = "https://zenkelab.org/datasets"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+WHAT = "python -m asgl.train.data.prepare"
 
 MANUAL = {
     "cifar10_dvs": """CIFAR10-DVS is distributed as one zip per class on figshare (CC BY 4.0):
@@ -73,7 +75,7 @@ def verify(name: str, root: Path) -> list[str]:
     from asgl.train.data import IMAGE_DATASETS
 
     if name in IMAGE_DATASETS:
-        import pyarrow.parquet as pq
+        pq = need("pyarrow.parquet", f"{WHAT} {name}")
 
         from asgl.train.data import images
 
@@ -92,7 +94,7 @@ def verify(name: str, root: Path) -> list[str]:
             lines.append(f"{split}: {rows:,} images in {len(files)} parquet file(s)")
         return lines
     if name == "shd":
-        import h5py
+        h5py = need("h5py", f"{WHAT} shd")
 
         from asgl.train.data import shd
 
@@ -123,13 +125,13 @@ def verify(name: str, root: Path) -> list[str]:
 
 def fetch_hub(name: str, root: Path) -> None:
     """The parquet files of the data set's hub copy into ``root``, in the hub's layout."""
-    from huggingface_hub import snapshot_download
+    hub = need("huggingface_hub", f"{WHAT} {name}")
 
     from asgl.train.data import images
 
     spec = images.IMAGE_SPECS[name]
     try:
-        snapshot_download(spec.hub_id, repo_type="dataset", local_dir=str(root),
+        hub.snapshot_download(spec.hub_id, repo_type="dataset", local_dir=str(root),
                           allow_patterns=list(spec.patterns.values()))
     except Exception as e:  # offline, no route, a gated repo: all mean "not fetched"
         raise PrepareError(f"could not download {spec.hub_id} from the Hugging Face hub "
@@ -158,11 +160,10 @@ def fetch_shd(root: Path, base_url: str = SHD_URL) -> None:
 
 
 def fetch_digits(root: Path) -> None:
-    script = REPO_ROOT / "scripts" / "make_digits.py"
-    r = subprocess.run([sys.executable, str(script), "--out", str(root)], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise PrepareError(f"python {script} --out {root} failed (it needs scikit-learn: "
-                           f"pip install scikit-learn):\n{r.stderr.strip()[-1000:]}")
+    """The digits data set written into ``root`` from scikit-learn's copy (the module ships inside the package)."""
+    from asgl.train.data.make_digits import write_digits
+
+    write_digits(root)
 
 
 def prepare(name: str, root: Path) -> list[str]:
@@ -186,12 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asgl.train.data.prepare",
                                      description="Fetch a data set, lay it out for the trainer and verify it.")
     parser.add_argument("name", choices=DATASETS, help="the data set (data.name)")
-    parser.add_argument("--root", help="where to lay it out (data.root); default <repo>/data/NAME")
+    parser.add_argument("--root", help="where to lay it out (data.root); default ./data/NAME")
     args = parser.parse_args(argv)
     root = Path(args.root) if args.root else _root(DataConfig(name=args.name))
     try:
         lines = prepare(args.name, root)
-    except (PrepareError, DataNotFoundError, DataFormatError) as e:
+    except (PrepareError, DataNotFoundError, DataFormatError, MissingExtra) as e:
         print(f"error: {args.name}: {e}", file=sys.stderr)
         return 1
     print(f"{args.name} in {root}: " + " | ".join(lines))
