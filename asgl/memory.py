@@ -155,6 +155,8 @@ class RematScope:
 
 
 def _active_scope() -> RematScope | None:
+    if torch.compiler.is_compiling():  # no scope is entered when compiled; traced without a graph break
+        return None
     scope = _state.scope
     return scope if scope is not None and not _state.in_block and torch.is_grad_enabled() else None
 

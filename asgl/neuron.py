@@ -240,7 +240,7 @@ class RecurrentLIF(LIF):
 def _remat(neuron: LIF, y_seq: torch.Tensor, x_seq: torch.Tensor, kernel: str) -> None:
     """Inside a network's remat scope (:mod:`asgl.memory`): the fused neuron's output is rebuilt from the
     membrane its backward keeps; the torch reference's is kept (an error with ``remat_spikes=True``)."""
-    if y_seq.grad_fn is None or not memory.active():
+    if not memory.active() or y_seq.grad_fn is None:
         return
     if F.resolve_backend(neuron.backend, x_seq, fused_module=kernel) == "torch":
         memory.unfused(type(neuron).__name__, neuron.backend)

@@ -103,8 +103,8 @@ def batch_of(name: str, batch: int, device: str = "cpu") -> torch.Tensor:
 # ----------------------------------------------------------------------------------- liveness (CPU)
 
 
-def _owner(func, index: int, path: str) -> str:
-    """The kind of tensor an op output is, by the op and the module that made it."""
+def _owner(func, index: int, path: str, kind: str) -> str:
+    """The kind of tensor an op output is, by the op and the module that made it (its path, class)."""
     name = func.name()
     shortcut = ".shortcut" in f".{path}"
     if func.namespace == "asgl":
@@ -117,7 +117,13 @@ def _owner(func, index: int, path: str) -> str:
         return "linear outputs"
     if name == "aten::_to_copy":
         return "casts (the image)"
-    return f"{name} ({path or 'top'})"
+    if "pool" in name or "Pool" in kind:
+        return "pool outputs"
+    if kind == "Flatten":
+        return "flattened features"
+    if not path:
+        return "the loss"
+    return f"{name} ({path})"
 
 
 class _Made(TorchDispatchMode):
@@ -127,7 +133,7 @@ class _Made(TorchDispatchMode):
     def __init__(self, stand_in: bool):
         super().__init__()
         self.stand_in = stand_in
-        self.path = ""  # the innermost module running (set by module hooks)
+        self.path, self.kind = "", ""  # the innermost module running, its class (set by module hooks)
         self.made: dict[int, tuple[StorageWeakRef, int, str]] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -141,7 +147,7 @@ class _Made(TorchDispatchMode):
                 s = t.untyped_storage()
                 old = self.made.get(s.data_ptr())
                 if old is None or old[0].expired():
-                    self.made[s.data_ptr()] = (StorageWeakRef(s), s.nbytes(), _owner(func, i, self.path))
+                    self.made[s.data_ptr()] = (StorageWeakRef(s), s.nbytes(), _owner(func, i, self.path, self.kind))
         return out
 
     def alive(self, exclude: set[int]) -> dict[str, int]:
@@ -173,8 +179,8 @@ def _module_paths(model: torch.nn.Module, mode: _Made, flops: dict):
     stack: list[str] = []
 
     def pre(module, args):
-        stack.append(mode.path)
-        mode.path = names.get(module, mode.path)
+        stack.append((mode.path, mode.kind))
+        mode.path, mode.kind = names.get(module, mode.path), type(module).__name__
 
     def post(module, args, out):
         if isinstance(module, torch.nn.Conv2d):
@@ -182,7 +188,7 @@ def _module_paths(model: torch.nn.Module, mode: _Made, flops: dict):
             flops[names[module]] = flops.get(names[module], 0) + 2 * out.numel() * k
         elif isinstance(module, torch.nn.Linear):
             flops[names[module]] = flops.get(names[module], 0) + 2 * out.numel() * module.in_features
-        mode.path = stack.pop()
+        mode.path, mode.kind = stack.pop()
 
     handles = [m.register_forward_pre_hook(pre) for m in names] + [m.register_forward_hook(post) for m in names]
     try:
@@ -256,9 +262,9 @@ def measure_cpu(name: str, choice: str, batches: tuple[int, int], stand_in: bool
         "saved_mib_per_sample": round(per_sample / MIB, 3), "fixed_mib": round(fixed / MIB, 2),
         "extra_forward_flops_pct": round(extra_flops_pct(model, flops), 1),
         "max_batch_80gb": int(room // per_sample) if per_sample > 0 else None,
-        "by_owner_mib_per_sample": {k: round((by2.get(k, 0) - by1.get(k, 0)) / (b2 - b1) / MIB, 3)
-                                    for k in sorted(set(by1) | set(by2), key=lambda k: -by2.get(k, 0))
-                                    if by2.get(k, 0) != by1.get(k, 0)},
+        "by_owner_mib_per_sample": {k: v for k, v in ((k, round((by2.get(k, 0) - by1.get(k, 0)) / (b2 - b1) / MIB, 3))
+                                                      for k in sorted(set(by1) | set(by2), key=lambda k: -by2.get(k, 0)))
+                                    if v},
         "forward_gflops_per_sample": round(sum(flops.values()) / b2 / 1e9, 3),
         "params": params, "batches": list(batches), "kernels": "stand-in" if stand_in else "interpret",
         "precision": "bf16", "channels_last": True, "p": 0.2,

@@ -1,0 +1,282 @@
+"""Activation memory (``asgl.memory``): spike outputs rematerialised in the backward, block checkpointing.
+
+* Each fused op's rebuilt output (``output_from_saved``) is its forward's, bit for bit.
+* A training step with ``remat_spikes`` gives bitwise the gradients of every parameter and the batch
+  norms' running statistics of one without (triton backend under the interpreter, p = 0.2, T = 4 and
+  10, contiguous and channels-last, fp32 and bf16 autocast), and really rebuilds the spikes it no
+  longer keeps; with ``checkpoint="blocks"`` the same within the tolerance rules, the running
+  statistics and batch counts updated once.
+* ResNet-18 T = 4 (bf16, channels-last, p = 0.2): bytes kept for the backward per sample, counted with
+  ``perf/bench_memory.py`` (the fused ops' reference stand-ins, which keep exactly what the kernels keep:
+  checked against the interpreter on small networks).
+* The step budget counts the recompute: one forward launch of the unit per rebuilt output.
+* Bad combinations: one-line errors.
+* Slow: a whole quickstart epoch with ``remat_spikes`` on the triton backend gives bitwise the loss and
+  accuracy of one without; DDP, FSDP1 and FSDP2 on two CPU ranks with resume; ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import asgl
+from asgl import memory
+from asgl.models.resnet import SpikingResNet
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _net(kind: str, T: int, remat, checkpoint: str = "none") -> torch.nn.Module:
+    """A small ResNet (identity and projection shortcuts, ResNet-19's LIF head, channel widths,
+    learnable thresholds) or the digits CNN (units between pools), on the triton backend."""
+    torch.manual_seed(0)
+    if kind == "resnet":
+        net = SpikingResNet([(8, 2), (16, 1)], stem=8, hidden=12, num_classes=5, T=T, p=0.2, width=2.0,
+                            width_granularity="channel", learn_thresh=True, backend="triton")
+    else:
+        net = asgl.create_model("digits_cnn", T=T, p=0.2, backend="triton")
+    net.remat_spikes = remat
+    return net.set_checkpoint(checkpoint)
+
+
+def _step(kind: str, T: int, channels_last: bool, low: bool, remat, checkpoint: str = "none", rebuilt=None):
+    """One training step: ``(gradients, buffers)`` by name."""
+    net = _net(kind, T, remat, checkpoint)
+    x = torch.randn(2, 3 if kind == "resnet" else 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(5)  # the units' seed draws
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+        logits = net(x)
+    (logits.float().square().mean()).backward()
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    return grads, dict(net.named_buffers())
+
+
+@pytest.fixture
+def count_rebuilds(monkeypatch):
+    """Counts the fused ops' rebuilds (``output_from_saved`` calls) per kernel module."""
+    from asgl.kernels import bn_lif, lif
+
+    calls = {"bn_lif": 0, "lif": 0}
+    for name, module in (("bn_lif", bn_lif), ("lif", lif)):
+        def counted(ctx, _name=name, _real=module.output_from_saved):
+            calls[_name] += 1
+            return _real(ctx)
+        monkeypatch.setattr(module, "output_from_saved", counted)
+    return calls
+
+
+# ---------------------------------------------------------------------------------- rebuilt outputs
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("T", [4, 10])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rebuilt_outputs_are_the_forwards(T, dtype, device):
+    from asgl.kernels import bn_lif, lif, rlif
+
+    g = torch.Generator().manual_seed(T)
+    for channels_last in (False, True):
+        x, r = ((2 * torch.randn(T, 3, 8, 5, 7, generator=g)).to(dtype) for _ in range(2))
+        if channels_last:
+            x, r = (t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) for t in (x, r))
+        x, r = x.to(device).requires_grad_(), r.to(device).requires_grad_()
+        params = [torch.rand(8, device=device, requires_grad=True), torch.randn(8, device=device, requires_grad=True),
+                  torch.zeros(8, device=device), torch.ones(8, device=device),
+                  torch.tensor(0.3, device=device, requires_grad=True), torch.full((8,), 2.0, device=device,
+                                                                                   requires_grad=True)]
+        for residual in (None, r):
+            y = bn_lif.bn_lif_fused(x, *params, 1.0, residual=residual, p=0.2, seed=7)
+            again = bn_lif.output_from_saved(y.grad_fn)
+            assert torch.equal(again, y) and again.stride() == y.stride()
+            assert 0.05 < (y != 0).float().mean() < 0.95
+        y = lif.lif_fused(x, params[4], params[5], 1.0, p=0.2, seed=5)
+        assert torch.equal(lif.output_from_saved(y.grad_fn), y)
+    wx = torch.randn(T, 5, 7, generator=g).to(device).requires_grad_()
+    rec = (0.3 * torch.randn(7, 7, generator=g)).to(device).requires_grad_()
+    y = rlif.recurrent_lif_fused(wx, rec, params[4], torch.tensor(1.5, device=device, requires_grad=True), 1.0,
+                                 p=0.3, seed=9)
+    assert torch.equal(rlif.output_from_saved(y.grad_fn), y)
+
+
+# ------------------------------------------------------------------------------- training steps
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("kind, T, channels_last, low", [
+    ("resnet", 4, False, False), ("resnet", 4, True, True), ("resnet", 10, False, True), ("resnet", 10, True, False),
+    ("digits", 4, True, True), ("digits", 10, False, False),
+], ids=lambda v: str(v))
+def test_remat_step_is_bitwise_the_step_without(kind, T, channels_last, low, count_rebuilds):
+    g0, b0 = _step(kind, T, channels_last, low, remat=False)
+    assert count_rebuilds == {"bn_lif": 0, "lif": 0}
+    g1, b1 = _step(kind, T, channels_last, low, remat=True)
+    # every unit output some op kept is rebuilt once: the ResNet's 6 units but the last (the global pool
+    # keeps nothing) and its head LIF; the digits CNN's 3 units (the pools and the readout keep them)
+    assert count_rebuilds == ({"bn_lif": 6, "lif": 1} if kind == "resnet" else {"bn_lif": 3, "lif": 0})
+    assert g0.keys() == g1.keys() and b0.keys() == b1.keys()
+    for name in g0:
+        assert torch.equal(g0[name], g1[name]), name
+    for name in b0:
+        assert torch.equal(b0[name], b1[name]), name
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("kind, T, channels_last, low", [("resnet", 4, True, True), ("digits", 10, False, False)],
+                         ids=lambda v: str(v))
+def test_blocks_step_matches_within_tolerance_and_counts_the_batch_once(kind, T, channels_last, low):
+    g0, b0 = _step(kind, T, channels_last, low, remat=False)
+    for remat in (False, True):
+        g1, b1 = _step(kind, T, channels_last, low, remat=remat, checkpoint="blocks")
+        for name in g0:  # the recompute runs the same ops on the same inputs; float32 gradients
+            torch.testing.assert_close(g1[name], g0[name], rtol=1e-5, atol=1e-6, msg=name)
+        # running statistics: updated once, in the forward (the recompute's updates are undone)
+        for name in b0:
+            assert torch.equal(b0[name], b1[name]), name
+        assert all(v.item() == 1 for n, v in b1.items() if n.endswith("num_batches_tracked"))
+
+
+def test_saved_tensors_modified_in_place_still_raise():
+    lin = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4, requires_grad=True)
+    with memory.RematScope():
+        h = x * 2
+        y = lin(h)
+    with torch.no_grad():
+        h.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+# ----------------------------------------------------------------------------------- bytes kept
+
+
+@pytest.fixture(scope="module")
+def resnet18_rows():
+    from perf import bench_memory
+
+    return {c: bench_memory.measure_cpu("resnet18", c, (1, 2), stand_in=True) for c in bench_memory.CHOICES}
+
+
+def test_resnet18_bytes_kept_per_sample(resnet18_rows):
+    none, remat, blocks = (resnet18_rows[c] for c in ("none", "remat_spikes", "remat_spikes+blocks"))
+    # today's 9.34 MiB per sample, by the issue's count (saved_tensors_hooks) and by what stays alive
+    assert none["saved_mib_per_sample_hooks"] == none["saved_mib_per_sample"] == pytest.approx(9.34, abs=0.005)
+    assert remat["saved_mib_per_sample"] <= 5.0
+    assert blocks["saved_mib_per_sample"] <= 3.0
+    # no spike tensor left with remat alone; the blocks' inputs with blocks
+    assert "spikes (unit outputs)" in none["by_owner_mib_per_sample"]
+    assert "spikes (unit outputs)" not in remat["by_owner_mib_per_sample"]
+    assert remat["extra_forward_flops_pct"] == 0 and blocks["extra_forward_flops_pct"] > 95
+    assert none["max_batch_80gb"] < remat["max_batch_80gb"] < blocks["max_batch_80gb"]
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("kind", ["resnet", "digits"])
+def test_stand_in_keeps_what_the_kernels_keep(kind):
+    from perf import bench_memory
+
+    x = torch.randn(2, 3 if kind == "resnet" else 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    for remat, checkpoint in bench_memory.CHOICES.values():
+        net = _net(kind, 4, remat, checkpoint).to(memory_format=torch.channels_last)
+        kept = [sum(bench_memory.held(net, x, stand_in=s)[0].values()) for s in (False, True)]
+        assert kept[0] == kept[1] > 0, (remat, checkpoint)
+
+
+# ------------------------------------------------------------------------------------ step budget
+
+
+def test_step_budget_counts_the_recompute():
+    from perf import step_budget as sb
+    from asgl.train.config import build_config
+
+    rows = {}
+    for choice in ("false", "auto"):
+        counter = sb.count_step(build_config("configs/cifar10_resnet18_t4.yaml", {"model.remat_spikes": choice}),
+                                batch=2)
+        rows[choice] = counter
+    off, on = rows["false"], rows["auto"]
+    # 16 of the 17 units rebuilt (the last one's output only feeds the global pool, which keeps
+    # nothing), one forward launch each, plus the 3 projection shortcuts' batch norms
+    assert off.ops["backward"].get("asgl.bn_lif_fwd", 0) == 0
+    assert on.ops["backward"]["asgl.bn_lif_fwd"] == 16
+    assert on.ops["backward"]["aten.native_batch_norm"] == 3
+    assert on.launches["forward"] == off.launches["forward"]
+    extra = sum(on.launches["backward"].values()) - sum(off.launches["backward"].values())
+    assert extra == 16 + 3 + 6  # and the copies of the shortcut batch norms' running buffers
+    assert on.bytes["backward"]["elementwise"] > off.bytes["backward"]["elementwise"]
+    assert on.bytes["forward"] == off.bytes["forward"]
+    # the order: a unit's output is rebuilt before the backward of the unit that consumes it
+    order = on.fused_order["backward"]
+    assert order[0] == "bn_lif_bwd" or order[:2] == ["bn_lif_fwd", "bn_lif_bwd"]
+    assert order.count("bn_lif_bwd") == 17
+
+
+def test_fused_extra_bytes_of_the_batch_norm_backward():
+    from perf import step_budget as sb
+
+    x = torch.zeros(4, 2, 3, dtype=torch.bfloat16)
+    assert sb.fused_extra_bytes("asgl::bn_lif_bwd", (None, x, None)) == 3 * 48
+    assert sb.fused_extra_bytes("asgl::bn_lif_bwd", (None, x, x)) == 2 * 48
+    assert sb.fused_extra_bytes("asgl::lif_fwd", (x,)) == 0
+
+
+# ------------------------------------------------------------------------------- bad combinations
+
+
+def test_bad_combinations_are_one_line_errors():
+    with pytest.raises(ValueError, match="remat_spikes=True needs the fused units"):
+        asgl.create_model("digits_cnn", remat_spikes=True, backend="torch")
+    with pytest.raises(ValueError, match="remat_spikes must be 'auto', True or False"):
+        asgl.create_model("digits_cnn", remat_spikes="yes")
+    with pytest.raises(ValueError, match="checkpoint='blocks': SHDRNN has no blocks to checkpoint"):
+        asgl.create_model("shd_rnn", checkpoint="blocks")
+    with pytest.raises(ValueError, match="checkpoint must be one of none, blocks"):
+        asgl.create_model("resnet18", checkpoint="layers")
+    # auto backend on CPU tensors runs the torch reference: True cannot apply there
+    net = asgl.create_model("digits_cnn", T=2, remat_spikes=True)
+    with pytest.raises(ValueError, match="remat_spikes=True, but a LIF runs the torch reference"):
+        net(torch.randn(2, 1, 8, 8))
+    with torch.no_grad():  # nothing kept, nothing to recompute: no error
+        net(torch.randn(2, 1, 8, 8))
+    assert asgl.create_model("digits_cnn", T=2, remat_spikes="auto")(torch.randn(2, 1, 8, 8)).shape == (2, 2, 10)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.remat_spikes": "true", "model.backend": "torch"}, "model.remat_spikes=true needs the fused units"),
+    ({"model.remat_spikes": "true", "train.compile": "default"}, "model.remat_spikes=true cannot be compiled"),
+    ({"model.remat_spikes": "sometimes"}, "model.remat_spikes must be one of auto, true, false"),
+    ({"train.checkpoint": "layers"}, "train.checkpoint must be one of none, blocks"),
+])
+def test_config_refuses_bad_combinations(overrides, message):
+    from asgl.train.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match=message) as e:
+        build_config("configs/quickstart.yaml", overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_config_values_reach_the_model():
+    from asgl.train.config import build_config, to_dict
+    from asgl.train.run import build_model
+
+    cfg = build_config("configs/quickstart.yaml", {"model.remat_spikes": "false", "train.checkpoint": "blocks"})
+    assert to_dict(cfg)["model"]["remat_spikes"] is False and to_dict(cfg)["train"]["checkpoint"] == "blocks"
+    model = build_model(cfg, 10, 1)
+    assert model.remat_spikes is False and model.checkpoint == "blocks"
+    assert build_model(build_config("configs/quickstart.yaml"), 10, 1).remat_spikes == "auto"
+    cfg = build_config("configs/shd_rnn_t250.yaml", {"train.checkpoint": "blocks"})
+    with pytest.raises(ValueError, match="SHDRNN has no blocks to checkpoint"):
+        build_model(cfg, 20, 700)
