@@ -282,6 +282,8 @@ def measure_cpu(name: str, choice: str, batches: tuple[int, int], stand_in: bool
 def measure_gpu(name: str, choice: str, batch: int, warmup: int, iters: int) -> dict:
     device = "cuda"
     torch.backends.cudnn.benchmark = True
+    gc.collect()
+    torch.cuda.empty_cache()  # the previous choice's blocks
     model = build(name, choice, device)
     x = batch_of(name, batch, device)
     row = {"model": name, "T": NETWORKS[name][0], "choice": choice, "batch": batch, "precision": "bf16",

@@ -48,20 +48,28 @@ def _net(kind: str, T: int, remat, checkpoint: str = "none") -> torch.nn.Module:
     return net.set_checkpoint(checkpoint)
 
 
-def _step(kind: str, T: int, channels_last: bool, low: bool, remat, checkpoint: str = "none", rebuilt=None):
+def _step(kind: str, T: int, channels_last: bool, low: bool, remat, checkpoint: str = "none", device: str = "cpu"):
     """One training step: ``(gradients, buffers)`` by name."""
-    net = _net(kind, T, remat, checkpoint)
-    x = torch.randn(2, 3 if kind == "resnet" else 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    net = _net(kind, T, remat, checkpoint).to(device)
+    x = torch.randn(2, 3 if kind == "resnet" else 1, 8, 8, generator=torch.Generator().manual_seed(1)).to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     torch.manual_seed(5)  # the units' seed draws
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=low):
         logits = net(x)
     (logits.float().square().mean()).backward()
     grads = {n: p.grad for n, p in net.named_parameters()}
     assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
     return grads, dict(net.named_buffers())
+
+
+@pytest.fixture
+def deterministic(monkeypatch):
+    """cuDNN's deterministic algorithms on a GPU: two runs compared bit for bit must not differ by
+    the convolutions' own atomics (the fused kernels are deterministic)."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
 
 
 @pytest.fixture
@@ -119,10 +127,10 @@ def test_rebuilt_outputs_are_the_forwards(T, dtype, device):
     ("resnet", 4, False, False), ("resnet", 4, True, True), ("resnet", 10, False, True), ("resnet", 10, True, False),
     ("digits", 4, True, True), ("digits", 10, False, False),
 ], ids=lambda v: str(v))
-def test_remat_step_is_bitwise_the_step_without(kind, T, channels_last, low, count_rebuilds):
-    g0, b0 = _step(kind, T, channels_last, low, remat=False)
+def test_remat_step_is_bitwise_the_step_without(kind, T, channels_last, low, count_rebuilds, deterministic, device):
+    g0, b0 = _step(kind, T, channels_last, low, remat=False, device=device)
     assert count_rebuilds == {"bn_lif": 0, "lif": 0}
-    g1, b1 = _step(kind, T, channels_last, low, remat=True)
+    g1, b1 = _step(kind, T, channels_last, low, remat=True, device=device)
     # every unit output some op kept is rebuilt once: the ResNet's 6 units but the last (the global pool
     # keeps nothing) and its head LIF; the digits CNN's 3 units (the pools and the readout keep them)
     assert count_rebuilds == ({"bn_lif": 6, "lif": 1} if kind == "resnet" else {"bn_lif": 3, "lif": 0})
@@ -136,10 +144,11 @@ def test_remat_step_is_bitwise_the_step_without(kind, T, channels_last, low, cou
 @pytest.mark.interpret
 @pytest.mark.parametrize("kind, T, channels_last, low", [("resnet", 4, True, True), ("digits", 10, False, False)],
                          ids=lambda v: str(v))
-def test_blocks_step_matches_within_tolerance_and_counts_the_batch_once(kind, T, channels_last, low):
-    g0, b0 = _step(kind, T, channels_last, low, remat=False)
+def test_blocks_step_matches_within_tolerance_and_counts_the_batch_once(kind, T, channels_last, low, deterministic,
+                                                                       device):
+    g0, b0 = _step(kind, T, channels_last, low, remat=False, device=device)
     for remat in (False, True):
-        g1, b1 = _step(kind, T, channels_last, low, remat=remat, checkpoint="blocks")
+        g1, b1 = _step(kind, T, channels_last, low, remat=remat, checkpoint="blocks", device=device)
         for name in g0:  # the recompute runs the same ops on the same inputs; float32 gradients
             torch.testing.assert_close(g1[name], g0[name], rtol=1e-5, atol=1e-6, msg=name)
         # running statistics: updated once, in the forward (the recompute's updates are undone)
@@ -188,6 +197,8 @@ def test_resnet18_bytes_kept_per_sample(resnet18_rows):
 def test_stand_in_keeps_what_the_kernels_keep(kind):
     from perf import bench_memory
 
+    if torch.cuda.is_available():
+        pytest.skip("a CPU count (the stand-ins compute on the CPU)")
     x = torch.randn(2, 3 if kind == "resnet" else 1, 8, 8).contiguous(memory_format=torch.channels_last)
     for remat, checkpoint in bench_memory.CHOICES.values():
         net = _net(kind, 4, remat, checkpoint).to(memory_format=torch.channels_last)
@@ -280,3 +291,188 @@ def test_config_values_reach_the_model():
     cfg = build_config("configs/shd_rnn_t250.yaml", {"train.checkpoint": "blocks"})
     with pytest.raises(ValueError, match="SHDRNN has no blocks to checkpoint"):
         build_model(cfg, 20, 700)
+
+
+# ------------------------------------------------------------------------------------ torch.compile
+
+
+@pytest.mark.interpret
+def test_compiled_blocks_trace_whole_and_auto_remat_is_off(device):
+    """``torch.compile(fullgraph=True)`` of a network with ``remat_spikes="auto"`` (off when compiled:
+    no hooks, no graph break) and ``checkpoint="blocks"`` (traced as checkpoint regions): the eager
+    step's outputs, gradients and running statistics, the batch counted once."""
+    net = _net("resnet", 4, "auto", "blocks").to(device)
+    twin = _net("resnet", 4, "auto", "none").to(device)
+    compiled = torch.compile(net, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
+    x = torch.randn(2, 3, 8, 8, device=device)
+    out = {}
+    for name, model in (("eager", twin), ("compiled", compiled)):
+        torch.manual_seed(9)
+        y = model(x)
+        grads = torch.autograd.grad(y.square().mean(), [p for p in model.parameters()])
+        out[name] = y, grads
+    assert torch.equal(out["eager"][0], out["compiled"][0])
+    for a, b in zip(out["eager"][1], out["compiled"][1]):
+        torch.testing.assert_close(a, b)
+    for (name, a), b in zip(twin.named_buffers(), net.buffers()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+# ------------------------------------------------------------------------- a quickstart epoch (slow)
+
+TIMING = ("samples_per_s", "epoch_time_s", "peak_mem_mb")
+
+
+@pytest.mark.slow
+@pytest.mark.interpret
+def test_quickstart_epoch_with_remat_is_bitwise_the_same(tmp_path):
+    """``configs/quickstart.yaml`` for one epoch (its 10-epoch schedules, 23 steps, then the test set)
+    on the triton backend under the interpreter, remat_spikes true against false: the same losses,
+    accuracies, widths and firing rates, and the same parameters, bit for bit. About 25 minutes of
+    two busy cores (each run ~10 CPU-minutes in the interpreter)."""
+    pytest.importorskip("datasets")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
+    metrics, params = {}, {}
+    for remat in ("false", "true"):
+        args = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--model.backend=triton",
+                f"--model.remat_spikes={remat}", "--train.stop_after_epochs=1", f"--data.root={REPO / 'data' / 'digits'}",
+                f"--data.cache_dir={tmp_path / 'cache'}", f"--train.out_dir={tmp_path / 'runs'}",
+                f"--train.run_name={remat}"]
+        r = subprocess.run(["nice", sys.executable, str(REPO / "train" / "run.py"), *args], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=3600, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        run_dir = tmp_path / "runs" / remat
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        metrics[remat] = [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+        params[remat] = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
+    assert len(metrics["true"]) == 1 and metrics["true"][0]["test_acc"] > 0.5
+    assert metrics["true"] == metrics["false"]
+    for name, value in params["false"].items():
+        assert torch.equal(value, params["true"][name]), name
+
+
+# --------------------------------------------------------------------- DDP, FSDP1, FSDP2 (slow)
+
+STEPS, SAVE_AT = 4, 2
+CHOICES = {"none": (False, "none"), "remat": (True, "none"), "remat+blocks": (True, "blocks")}
+
+
+def _wrapped(kind: str, choice: str, seed: int):
+    """A tiny ResNet on the triton backend (T = 2), wrapped as the trainer wraps it (the neurons whole,
+    their gradients averaged by ``all_reduce_mean_``); ``(model, optimizers, replicated)``."""
+    remat, checkpoint = CHOICES[choice]
+    torch.manual_seed(seed)
+    net = SpikingResNet([(4, 1), (8, 1)], stem=4, hidden=6, num_classes=5, T=2, p=0.2, width=2.0, backend="triton")
+    net.remat_spikes = remat
+    net.set_checkpoint(checkpoint)
+    neurons = asgl.neurons(net)
+    own = {id(p) for m in neurons for p in m.parameters()}
+    names = [n for n, p in net.named_parameters() if id(p) in own]
+    replicated = []
+    if kind == "ddp":
+        model = torch.nn.parallel.DistributedDataParallel(net)
+    elif kind == "fsdp1":
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        model = FullyShardedDataParallel(net, use_orig_params=True, device_id=torch.device("cpu"),
+                                         ignored_modules=neurons)
+        replicated = [p for m in neurons for p in m.parameters()]
+    else:
+        from torch.distributed.fsdp import fully_shard
+
+        model = fully_shard(net, ignored_params={p for m in neurons for p in m.parameters()})
+        replicated = [p for m in neurons for p in m.parameters()]
+    params = {n.replace("_fsdp_wrapped_module.", "").removeprefix("module."): p for n, p in model.named_parameters()}
+    opt = torch.optim.SGD([p for n, p in params.items() if n not in names], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    nopt = torch.optim.Adam([params[n] for n in names], lr=0.01)
+    return model, opt, nopt, replicated
+
+
+def _train_steps(model, opts, replicated, steps, rank: int) -> None:
+    from asgl.train.run import all_reduce_mean_
+
+    for step in steps:
+        torch.manual_seed(step)  # the units' seed draws, as the trainer's restored RNG state
+        g = torch.Generator().manual_seed(1000 * step + rank)
+        x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g)
+        asgl.mean_ce_loss(model(x), y).backward()
+        all_reduce_mean_(replicated, torch.distributed.get_world_size())
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+
+def _rank_worker(kind: str, out: Path) -> None:
+    """One rank (``torchrun --nproc_per_node 2 tests/test_remat.py KIND OUT``): per choice, the
+    uninterrupted run, and a run saved at SAVE_AT, loaded into other initial weights and resumed."""
+    import torch.distributed as dist
+
+    from asgl.train import checkpoint as ckpt_io
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.set_num_threads(1)
+
+    def snapshot(model, opt, nopt):
+        return {"model": ckpt_io.model_state(model), "optimizer": ckpt_io.optimizer_state(model, opt),
+                "neuron_optimizer": ckpt_io.optimizer_state(model, nopt)}
+
+    results = {}
+    for choice in CHOICES:
+        model, opt, nopt, replicated = _wrapped(kind, choice, seed=0)
+        _train_steps(model, [opt, nopt], replicated, range(STEPS), rank)
+        straight = snapshot(model, opt, nopt)
+        model, opt, nopt, replicated = _wrapped(kind, choice, seed=0)
+        _train_steps(model, [opt, nopt], replicated, range(SAVE_AT), rank)
+        saved = snapshot(model, opt, nopt)
+        model, opt, nopt, replicated = _wrapped(kind, choice, seed=1)
+        ckpt_io.load_model_state(model, saved["model"])
+        ckpt_io.load_optimizer_state(model, opt, saved["optimizer"])
+        ckpt_io.load_optimizer_state(model, nopt, saved["neuron_optimizer"])
+        _train_steps(model, [opt, nopt], replicated, range(SAVE_AT, STEPS), rank)
+        results[choice] = {"straight": straight, "resumed": snapshot(model, opt, nopt)}
+    if rank == 0:
+        torch.save(results, out / "final.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.interpret
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
+def test_ddp_fsdp1_fsdp2_train_the_same_and_resume_bit_identical(tmp_path):
+    """On two CPU ranks (interpreter) under DDP, FSDP1 and FSDP2: remat_spikes trains bit-identical
+    parameters, optimizer states and running statistics to none, remat_spikes+blocks within float32
+    rounding of it; every choice resumes bit-identically from the gathered checkpoint, and every
+    wrapper trains what DDP trains."""
+    from test_fsdp import TORCHRUN, _assert_identical, _flat, _free_port
+
+    if TORCHRUN is None:
+        pytest.skip("torchrun not found")
+    runs = {}
+    for kind in ("ddp", "fsdp1", "fsdp2"):
+        out = tmp_path / kind
+        out.mkdir()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TRITON_INTERPRET": "1",
+               "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        r = subprocess.run(["nice", TORCHRUN, "--nproc_per_node", "2", "--master_port", str(_free_port()),
+                            str(Path(__file__).resolve()), kind, str(out)], capture_output=True, text=True,
+                           timeout=1200, env=env, cwd=out)
+        assert r.returncode == 0, "\n".join(line for line in r.stderr.splitlines() if "rror" in line or "File" in line)
+        runs[kind] = torch.load(out / "final.pt", map_location="cpu", weights_only=True)
+    for kind, run in runs.items():
+        for choice, result in run.items():
+            _assert_identical(result["straight"], result["resumed"])
+            _assert_identical(result["straight"], runs["ddp"][choice]["straight"])
+        _assert_identical(run["remat"]["straight"], run["none"]["straight"])
+        a, b = _flat(run["remat+blocks"]["straight"]), _flat(run["none"]["straight"])
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], torch.Tensor) and a[key].is_floating_point():
+                torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+            else:
+                assert torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key], key
+
+
+if __name__ == "__main__":  # a rank of test_ddp_fsdp1_fsdp2_train_the_same_and_resume_bit_identical
+    _rank_worker(sys.argv[1], Path(sys.argv[2]))
