@@ -353,7 +353,7 @@ def test_quickstart_epoch_with_remat_is_bitwise_the_same(tmp_path):
 
 # --------------------------------------------------------------------- DDP, FSDP1, FSDP2 (slow)
 
-STEPS, SAVE_AT = 4, 2
+STEPS, SAVE_AT = 3, 2
 CHOICES = {"none": (False, "none"), "remat": (True, "none"), "remat+blocks": (True, "blocks")}
 
 
