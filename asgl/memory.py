@@ -39,7 +39,7 @@ import weakref
 
 import torch
 
-__all__ = ["REMAT_CHOICES", "RematScope", "checkpoint", "register_batch_norm_output", "register_spikes",
+__all__ = ["REMAT_CHOICES", "RematScope", "active", "checkpoint", "register_batch_norm_output", "register_spikes",
            "remat_scope", "unfused"]
 
 # ``remat_spikes``: "auto" = on wherever the fused units run; True = on, an error where a unit runs
@@ -60,20 +60,25 @@ _state = _State()
 
 
 class _Output:
-    """One registered output: how to rebuild it, and the rebuilt value once a backward asked for it
-    (kept while any consumer still holds a handle: one rebuild per unit per step)."""
+    """One registered output: how to rebuild it, its layout, and the rebuilt value once a backward
+    asked for it (kept while any consumer still holds a handle: one rebuild per unit per step)."""
 
-    __slots__ = ("rebuild", "value", "__weakref__")
+    __slots__ = ("rebuild", "layout", "value", "__weakref__")
 
-    def __init__(self, rebuild):
+    def __init__(self, rebuild, y: torch.Tensor):
         self.rebuild = rebuild
+        self.layout = (y.shape, y.stride(), y.storage_offset(), y.dtype)
         self.value = None
 
     def get(self) -> torch.Tensor:
         if self.value is None:
             with torch.no_grad():
-                self.value = self.rebuild()
-            self.rebuild = None  # drops the unit's autograd node
+                value = self.rebuild()
+            # the handles are views by storage geometry: the rebuilt tensor must lie as y did
+            if (value.shape, value.stride(), value.storage_offset(), value.dtype) != self.layout:
+                raise RuntimeError(f"asgl.memory: a rebuilt output {tuple(value.shape)} {value.stride()} "
+                                   f"{value.dtype} is not laid out as the forward's {self.layout}")
+            self.value, self.rebuild = value, None  # drops the unit's autograd node
         return self.value
 
 
@@ -141,7 +146,7 @@ class RematScope:
         if key is not None:
             # weakly: the scope must not keep y alive (the whole point), and a dead entry's storage
             # address may be reused by another tensor
-            self._outputs[key] = (weakref.ref(y), y._version, _Output(rebuild))
+            self._outputs[key] = (weakref.ref(y), y._version, _Output(rebuild, y))
 
     def _pack(self, t: torch.Tensor):
         entry = self._outputs.get(_storage_key(t))

@@ -169,6 +169,29 @@ def test_saved_tensors_modified_in_place_still_raise():
         y.sum().backward()
 
 
+def test_a_registered_output_is_rebuilt_once_and_must_keep_its_layout():
+    lin = torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4, requires_grad=True)
+    calls = []
+
+    def rebuild(value):
+        calls.append(1)
+        return value
+
+    for rebuilt, ok in ((lambda y: y.clone(), True), (lambda y: y.contiguous(), False)):
+        calls.clear()
+        with memory.RematScope():
+            y = (x * 2).t().contiguous().t()  # column-major [5, 4]
+            memory._state.scope.add(y, lambda y=y.detach(): rebuild(rebuilt(y)))
+            out = lin(y[1:]) + lin(y[:2]).sum()  # two consumers of views of y
+        if ok:
+            out.sum().backward()
+            assert calls == [1]
+        else:
+            with pytest.raises(RuntimeError, match="is not laid out as the forward's"):
+                out.sum().backward()
+
+
 # ----------------------------------------------------------------------------------- bytes kept
 
 
