@@ -499,3 +499,21 @@ def test_ddp_fsdp1_fsdp2_train_the_same_and_resume_bit_identical(tmp_path):
 
 if __name__ == "__main__":  # a rank of test_ddp_fsdp1_fsdp2_train_the_same_and_resume_bit_identical
     _rank_worker(sys.argv[1], Path(sys.argv[2]))
+
+
+def test_bench_memory_cli(tmp_path):
+    from test_perf_scripts import read_jsonl, run_script
+
+    out = tmp_path / "memory.jsonl"
+    stdout = run_script("perf/bench_memory.py", "--models", "resnet18", "--choices", "remat_spikes", "--kernels",
+                        "stand-in", "--json", str(out), timeout=600)
+    assert "kept for the backward" in stdout
+    (row,) = read_jsonl(out)
+    for key in ("model", "T", "choice", "saved_mib_per_sample", "fixed_mib", "extra_forward_flops_pct",
+                "max_batch_80gb", "by_owner_mib_per_sample", "commit", "device"):
+        assert key in row, key
+    assert (row["model"], row["T"], row["choice"]) == ("resnet18", 4, "remat_spikes")
+    if not torch.cuda.is_available():
+        r = subprocess.run([sys.executable, str(REPO / "perf" / "bench_memory.py"), "--gpu"], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 2 and "--gpu needs CUDA" in r.stderr
