@@ -316,6 +316,46 @@ def test_config_values_reach_the_model():
         build_model(cfg, 20, 700)
 
 
+# -------------------------------------------------------------------------------------- the trainer
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--model.remat_spikes=true --model.backend=torch", "model.remat_spikes=true needs the fused units"),
+    ("--model.remat_spikes=true --train.compile=default", "model.remat_spikes=true cannot be compiled"),
+    ("--model.name=shd_rnn --train.checkpoint=blocks", "model: checkpoint='blocks': SHDRNN has no blocks"),
+])
+def test_trainer_refuses_bad_combinations_in_one_line(tmp_path, override, message):
+    pytest.importorskip("datasets")
+    from test_trainer import run, tiny_args, write_tiny_digits
+
+    write_tiny_digits(tmp_path / "digits")
+    r = run(tiny_args(tmp_path, "bad", *override.split()), tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
+
+
+def test_trainer_with_blocks_resumes_bit_identically(tmp_path):
+    """``train.checkpoint=blocks`` through the trainer (CPU, torch backend): an uninterrupted run and
+    one cut mid-epoch and resumed end with the same parameters, running statistics and metrics."""
+    pytest.importorskip("datasets")
+    from test_trainer import params, rows, run, tiny_args, write_tiny_digits
+
+    write_tiny_digits(tmp_path / "digits")
+    straight = run(tiny_args(tmp_path, "straight", "--train.checkpoint=blocks"), tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    cut = run(tiny_args(tmp_path, "cut", "--train.checkpoint=blocks", "--train.max_steps=17"), tmp_path)
+    assert cut.returncode == 0, cut.stderr
+    resumed = run(["--resume", str(tmp_path / "runs" / "cut")], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = params(tmp_path / "runs" / "straight"), params(tmp_path / "runs" / "cut")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert a["features.0.bn_lif.bn.num_batches_tracked"].item() == 24  # 12 steps an epoch, counted once
+    ra, rb = rows(tmp_path / "runs" / "straight"), rows(tmp_path / "runs" / "cut")
+    for key in ("train_loss", "test_acc", "lr"):
+        assert ra[1][key] == rb[1][key], key
+
+
 # ------------------------------------------------------------------------------------ torch.compile
 
 
