@@ -157,6 +157,31 @@ def test_blocks_step_matches_within_tolerance_and_counts_the_batch_once(kind, T,
         assert all(v.item() == 1 for n, v in b1.items() if n.endswith("num_batches_tracked"))
 
 
+@pytest.mark.interpret
+def test_shd_network_keeps_only_the_recurrent_layers_state(deterministic, device):
+    """The SHD network (recurrent LIF, then the readout): with remat_spikes the readout keeps no copy of
+    the recurrent layer's output (rebuilt from its membrane u), the gradients bit for bit the same."""
+    from asgl.models.shd import SHDRNN
+    from perf import bench_memory
+
+    x = torch.rand(3, 12, 10, generator=torch.Generator().manual_seed(2)).to(device)
+    grads, kept = {}, {}
+    for remat in (False, True):
+        torch.manual_seed(0)
+        net = SHDRNN(num_classes=4, T=12, in_channels=10, hidden=16, p=0.2, backend="triton").to(device)
+        net.remat_spikes = remat
+        if device == "cpu":
+            kept[remat] = bench_memory.held(net, x)[0]
+        torch.manual_seed(3)
+        net(x).square().mean().backward()
+        grads[remat] = {n: p.grad for n, p in net.named_parameters()}
+    for name, g in grads[False].items():
+        assert torch.equal(g, grads[True][name]), name
+    if kept:
+        assert "spikes (unit outputs)" in kept[False] and "spikes (unit outputs)" not in kept[True]
+        assert kept[True]["membranes u"] == kept[False]["membranes u"]
+
+
 def test_saved_tensors_modified_in_place_still_raise():
     lin = torch.nn.Linear(4, 4)
     x = torch.randn(2, 4, requires_grad=True)
