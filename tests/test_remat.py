@@ -429,7 +429,7 @@ def test_quickstart_epoch_with_remat_is_bitwise_the_same(tmp_path):
                 f"--data.cache_dir={tmp_path / 'cache'}", f"--train.out_dir={tmp_path / 'runs'}",
                 f"--train.run_name={remat}"]
         r = subprocess.run(["nice", sys.executable, str(REPO / "train" / "run.py"), *args], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=3600, env=env)
+                           capture_output=True, text=True, timeout=7200, env=env)
         assert r.returncode == 0, r.stderr[-2000:]
         run_dir = tmp_path / "runs" / remat
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
