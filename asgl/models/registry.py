@@ -15,8 +15,10 @@ import contextlib
 import inspect
 from typing import Callable
 
+import torch
 from torch import nn
 
+from .. import functional as F
 from .. import memory
 from ..neuron import LIF, neurons
 from .units import Segments
@@ -90,9 +92,14 @@ class SpikingNet(nn.Module):
                              "to recompute")
         self._remat_spikes = choice
 
-    def remat_scope(self) -> contextlib.AbstractContextManager:
-        """What each network's ``forward`` runs in (:func:`asgl.memory.remat_scope`)."""
-        return memory.remat_scope(self._remat_spikes)
+    def remat_scope(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
+        """What each network's ``forward`` on input ``x`` runs in (:func:`asgl.memory.remat_scope`);
+        nothing for "auto" where every neuron takes the torch reference (no hooks on its many small
+        saved tensors)."""
+        choice = self._remat_spikes
+        if choice == "auto" and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            choice = "auto" if any(_fused(m.backend, x) for m in neurons(self)) else False
+        return memory.remat_scope(choice)
 
     @property
     def checkpoint(self) -> str:
@@ -119,6 +126,13 @@ class SpikingNet(nn.Module):
         extra = "" if self._remat_spikes == "auto" else f", remat_spikes={self._remat_spikes}"
         extra += "" if self._checkpoint == "none" else f", checkpoint={self._checkpoint}"
         return f"T={self.T}, num_classes={self.num_classes}, in_channels={self.in_channels}" + extra
+
+
+def _fused(backend: str, x: torch.Tensor) -> bool:
+    try:
+        return F.resolve_backend(backend, x) != "torch"
+    except ValueError:  # triton on a CPU without the interpreter: the neuron says so itself
+        return True
 
 
 def register_model(name: str):

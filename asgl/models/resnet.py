@@ -98,7 +98,7 @@ class SpikingResNet(SpikingNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> per-step logits ``[T, B, num_classes]``."""
         x_seq = image_sequence(x, self.T, self.in_channels)
-        with self.remat_scope():
+        with self.remat_scope(x):
             return self.head(self.pool(self.blocks(self.stem(x_seq))))
 
 

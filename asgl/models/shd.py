@@ -38,7 +38,7 @@ class SHDRNN(SpikingNet):
                 f"SHDRNN expects x of shape [B, T={self.T}, {self.in_channels}], "
                 f"got rank {x.dim()} with shape {tuple(x.shape)}"
             )
-        with self.remat_scope():
+        with self.remat_scope(x):
             return self.readout(self.rnn(x.transpose(0, 1)))
 
 

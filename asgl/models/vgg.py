@@ -107,7 +107,7 @@ class SpikingVGG(SpikingNet):
         if min(size) < 2**self.pools:
             raise ValueError(f"{self.arch}: H and W must be at least {2**self.pools} ({self.pools} pools), "
                              f"got spatial size {size}")
-        with self.remat_scope():
+        with self.remat_scope(x):
             return self.classifier(self.features(x_seq))
 
     def extra_repr(self) -> str:
