@@ -61,12 +61,12 @@ import torch
 if not torch.cuda.is_available():  # before triton is imported: the fused units run in its interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import torch.utils._pytree as pytree  # noqa: E402
-from torch.multiprocessing.reductions import StorageWeakRef  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+import torch.utils._pytree as pytree
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
 
-import asgl  # noqa: E402
-from perf.common import append_jsonl, print_header, print_table, run_stamp  # noqa: E402
+import asgl
+from perf.common import append_jsonl, print_header, print_table, run_stamp
 
 MIB = 2**20
 # (network, T, input channels, image side, classes): the recipes' shapes (CIFAR, Tiny-ImageNet, CIFAR10-DVS)
@@ -262,9 +262,8 @@ def measure_cpu(name: str, choice: str, batches: tuple[int, int], stand_in: bool
         "saved_mib_per_sample": round(per_sample / MIB, 3), "fixed_mib": round(fixed / MIB, 2),
         "extra_forward_flops_pct": round(extra_flops_pct(model, flops), 1),
         "max_batch_80gb": int(room // per_sample) if per_sample > 0 else None,
-        "by_owner_mib_per_sample": {k: v for k, v in ((k, round((by2.get(k, 0) - by1.get(k, 0)) / (b2 - b1) / MIB, 3))
-                                                      for k in sorted(set(by1) | set(by2), key=lambda k: -by2.get(k, 0)))
-                                    if v},
+        "by_owner_mib_per_sample": {k: v for k in sorted(set(by1) | set(by2), key=lambda k: -by2.get(k, 0))
+                                    if (v := round((by2.get(k, 0) - by1.get(k, 0)) / (b2 - b1) / MIB, 3))},
         "forward_gflops_per_sample": round(sum(flops.values()) / b2 / 1e9, 3),
         "params": params, "batches": list(batches), "kernels": "stand-in" if stand_in else "interpret",
         "precision": "bf16", "channels_last": True, "p": 0.2,

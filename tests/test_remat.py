@@ -425,7 +425,8 @@ def test_quickstart_epoch_with_remat_is_bitwise_the_same(tmp_path):
     metrics, params = {}, {}
     for remat in ("false", "true"):
         args = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--model.backend=triton",
-                f"--model.remat_spikes={remat}", "--train.stop_after_epochs=1", f"--data.root={REPO / 'data' / 'digits'}",
+                f"--model.remat_spikes={remat}", "--train.stop_after_epochs=1",
+                f"--data.root={REPO / 'data' / 'digits'}",
                 f"--data.cache_dir={tmp_path / 'cache'}", f"--train.out_dir={tmp_path / 'runs'}",
                 f"--train.run_name={remat}"]
         r = subprocess.run(["nice", sys.executable, str(REPO / "train" / "run.py"), *args], cwd=tmp_path,

@@ -91,7 +91,7 @@ class ModelConfig:
     min_slope: float | None = 0.01  # floor of a learnable sigmoid slope k = 1/α; null = unbounded (authors')
     bn_statistics: str = "folded"   # BN batch statistics: folded (over T·B, tdBN) | per_step (authors' DVS BN)
     backend: str = "auto"           # auto | torch | triton
-    remat_spikes: str | bool = "auto"  # auto | true | false: spike outputs recomputed in the backward, not kept (auto: where the fused units run)
+    remat_spikes: str | bool = "auto"  # auto | true | false: spikes recomputed in the backward (auto: fused units)
 
 
 @dataclass
@@ -146,7 +146,7 @@ class TrainConfig:
     stop_after_epochs: int | None = None  # stop once this many epochs are done; schedules still span optim.epochs
     debug_ranks: bool = False       # write RUN_DIR/ranks/rank{r}.jsonl: sample indices, eval counts, hashes
     deterministic: bool = False     # GPU: deterministic cuDNN/cuBLAS algorithms (bit-reproducible, slower)
-    checkpoint: str = "none"        # none | blocks: each residual block (VGG: units between pools) recomputed in the backward
+    checkpoint: str = "none"        # none | blocks: residual blocks (VGG: units between pools) rerun in the backward
 
 
 @dataclass
