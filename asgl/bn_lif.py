@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from . import functional as F
+from . import memory
 from .layers import TimeBatchNorm
 from .neuron import LIF
 
@@ -78,8 +79,8 @@ class BatchNormLIF(nn.Module):
         unfused = not self.fused or (bn.statistics == "per_step" and bn.training)
         if unfused or F.resolve_backend(lif.backend, x_seq, fused_module="asgl.kernels.bn_lif") == "torch":
             z = bn(x_seq)
-            return lif(z if residual is None else z + residual)
-        from asgl.kernels.bn_lif import bn_lif_fused
+            return lif(z if residual is None else z + residual)  # the LIF registers its own output
+        from asgl.kernels import bn_lif as kernels
 
         if residual is not None and residual.dtype != x_seq.dtype:
             # under autocast the shortcut may come out of another op in another dtype: the kernel
@@ -90,13 +91,17 @@ class BatchNormLIF(nn.Module):
             bn.num_batches_tracked.add_(1)
             if bn.momentum is None:
                 momentum = 1.0 / float(bn.num_batches_tracked)
-        return bn_lif_fused(
+        y_seq = kernels.bn_lif_fused(
             x_seq, bn.weight, bn.bias, bn.running_mean, bn.running_var, lif.decay_logit, lif.width_param,
             lif.thresh, residual=residual, use_batch_stats=bn.training or not bn.track_running_stats,
             momentum=momentum, eps=bn.eps, threshold_scale=bn.threshold_scale, reset=lif.reset,
             v_reset=lif.v_reset, surrogate=lif.surrogate, p=lif.p, training=lif.training,
             seed=F.draw_seed(x_seq.device),
         )
+        # with remat_spikes, the consumers of y get it rebuilt from x (and the shortcut), which the
+        # unit's backward keeps anyway (asgl.memory)
+        memory.register_spikes(y_seq, kernels)
+        return y_seq
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

@@ -6,6 +6,7 @@ one is a buffer, so it moves with the module and is saved in its state dict.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from asgl.kernels.lif_ref import slope_from_width_param, width_param_from_width
 
 from . import functional as F
+from . import memory
 
 GRANULARITIES = ("layer", "channel")
 # Default floor of a learnable sigmoid slope k = 1/α (see LIF.clamp_): k ≥ 0.01 is α ≤ 100, ten times
@@ -183,11 +185,13 @@ class LIF(nn.Module):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         self.check_input(x_seq)  # the arguments were checked at construction
-        return F.run_lif(
+        y_seq = F.run_lif(
             x_seq, self.decay_logit, self.width_param, self.thresh, reset=self.reset,
             v_reset=self.v_reset, surrogate=self.surrogate, p=self.p, training=self.training,
             backend=self.backend,
         )
+        _remat(self, y_seq, x_seq, "asgl.kernels.lif")
+        return y_seq
 
     def extra_repr(self) -> str:
         thresh = float(self.thresh)
@@ -227,14 +231,27 @@ class RecurrentLIF(LIF):
                 f"RecurrentLIF expects x_seq of shape [T, B, {self.in_features}], got {tuple(x_seq.shape)}"
             )
         wx_seq = torch.nn.functional.linear(x_seq, self.input_weight)
-        return F.run_recurrent_lif(
+        y_seq = F.run_recurrent_lif(
             wx_seq, self.recurrent_weight, self.decay_logit, self.width_param, self.thresh,
             reset=self.reset, v_reset=self.v_reset, surrogate=self.surrogate, p=self.p,
             training=self.training, backend=self.backend,
         )
+        _remat(self, y_seq, wx_seq, "asgl.kernels.rlif")
+        return y_seq
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, hidden={self.hidden}, " + super().extra_repr()
+
+
+def _remat(neuron: LIF, y_seq: torch.Tensor, x_seq: torch.Tensor, kernel: str) -> None:
+    """Inside a network's remat scope (:mod:`asgl.memory`): the fused neuron's output is rebuilt from the
+    membrane its backward keeps; the torch reference's is kept (an error with ``remat_spikes=True``)."""
+    if not memory.active() or y_seq.grad_fn is None:
+        return
+    if F.resolve_backend(neuron.backend, x_seq, fused_module=kernel) == "torch":
+        memory.unfused(type(neuron).__name__, neuron.backend)
+    else:
+        memory.register_spikes(y_seq, importlib.import_module(kernel))
 
 
 def neurons(model: nn.Module):

@@ -808,6 +808,21 @@ def _backward(ctx, dy_seq, du_unused, dmask_unused):
 _bn_lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def output_from_saved(ctx) -> Tensor:
+    """The forward's ``y_seq`` once more, from what its backward keeps (``ctx``: the op's autograd node,
+    see :func:`_setup_context`): the same forward op on the same x, shortcut, coefficients, parameters
+    and seed, so the same kernel draws the same mask and writes the same bits. What
+    :mod:`asgl.memory` calls to give a consumer of ``y`` its saved input back without keeping it."""
+    x_seq, residual, _u, coef, weight, bias, decay_logit, width_param, thresh, seed = ctx.saved_tensors
+    s = ctx.settings
+    # fold=False: A, B come from coef (eps and the running buffers are only read when folding)
+    y_seq, _, _ = _bn_lif_fwd_op(
+        x_seq, residual, coef, weight, bias, None, None, decay_logit, width_param, thresh, s["scale"], 0.0,
+        s["batch_stats"], False, s["hard_reset"], s["v_reset"], s["sigmoid"], s["noise"], s["p"], seed, False, False,
+    )
+    return y_seq
+
+
 # ---------------------------------------------------------------------------------------------
 # Reference and public functions
 # ---------------------------------------------------------------------------------------------

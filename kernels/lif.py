@@ -435,6 +435,21 @@ def _backward(ctx, dy_seq, du_unused, dmask_unused):
 _lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def output_from_saved(ctx) -> Tensor:
+    """The forward's ``y_seq`` once more, from the membrane ``u`` its backward keeps (``ctx``: the op's
+    autograd node, see :func:`_setup_context`), by the forward kernel itself: with the leak λ = 0
+    (``decay_logit = -inf``) and ``u`` as input, the kernel's ``u[t] = round(λ·v + x[t])`` is the stored
+    u exactly, and the threshold, relaxation, mask draw (same seed, step and element) and output
+    rounding are the forward's, so ``y`` comes out bit-identical. What :mod:`asgl.memory` calls to
+    give a consumer of ``y`` its saved input back without keeping it."""
+    u_seq, decay_logit, width_param, thresh, seed = ctx.saved_tensors
+    s = ctx.settings
+    no_leak = torch.full_like(decay_logit, -math.inf)
+    y_seq, _, _ = _lif_fwd_op(u_seq, no_leak, width_param, thresh, s["hard_reset"], s["v_reset"], s["sigmoid"],
+                              s["noise"], s["p"], seed, False, False)
+    return y_seq
+
+
 # ---------------------------------------------------------------------------------------------
 # Public function
 # ---------------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ The equations are in :func:`recurrent_lif_fused`; the reference is
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -391,6 +393,21 @@ def _backward(ctx, dy_seq, du_unused, dmask_unused):
 
 
 _rlif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def output_from_saved(ctx) -> Tensor:
+    """The forward's ``y_seq`` once more, from the membrane ``u`` its backward keeps (``ctx``: the op's
+    autograd node, see :func:`_setup_context`), by the forward kernel itself: with λ = 0
+    (``decay_logit = -inf``), R = 0 and ``u`` as input, the kernel's ``u[t] = round(λ·v + wx[t] + o·Rᵀ)``
+    is the stored u exactly, and the rest of each step (threshold, relaxation, the mask draw of the
+    same seed, step and element, output rounding) is the forward's: ``y`` comes out bit-identical.
+    What :mod:`asgl.memory` calls to give a consumer of ``y`` its saved input back without keeping it."""
+    u_seq, rec, decay_logit, width_param, thresh, seed = ctx.saved_tensors
+    s = ctx.settings
+    no_leak = torch.full_like(decay_logit, -math.inf)
+    y_seq, _, _ = _rlif_fwd_op(u_seq, torch.zeros_like(rec), no_leak, width_param, thresh, s["hard_reset"],
+                               s["v_reset"], s["sigmoid"], s["noise"], s["p"], seed, False, False)
+    return y_seq
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,12 @@
 #   5. train    perf/bench_train.py --device-check: ResNet-18 T=4 batch 256
 #               (fused bf16 vs reference fp32), VGGSNN T=10, SHD T=250     train.log, train.jsonl
 #   6. shd      perf/bench_shd.py, if that file exists                     shd.log, shd.jsonl
-# then prints a short summary table (also in summary.txt). At most 8 files, none in subfolders.
-# Stage limits add up to 455 s (+ the summary): the whole check fits in 8 minutes with cold compiles.
+#   7. memory   tests/test_remat.py's fused checks on CUDA (rebuilt spikes bit-identical, a step with
+#               remat_spikes bitwise the step without, blocks within tolerance), then
+#               perf/bench_memory.py --gpu: ResNet-18 T=4 batch 256 bf16, held and peak memory and
+#               step time for none, remat_spikes, remat_spikes+blocks        memory.log, memory.jsonl
+# then prints a short summary table (also in summary.txt). At most 10 files, none in subfolders.
+# Stage limits add up to 575 s (+ the summary): the whole check fits in 10 minutes with cold compiles.
 #
 # Needs only what the GPU box has (torch, triton, rich, numpy); the repository is not installed
 # there, so everything runs with PYTHONPATH set to the repository root. Never pip-installs.
@@ -80,6 +84,11 @@ if [ -f perf/bench_shd.py ]; then
 else
     STATUS+=("$(printf '%-8s %-22s' shd 'skipped: no perf/bench_shd.py')")
 fi
+# both halves run; the stage fails if either does
+stage memory 120 "$OUT/memory.log" bash -c '"$0" -m pytest -q -m "interpret and not slow" -p no:cacheprovider -rf \
+    tests/test_remat.py -k "rebuilt or bitwise or blocks or compiled"; a=$?
+    "$0" perf/bench_memory.py --gpu --models resnet18 --batch 256 --warmup 2 --iters 5 --json "$1"; b=$?
+    exit $(( a || b ))' "$PY" "$OUT/memory.jsonl"
 
 {
     echo
@@ -127,6 +136,13 @@ if train:
               f"{fused['samples_s']:,.0f} samples/s (target >= 17,000)")
 else:
     print("no training rows (see train.log)")
+memory = load("memory.jsonl")
+if memory:
+    print_table("activation memory, ResNet-18 T=4 bf16", ("choice", "batch", "held GiB", "peak GiB", "step ms", "status"),
+                [(r["choice"], r["batch"], r.get("held_gib"), r.get("peak_gib"), r.get("step_ms"), r["status"])
+                 for r in memory])
+else:
+    print("no activation-memory rows (see memory.log)")
 shd = load("shd.jsonl")
 if shd:
     print(f"shd.jsonl: {len(shd)} rows (see shd.log)")

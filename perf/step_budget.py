@@ -27,6 +27,13 @@ update when the kernels change); on the CPU the counter computes their values wi
 (the neuron's backward gives zeros), which changes no count. ``--backend torch`` counts the eager
 references' ops instead.
 
+Bytes: every launch's traffic, its tensor arguments read once and its outputs written once
+(``elementwise``: everything but the convolutions and matrix products, counted apart as ``matmul``);
+a fused custom op by the same rule plus what its kernels stream a second time
+(:func:`fused_extra_bytes`). The figure of merit of the memory-bound part of a step: with
+``model.remat_spikes`` the backward reruns each unit's forward kernel (read x, write y), and the
+``--json`` rows' ``fused_order`` lists the fused ops of each phase in the order they ran.
+
 Host syncs: ``_local_scalar_dense`` (``.item()``, ``int()``, ``float()``, ``bool()`` of a tensor),
 ops whose output shape depends on the data (``nonzero``, boolean-mask indexing, ``masked_select``,
 ``unique``, ``bincount``, ``repeat_interleave`` without ``output_size``), and ``.tolist()``,
@@ -86,6 +93,33 @@ def fused_launches(key: str, args) -> int:
     return FUSED_OP_LAUNCHES[key] + channel_width - running_stats
 
 
+def fused_extra_bytes(key: str, args) -> int:
+    """Bytes one call of the fused custom op ``key`` moves beyond reading each tensor argument once and
+    writing each output once: ``bn_lif_bwd`` writes g = dL/d(in) (into dx's buffer without a shortcut,
+    as the shortcut's gradient with one), then its apply kernel reads g and x again
+    (asgl.kernels.bn_lif._launch_bwd)."""
+    if key == "asgl::bn_lif_bwd":
+        x, residual = args[1], args[2]
+        return (2 if residual is not None else 3) * x.numel() * x.element_size()
+    return 0
+
+
+# Convolutions and matrix products: compute-bound, their bytes counted apart from the elementwise ones
+_MATMUL = {"aten.convolution", "aten.convolution_backward", "aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm",
+           "aten.linear", "aten._convolution", "aten.mkldnn_convolution", "aten.cudnn_convolution",
+           "aten.mkldnn_linear"}
+
+
+def _bytes(args, out) -> int:
+    """Each distinct tensor argument read once, each output written once (a view reads only its extent)."""
+    seen, total = set(), 0
+    for t in (*pytree.tree_leaves(args), *pytree.tree_leaves(out)):
+        if isinstance(t, torch.Tensor) and t.numel() and (id(t) not in seen):
+            seen.add(id(t))
+            total += min(t.numel() * t.element_size(), t.untyped_storage().nbytes())
+    return total
+
+
 # Ops that launch no kernel: allocation, metadata, and host reads (counted as syncs instead).
 _NO_LAUNCH = {
     "aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty", "aten.new_empty_strided",
@@ -124,6 +158,8 @@ class StepCounter(TorchDispatchMode):
         self.launches = {p: Counter() for p in PHASES}  # phase -> op name -> launches
         self.syncs = {p: [] for p in PHASES}  # phase -> ["op @ file:line"]
         self.host_ops = {p: Counter() for p in PHASES}  # ops on host_tensors only
+        self.bytes = {p: Counter() for p in PHASES}  # phase -> "elementwise" | "matmul" -> bytes
+        self.fused_order = {p: [] for p in PHASES}  # phase -> the fused custom ops in the order they ran
         self.host_tensors: set[int] = set()  # ids of tensors that live on the CPU on a GPU run
 
     @contextlib.contextmanager
@@ -145,10 +181,14 @@ class StepCounter(TorchDispatchMode):
         name = f"{func.namespace}.{func._opname}"
         if func.namespace == "asgl":
             launches = fused_launches(f"asgl::{func._opname}", args)
+            out = _stand_in(func._opname, args)
             if self.phase is not None:
                 self.ops[self.phase][name] += 1
                 self.launches[self.phase][name] += launches
-            return _stand_in(func._opname, args)
+                self.bytes[self.phase]["elementwise"] += _bytes(args, out) + fused_extra_bytes(f"asgl::{func._opname}",
+                                                                                               args)
+                self.fused_order[self.phase].append(func._opname)
+            return out
         if self.phase is None:
             return func(*args, **kwargs)
         tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
@@ -159,14 +199,17 @@ class StepCounter(TorchDispatchMode):
         if name in _SYNC_OPS or (name == "aten.index" and _has_bool_index(args)) or (
                 name == "aten.repeat_interleave" and kwargs.get("output_size") is None):
             self.syncs[self.phase].append(f"{name} @ {_site()}")
+        out = func(*args, **kwargs)
         if not (func.is_view or name in _NO_LAUNCH):
             self.launches[self.phase][name] += 1
-        return func(*args, **kwargs)
+            self.bytes[self.phase]["matmul" if name in _MATMUL else "elementwise"] += _bytes((args, kwargs), out)
+        return out
 
     def rows(self) -> list[dict]:
         return [{"phase": p, "ops": sum(self.ops[p].values()), "launches": sum(self.launches[p].values()),
                  "syncs": len(self.syncs[p]), "sync_sites": self.syncs[p],
-                 "top": self.launches[p].most_common(5)} for p in PHASES]
+                 "elementwise_bytes": self.bytes[p]["elementwise"], "matmul_bytes": self.bytes[p]["matmul"],
+                 "fused_order": self.fused_order[p], "top": self.launches[p].most_common(5)} for p in PHASES]
 
 
 def _has_bool_index(args) -> bool:
@@ -358,6 +401,17 @@ def count_step(cfg, *, batch: int = 8, backend: str = "fused", seed: int = 0) ->
     return counter
 
 
+def _runs(names: list[str]) -> str:
+    """``a a b a`` -> ``a×2 b a``."""
+    out: list[list] = []
+    for n in names:
+        if out and out[-1][0] == n:
+            out[-1][1] += 1
+        else:
+            out.append([n, 1])
+    return " ".join(n if k == 1 else f"{n}×{k}" for n, k in out)
+
+
 def main(argv: list[str] | None = None) -> int:
     from asgl.train.config import ConfigError, build_config, parse_overrides
 
@@ -384,14 +438,19 @@ def main(argv: list[str] | None = None) -> int:
     step = [r for r in rows if r["phase"] in STEP_PHASES]
     print(f"{args.config}: one training step, backend {args.backend}, {cfg.train.mixed_precision} "
           f"(launches = ops a GPU runs a kernel for)")
-    print(f"{'phase':<10} {'ops':>6} {'launches':>9} {'syncs':>6}  top launches")
+    print(f"{'phase':<10} {'ops':>6} {'launches':>9} {'syncs':>6} {'elem. MB':>9} {'matmul MB':>9}  top launches")
     for r in rows:
         top = ", ".join(f"{n.split('.', 1)[1]} {c}" for n, c in r["top"])
         label = "  augment" if r["phase"] == "augment" else r["phase"]
-        print(f"{label:<10} {r['ops']:>6} {r['launches']:>9} {r['syncs']:>6}  {top}")
+        print(f"{label:<10} {r['ops']:>6} {r['launches']:>9} {r['syncs']:>6} {r['elementwise_bytes'] / 1e6:>9.2f} "
+              f"{r['matmul_bytes'] / 1e6:>9.2f}  {top}")
+    elem, mat = sum(r["elementwise_bytes"] for r in step), sum(r["matmul_bytes"] for r in step)
     print(f"{'step':<10} {sum(r['ops'] for r in step):>6} {sum(r['launches'] for r in step):>9} "
-          f"{sum(r['syncs'] for r in step):>6}  (all but the log point, "
-          f"which comes every {cfg.train.log_every} steps)")
+          f"{sum(r['syncs'] for r in step):>6} {elem / 1e6:>9.2f} {mat / 1e6:>9.2f}  (all but the log point, "
+          f"which comes every {cfg.train.log_every} steps; batch {args.batch})")
+    for r in rows:
+        if r["fused_order"]:
+            print(f"fused ops in {r['phase']}: {_runs(r['fused_order'])}")
     for r in rows:
         for site in r["sync_sites"]:
             print(f"sync in {r['phase']}: {site}")

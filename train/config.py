@@ -40,6 +40,7 @@ SCHEDULES = ("cosine", "cyclic_cosine", "none")
 LOSSES = ("ce", "tet")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 COMPILE_MODES = ("none", "default", "reduce-overhead")
+CHECKPOINTS = ("none", "blocks")
 # The names Accelerate's ``log_with`` accepts (train/run.py maps each to the package it needs).
 TRACKERS = ("tensorboard", "wandb", "aim", "mlflow", "comet_ml", "clearml", "dvclive", "swanlab", "trackio")
 
@@ -88,6 +89,7 @@ class ModelConfig:
     min_slope: float | None = 0.01  # floor of a learnable sigmoid slope k = 1/α; null = unbounded (authors')
     bn_statistics: str = "folded"   # BN batch statistics: folded (over T·B, tdBN) | per_step (authors' DVS BN)
     backend: str = "auto"           # auto | torch | triton
+    remat_spikes: str | bool = "auto"  # auto | true | false: spikes recomputed in the backward (auto: fused units)
 
 
 @dataclass
@@ -142,6 +144,7 @@ class TrainConfig:
     stop_after_epochs: int | None = None  # stop once this many epochs are done; schedules still span optim.epochs
     debug_ranks: bool = False       # write RUN_DIR/ranks/rank{r}.jsonl: sample indices, eval counts, hashes
     deterministic: bool = False     # GPU: deterministic cuDNN/cuBLAS algorithms (bit-reproducible, slower)
+    checkpoint: str = "none"        # none | blocks: residual blocks (VGG: units between pools) rerun in the backward
 
 
 @dataclass
@@ -446,6 +449,20 @@ def validate(cfg: RunConfig) -> None:
     if isinstance(t.compile, bool):  # the former on/off switch (configs and checkpoints written before)
         t.compile = "default" if t.compile else "none"
     _choice(t.compile, "train.compile", COMPILE_MODES)
+    _choice(t.checkpoint, "train.checkpoint", CHECKPOINTS)
+    if isinstance(m.remat_spikes, str) and m.remat_spikes.strip().lower() in _TRUE + _FALSE:
+        m.remat_spikes = m.remat_spikes.strip().lower() in _TRUE
+    if not isinstance(m.remat_spikes, bool):
+        _choice(m.remat_spikes, "model.remat_spikes", ("auto", "true", "false"))
+    if m.remat_spikes is True and m.backend == "torch":
+        raise ConfigError("model.remat_spikes=true needs the fused units, but model.backend=torch runs the reference "
+                          "neurons, which keep their own tensors: use model.remat_spikes=auto or false, or "
+                          "model.backend=auto or triton")
+    if m.remat_spikes is True and t.compile != "none":
+        raise ConfigError(f"model.remat_spikes=true cannot be compiled (train.compile={t.compile}): it swaps saved "
+                          "tensors for handles with eager autograd's saved-tensor hooks, and the compiled backward "
+                          "keeps what its own partitioner picks; use model.remat_spikes=auto (off when compiled) or "
+                          "train.compile=none")
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1", t.grad_accum)
     _check(t.log_every >= 1, "train.log_every", "must be >= 1", t.log_every)
     for name in t.trackers:

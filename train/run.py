@@ -144,7 +144,8 @@ def build_model(cfg: RunConfig, num_classes: int, in_channels: int) -> torch.nn.
                          width_granularity=m.width_granularity, decay=m.decay, learn_decay=m.learn_decay,
                          thresh=m.thresh, learn_thresh=m.learn_thresh, reset=m.reset, p=m.p, min_slope=m.min_slope,
                          backend=m.backend)
-    model = asgl.create_model(m.name, num_classes=num_classes, T=m.T, in_channels=in_channels, **neuron_kwargs)
+    model = asgl.create_model(m.name, num_classes=num_classes, T=m.T, in_channels=in_channels,
+                              remat_spikes=m.remat_spikes, checkpoint=cfg.train.checkpoint, **neuron_kwargs)
     return asgl.layers.set_bn_statistics_(model, m.bn_statistics)
 
 

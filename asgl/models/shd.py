@@ -38,7 +38,8 @@ class SHDRNN(SpikingNet):
                 f"SHDRNN expects x of shape [B, T={self.T}, {self.in_channels}], "
                 f"got rank {x.dim()} with shape {tuple(x.shape)}"
             )
-        return self.readout(self.rnn(x.transpose(0, 1)))
+        with self.remat_scope(x):
+            return self.readout(self.rnn(x.transpose(0, 1)))
 
 
 @register_model("shd_rnn")

@@ -43,7 +43,8 @@ class DigitsCNN(SpikingNet):
         x_seq = image_sequence(x, self.T, self.in_channels)
         if tuple(x_seq.shape[-2:]) != (self.size, self.size):
             raise ValueError(f"{type(self).__name__} needs {self.size}×{self.size} inputs, got {tuple(x.shape)}")
-        return self.head(self.features(x_seq))
+        with self.remat_scope(x):
+            return self.head(self.features(x_seq))
 
 
 @register_model("digits_cnn")

@@ -6,17 +6,23 @@ batch norm + neuron (:class:`asgl.BatchNormLIF`), so every network runs it.
 
 Layout ``[T, B, C, H, W]``; conv and BN run with time folded into batch (BN statistics over
 T·B·H·W per channel, the "tdBN" of the reference code), the neuron sees the time axis.
+
+:class:`Segments` is the container of a network's blocks (a ResNet's residual blocks, a VGG's units
+between pools), which block checkpointing runs one at a time under ``torch.utils.checkpoint``.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
+from .. import memory
 from ..bn_lif import BatchNormLIF
 from ..layers import fold_time, unfold_time
 
-__all__ = ["BNLIF", "ConvBNLIF", "init_normal_"]
+__all__ = ["BNLIF", "ConvBNLIF", "Segments", "init_normal_"]
 
 
 class BNLIF(BatchNormLIF):
@@ -63,3 +69,39 @@ def init_normal_(model: nn.Module, std: float) -> None:
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.weight.fill_(1.0)
             m.bias.zero_()
+
+
+def _run(modules: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    for m in modules:
+        x = m(x)
+    return x
+
+
+class Segments(nn.Sequential):
+    """``nn.Sequential`` whose modules run as blocks: ``ends`` are the indices where each block ends
+    (default: every module its own block). With ``checkpoint`` on, each block of a forward that
+    records gradients runs under :func:`asgl.memory.checkpoint` (only its input kept; its forward
+    run again in the backward). State-dict keys are those of the plain ``nn.Sequential``."""
+
+    def __init__(self, *modules: nn.Module, ends: Sequence[int] | None = None):
+        super().__init__(*modules)
+        ends = tuple(range(1, len(modules) + 1)) if ends is None else tuple(ends)
+        if not ends or list(ends) != sorted(set(ends)) or ends[0] < 1 or ends[-1] != len(modules):
+            raise ValueError(f"ends must increase from >= 1 to the number of modules ({len(modules)}), got {ends}")
+        self.ends = ends
+        self.checkpoint = False
+
+    def blocks(self) -> list[list[nn.Module]]:
+        modules = list(self._modules.values())
+        return [modules[a:b] for a, b in zip((0,) + self.ends[:-1], self.ends)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks():
+            if self.checkpoint and torch.is_grad_enabled():
+                x = memory.checkpoint(lambda h, block=block: _run(block, h), x, modules=block)
+            else:
+                x = _run(block, x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"ends={self.ends}, checkpoint={self.checkpoint}"

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..layers import SeqToANN, image_sequence
 from .registry import SpikingNet, make_lif, register_model
-from .units import ConvBNLIF, init_normal_
+from .units import ConvBNLIF, Segments, init_normal_
 
 __all__ = ["CLASSIFIERS", "CONFIGS", "INIT_STD", "SpikingVGG", "make_features", "vgg11", "vgg13", "vgg16", "vggsnn"]
 
@@ -44,10 +44,12 @@ INPUT_SIDE: dict[str, int | None] = {"vgg11": None, "vgg13": None, "vgg16": 32, 
 INIT_STD = 0.5  # the authors' VGG._initialize_weights: N(0, 0.5) on conv and linear weights
 
 
-def make_features(config: Sequence[int | str], in_channels: int, neuron_kwargs: dict) -> tuple[nn.Sequential, int]:
+def make_features(config: Sequence[int | str], in_channels: int, neuron_kwargs: dict) -> tuple[Segments, int]:
     """The conv-BN-LIF / pool stack of ``config`` (``"A"`` AvgPool2d(2), ``"G"`` global average pool);
-    returns it and its output channels."""
+    returns it and its output channels. Its blocks (for checkpointing) are the units up to and with
+    each pool, and the units after the last one."""
     layers: list[nn.Module] = []
+    ends: list[int] = []
     channels = in_channels
     for item in config:
         if item == "A":
@@ -57,7 +59,11 @@ def make_features(config: Sequence[int | str], in_channels: int, neuron_kwargs: 
         else:
             layers.append(ConvBNLIF(channels, item, neuron_kwargs, 3, 1))
             channels = item
-    return nn.Sequential(*layers), channels
+        if item in ("A", "G"):
+            ends.append(len(layers))
+    if not ends or ends[-1] != len(layers):
+        ends.append(len(layers))
+    return Segments(*layers, ends=ends), channels
 
 
 def make_classifier(widths: Sequence[int], neuron_kwargs: dict) -> nn.Sequential:
@@ -101,7 +107,8 @@ class SpikingVGG(SpikingNet):
         if min(size) < 2**self.pools:
             raise ValueError(f"{self.arch}: H and W must be at least {2**self.pools} ({self.pools} pools), "
                              f"got spatial size {size}")
-        return self.classifier(self.features(x_seq))
+        with self.remat_scope(x):
+            return self.classifier(self.features(x_seq))
 
     def extra_repr(self) -> str:
         return f"arch={self.arch}, " + super().extra_repr()
