@@ -61,6 +61,6 @@ FullyShardedDataParallel.__init__ = _fsdp1_init_on_cpu
 if __name__ == "__main__":
     # launched as a file by `accelerate launch`: this clone's asgl, whether or not it is installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from asgl.train.run import main
+    from asgl.train.run import exit_process, main
 
-    sys.exit(main(sys.argv[1:]))
+    exit_process(main(sys.argv[1:]))

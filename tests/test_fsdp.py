@@ -481,4 +481,7 @@ def test_trainer_fsdp_on_gpus_resume_is_bit_identical(tmp_path, version):
 if __name__ == "__main__":
     # launched as a file by torchrun (the worker): this clone's asgl, whether or not it is installed
     sys.path.insert(0, str(REPO))
+    from asgl.train.run import exit_process
+
     worker(sys.argv[1], Path(sys.argv[2]))
+    exit_process(0)  # as the trainer's ranks end: see exit_process

@@ -1,7 +1,5 @@
 """``python -m train --config X.yaml ...`` is ``python train/run.py --config X.yaml ...`` (see train/run.py)."""
 
-import sys
+from asgl.train.run import exit_process, main
 
-from asgl.train.run import main
-
-sys.exit(main())
+exit_process(main())

@@ -57,8 +57,8 @@ with command_imports(__name__, "python -m asgl.train.eval"):
     from asgl.train.config import ConfigError, build_config, parse_overrides, take_flags
     from asgl.train.data import describe_input
     from asgl.train.run import (
-        EXIT_OK, EXIT_USAGE, FiringRates, UsageError, build_model, fail, evaluate, load_data, make_accelerator,
-        make_criterion, prepare, saved_config, use_channels_last,
+        EXIT_OK, EXIT_USAGE, FiringRates, UsageError, build_model, evaluate, exit_process, fail, load_data,
+        make_accelerator, make_criterion, prepare, saved_config, use_channels_last,
     )
 
 
@@ -174,11 +174,9 @@ def main(argv: list[str] | None = None) -> int:
               f"(assumed {energy['pj_per_ac']:g} pJ/AC, {energy['pj_per_mac']:g} pJ/MAC) | "
               f"{result['samples']} samples ({data.origin}) | {out}", flush=True)
     accelerator.wait_for_everyone()
-    # the process group ends before the interpreter does, as in train/run.py (a rank that exits with
-    # it still up can abort in the communication threads' teardown)
     accelerator.end_training()
     return EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # a rank ends without the interpreter's finalization (see exit_process)

@@ -39,6 +39,7 @@ writing last.pt. Under accelerate launch, a failing process makes the launcher e
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -47,9 +48,10 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 if __package__ in (None, ""):  # a file run from a clone: the repository root, not this folder (README, "From a clone")
     _here = Path(__file__).resolve().parent
@@ -91,6 +93,36 @@ def fail(msg: str, code: int) -> int:
     sys.stderr.write(f"error: {msg}\n")
     sys.stderr.flush()
     return code
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with ``code``: how the trainer's and eval's command lines end.
+
+    A rank of a multi-process launch (the launcher set ``WORLD_SIZE`` > 1) goes through Python's
+    exit up to where the interpreter would start finalizing (non-daemon threads joined, ``atexit``
+    handlers run, stdout and stderr flushed) and leaves with ``os._exit(code)``, as a forked
+    ``multiprocessing`` child does; a single process exits as usual.
+
+    Why: gloo's worker threads (pt_gloo_runloop) outlive ``destroy_process_group()`` (torch frees a
+    group with its last reference; DDP and FSDP keep references they never release, 10 after one
+    DDP wrap in torch 2.13), and such a thread drops each collective after completing it (a barrier
+    also frees the collectives it waited on). Dropping the tensors takes the GIL: torch checks
+    ``Py_IsInitialized()``, then waits for the GIL. If the main thread starts finalizing in between
+    (the worker lost the CPU: under load), CPython < 3.14 ends the worker with ``pthread_exit`` as
+    it gets the GIL, and unwinding through the work's noexcept destructor calls ``std::terminate``:
+    the rank aborts after its work is done ("terminate called without an active exception",
+    SIGABRT). Every core dump of it shows runLoop -> ~AsyncBarrierWork or ~AsyncAllreduceWork ->
+    decref -> take_gil -> pthread_exit -> terminate (pytorch/pytorch#190489, open; CPython 3.14
+    parks such threads instead, gh-87135). Without the finalizing stage there is no such window,
+    and nothing of the run is left for it: the files are closed, the trackers finished and the
+    group ended by ``accelerator.end_training()``. tests/test_rank_exit.py opens the window."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(code)
+    threading._shutdown()  # what the interpreter's exit does first (it also stops executors' workers)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _yaml_value(value) -> str:
@@ -933,4 +965,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
