@@ -2,8 +2,8 @@
 
 The input ``x_seq [T, B, C, ...]`` is a convolution's (or linear layer's) output. The op computes
 ``LIF(γ·s·(x - μ)/sqrt(σ² + ε) + β + residual)`` with per-channel statistics over ``T·B·...``
-(tdBN, ``docs/ASGL.md`` §4), the reference being :func:`bn_lif_ref` (batch norm on the folded
-tensor, then :func:`asgl.kernels.lif_ref.lif_ref`).
+(tdBN, ``docs/ASGL.md`` §4), the reference being :func:`asgl.kernels.bn_lif_ref.bn_lif_ref` (batch norm
+on the folded tensor, then :func:`asgl.kernels.lif_ref.lif_ref`).
 
 Kernels (the per-element ones walk the same tiles, see ``_tile``); a training step is 3 launches
 each way, inference 1:
@@ -51,11 +51,11 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    NOISE_DRAW, finalize_neuron_scalars, layout_anchor, lif_step, load_neuron_params, p_threshold,
-    relaxation_grads, round_to, spike_mode_bits, step_in_block,
+    NOISE_DRAW, finalize_neuron_scalars, layout_anchor, lif_step, lif_step_grads, load_neuron_params, p_threshold,
+    round_to, spike_mode_bits, step_in_block, store_spike_mode,
 )
-from .lif import COMPILE_OPTIONS, _alloc_like, _check_input, _kernel_order, _neuron_args
-from .lif_ref import lif_ref
+from .host import COMPILE_OPTIONS, alloc_like, check_input, kernel_order, neuron_args
+from .bn_lif_ref import check_bn_args
 
 # The backward recomputes the forward membrane in registers for T up to this (two 16-bit values per
 # element and step live: u and x); above, the forward stores u (+2 B/element-step each way).
@@ -134,24 +134,6 @@ def _bn_input(x_ptr, r_ptr, offs, in_range, a, b, HAS_RESIDUAL: tl.constexpr):
     if HAS_RESIDUAL:
         inp += tl.load(r_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
     return inp, x_raw
-
-
-@triton.jit
-def _grad_step(dy, u, o, h, z, v_prev, dv, lam, theta, k, v_reset, SIGMOID: tl.constexpr,
-               HARD_RESET: tl.constexpr):
-    """One reverse step of the LIF: ``(du, dv[t-1], dλ term, dθ term, dk term)`` (as asgl.kernels.lif)."""
-    dh_dz, dh_dk = relaxation_grads(z, k, h, SIGMOID)
-    if HARD_RESET:
-        do = theta * dy + dv * (v_reset - u)
-        dz = do * dh_dz
-        du = dz + dv * (1.0 - o)
-        d_theta = dy * o - dz
-    else:
-        do = theta * dy - dv * theta
-        dz = do * dh_dz
-        du = dz + dv
-        d_theta = dy * o - dz - dv * o
-    return du, lam * du, du * v_prev, d_theta, do * dh_dk
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,13 +280,7 @@ def _bn_lif_fwd_kernel(
         if STORE_U:
             tl.store(u_ptr + offs_t, u.to(u_ptr.dtype.element_ty), mask=in_range)  # exact
         if STORE_MASK:
-            if NOISE == 0:
-                m = tl.full([BLOCK_O, BLOCK_C, BLOCK_I], 1, tl.int8)
-            elif NOISE == 1:
-                m = tl.full([BLOCK_O, BLOCK_C, BLOCK_I], 0, tl.int8)
-            else:
-                m = r.to(tl.int8)
-            tl.store(mask_ptr + offs_t, m, mask=in_range)
+            store_spike_mode(mask_ptr, offs_t, in_range, r, NOISE)
 
 
 @triton.jit(do_not_specialize=["T", "p16"])
@@ -341,9 +317,9 @@ def _bn_lif_bwd_kernel(
     if RECOMPUTE_T > 0:
         a = tl.load(coef_ptr + c, mask=c_ok, other=0.0)
         b = tl.load(coef_ptr + C + c, mask=c_ok, other=0.0)
-        zs = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=DT)
-        u0, u1, u2, u3, u4, u5, u6, u7 = zs, zs, zs, zs, zs, zs, zs, zs
-        x0, x1, x2, x3, x4, x5, x6, x7 = zs, zs, zs, zs, zs, zs, zs, zs
+        # every step's u and x stay in registers for the reverse pass: tuples grown per unrolled step
+        us = ()
+        xs = ()
         bits = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.int32)
         v = zero
         # forward recurrence, the same instructions as _bn_lif_fwd_kernel
@@ -355,80 +331,33 @@ def _bn_lif_bwd_kernel(
                     bits = _spike_mode_bits(seed, t, offs_key + layout_anchor(x_raw), p_hi)
                 r = _mode_of(bits, t)
             _, v, _, _ = lif_step(u.to(tl.float32), theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
-            if t == 0:
-                u0, x0 = u, x_raw
-            elif t == 1:
-                u1, x1 = u, x_raw
-            elif t == 2:
-                u2, x2 = u, x_raw
-            elif t == 3:
-                u3, x3 = u, x_raw
-            elif t == 4:
-                u4, x4 = u, x_raw
-            elif t == 5:
-                u5, x5 = u, x_raw
-            elif t == 6:
-                u6, x6 = u, x_raw
-            else:
-                u7, x7 = u, x_raw
+            us = us + (u,)
+            xs = xs + (x_raw,)
         # reverse: step t is carried down from the previous iteration (v[t-1] recomputed once)
-        u = u7
-        if RECOMPUTE_T - 1 == 0:
-            u = u0
-        elif RECOMPUTE_T - 1 == 1:
-            u = u1
-        elif RECOMPUTE_T - 1 == 2:
-            u = u2
-        elif RECOMPUTE_T - 1 == 3:
-            u = u3
-        elif RECOMPUTE_T - 1 == 4:
-            u = u4
-        elif RECOMPUTE_T - 1 == 5:
-            u = u5
-        elif RECOMPUTE_T - 1 == 6:
-            u = u6
         if NOISE == 2:
             r = _mode_of(bits, RECOMPUTE_T - 1)
-        o, _, h, z = lif_step(u.to(tl.float32), theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
-        u = u.to(tl.float32)
-        for i in tl.static_range(RECOMPUTE_T):
-            t = RECOMPUTE_T - 1 - i
-            x_raw = x7
-            u_prev = zs
-            if t == 0:
-                x_raw = x0
-            elif t == 1:
-                x_raw, u_prev = x1, u0
-            elif t == 2:
-                x_raw, u_prev = x2, u1
-            elif t == 3:
-                x_raw, u_prev = x3, u2
-            elif t == 4:
-                x_raw, u_prev = x4, u3
-            elif t == 5:
-                x_raw, u_prev = x5, u4
-            elif t == 6:
-                x_raw, u_prev = x6, u5
-            else:
-                u_prev = u6
-            u_prev = u_prev.to(tl.float32)
+        u = us[RECOMPUTE_T - 1].to(tl.float32)
+        o, _, h, z = lif_step(u, theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
+        for t in tl.static_range(RECOMPUTE_T - 1, -1, -1):
             if t > 0:
+                u_prev = us[t - 1].to(tl.float32)
                 if NOISE == 2:
                     r = _mode_of(bits, t - 1)
                 o_prev, v_prev, h_prev, z_prev = lif_step(u_prev, theta, k, v_reset, r != 0.0, NOISE, SIGMOID,
                                                           HARD_RESET)
             else:
-                o_prev, v_prev, h_prev, z_prev = zero, zero, zero, zero
+                u_prev, o_prev, v_prev, h_prev, z_prev = zero, zero, zero, zero, zero
             offs_t = tl.cast(t, tl.int64) * N + offs
             dy = tl.load(dy_ptr + offs_t, mask=in_range, other=0.0).to(tl.float32)
-            du, dv, d_lam, d_theta, d_k = _grad_step(dy, u, o, h, z, v_prev, dv, lam, theta, k, v_reset,
-                                                     SIGMOID, HARD_RESET)
+            du, d_theta, d_k = lif_step_grads(dy, theta * dy, u, o, h, z, dv, theta, k, v_reset, SIGMOID,
+                                              HARD_RESET)
+            dv = lam * du
             g = round_to(du, DT)
             tl.store(g_ptr + offs_t, g, mask=in_range)
             g = g.to(tl.float32)
             acc_g += g
-            acc_gx += g * ((x_raw.to(tl.float32) - mean) * rstd)
-            acc_lam += d_lam
+            acc_gx += g * ((xs[t].to(tl.float32) - mean) * rstd)
+            acc_lam += du * v_prev
             acc_theta += d_theta
             acc_k += d_k
             u, o, h, z = u_prev, o_prev, h_prev, z_prev
@@ -452,15 +381,16 @@ def _bn_lif_bwd_kernel(
             o_prev, v_prev, h_prev, z_prev = lif_step(u_prev, theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
             v_prev = tl.where(has_prev, v_prev, 0.0)
             dy = tl.load(dy_ptr + offs_t, mask=in_range, other=0.0).to(tl.float32)
-            du, dv, d_lam, d_theta, d_k = _grad_step(dy, u, o, h, z, v_prev, dv, lam, theta, k, v_reset,
-                                                     SIGMOID, HARD_RESET)
+            du, d_theta, d_k = lif_step_grads(dy, theta * dy, u, o, h, z, dv, theta, k, v_reset, SIGMOID,
+                                              HARD_RESET)
+            dv = lam * du
             g = round_to(du, DT)
             tl.store(g_ptr + offs_t, g, mask=in_range)
             g = g.to(tl.float32)
             x = tl.load(x_ptr + offs_t, mask=in_range, other=0.0).to(tl.float32)
             acc_g += g
             acc_gx += g * ((x - mean) * rstd)
-            acc_lam += d_lam
+            acc_lam += du * v_prev
             acc_theta += d_theta
             acc_k += d_k
             u, o, h, z = u_prev, o_prev, h_prev, z_prev
@@ -555,7 +485,7 @@ def _geometry(x: Tensor):
     Contiguous memory: ``OUTER = B``, ``INNER = prod(rest)``; channels-last memory ``[T, B, *rest,
     C]``: ``OUTER = B·prod(rest)``, ``INNER = 1`` (no copy either way). Other layouts are copied.
     """
-    perm = _kernel_order(x) or tuple(range(x.dim()))
+    perm = kernel_order(x) or tuple(range(x.dim()))
     B, C, rest = x.shape[1], x.shape[2], math.prod(x.shape[3:])
     if perm[-1] == 2 and x.dim() >= 4:
         return perm, B * rest, C, 1
@@ -620,9 +550,9 @@ def _launch_coef(x, weight, bias, running_mean, running_var, *, scale, eps, mome
 
 def _launch_fwd(x, residual, coef, weight, bias, running_mean, running_var, decay_logit, width_param, thresh, *,
                 scale, eps, fold, hard_reset, v_reset, sigmoid, noise, p, seed, store_u, store_mask):
-    y = _alloc_like(x)
-    u = _alloc_like(x) if store_u else x.new_empty(0)
-    mask = _alloc_like(x, torch.bool) if store_mask else x.new_empty(0, dtype=torch.bool)
+    y = alloc_like(x)
+    u = alloc_like(x) if store_u else x.new_empty(0)
+    mask = alloc_like(x, torch.bool) if store_mask else x.new_empty(0, dtype=torch.bool)
     if x.numel() == 0:
         return y, u, mask
     T = x.shape[0]
@@ -656,8 +586,8 @@ def _launch_bwd(dy, x, residual, u, coef, weight, bias, decay_logit, width_param
     norm's coefficients) and the apply (dx). dγ, dβ are empty without weight, bias."""
     T, C = x.shape[0], x.shape[2]
     channel_width = width_param.dim() == 1
-    g = _alloc_like(x)
-    dx = _alloc_like(x) if residual is not None else g  # without a shortcut dx overwrites g
+    g = alloc_like(x)
+    dx = alloc_like(x) if residual is not None else g  # without a shortcut dx overwrites g
     d_weight = torch.empty_like(weight) if weight is not None else x.new_empty(0)
     d_bias = torch.empty_like(bias) if bias is not None else x.new_empty(0)
     d_decay = torch.empty_like(decay_logit)
@@ -745,9 +675,9 @@ def _bn_lif_fwd_op(
 @_bn_lif_fwd_op.register_fake
 def _(x_seq, residual, coef, weight, bias, running_mean, running_var, decay_logit, width_param, thresh, scale, eps,
       batch_stats, fold, hard_reset, v_reset, sigmoid, noise, p, seed, store_u, store_mask):
-    u = _alloc_like(x_seq) if store_u else x_seq.new_empty(0)
-    mask = _alloc_like(x_seq, torch.bool) if store_mask else x_seq.new_empty(0, dtype=torch.bool)
-    return _alloc_like(x_seq), u, mask
+    u = alloc_like(x_seq) if store_u else x_seq.new_empty(0)
+    mask = alloc_like(x_seq, torch.bool) if store_mask else x_seq.new_empty(0, dtype=torch.bool)
+    return alloc_like(x_seq), u, mask
 
 
 @torch.library.custom_op("asgl::bn_lif_bwd", mutates_args=())
@@ -770,7 +700,7 @@ def _bn_lif_bwd_op(
 def _(dy_seq, x_seq, residual, u_seq, coef, weight, bias, decay_logit, width_param, thresh, scale, batch_stats,
       hard_reset, v_reset, sigmoid, noise, p, seed):
     return (
-        _alloc_like(x_seq), _alloc_like(x_seq) if residual is not None else x_seq.new_empty(0),
+        alloc_like(x_seq), alloc_like(x_seq) if residual is not None else x_seq.new_empty(0),
         torch.empty_like(weight) if weight is not None else x_seq.new_empty(0),
         torch.empty_like(bias) if bias is not None else x_seq.new_empty(0),
         torch.empty_like(decay_logit), torch.empty_like(width_param, memory_format=torch.contiguous_format),
@@ -809,66 +739,8 @@ _bn_lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference and public functions
+# Public function
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, *, use_batch_stats, momentum, eps,
-                   threshold_scale):
-    if x_seq.dim() not in (3, 4, 5):
-        raise ValueError(f"x_seq must be [T, B, C], [T, B, C, L] or [T, B, C, H, W] (3-5 dims), "
-                         f"got shape {tuple(x_seq.shape)}")
-    C = x_seq.shape[2]
-    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
-        if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != (C,) or not t.is_floating_point()):
-            raise ValueError(f"{name} must be None or a float tensor of shape [{C}] (the channels of x_seq, "
-                             f"dim 2), got {tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together")
-    if not use_batch_stats and running_mean is None:
-        raise ValueError("normalising with running statistics (eval mode) needs running_mean and running_var; "
-                         "got None (a batch norm built with track_running_stats=False uses batch statistics)")
-    if residual is not None:
-        if not isinstance(residual, Tensor) or residual.shape != x_seq.shape:
-            got = tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__
-            raise ValueError(f"residual (the shortcut) must have x_seq's shape {tuple(x_seq.shape)}, got {got}")
-        if residual.dtype != x_seq.dtype or residual.device != x_seq.device:
-            raise ValueError(f"residual must have x_seq's dtype {x_seq.dtype} and device {x_seq.device}, "
-                             f"got {residual.dtype} on {residual.device}")
-    if use_batch_stats and x_seq.numel() // max(C, 1) <= 1:
-        raise ValueError(f"batch statistics need more than 1 value per channel, got x_seq of shape "
-                         f"{tuple(x_seq.shape)}")
-    if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"momentum must be None or in [0, 1], got {momentum!r}")
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise ValueError(f"eps must be a number > 0, got {eps!r}")
-    if threshold_scale is not None and not (isinstance(threshold_scale, (int, float)) and threshold_scale > 0):
-        raise ValueError(f"threshold_scale must be None or a number > 0, got {threshold_scale!r}")
-
-
-def bn_lif_ref(
-    x_seq: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
-    running_var: Tensor | None, decay_logit: Tensor, width_param: Tensor, thresh: Tensor | float, *,
-    residual: Tensor | None = None, use_batch_stats: bool = True, momentum: float = 0.1, eps: float = 1e-5,
-    threshold_scale: float | None = None, **lif_kwargs,
-) -> Tensor:
-    """Reference: time-folded batch norm of ``x_seq [T, B, C, ...]`` (+ ``residual``), then
-    :func:`asgl.kernels.lif_ref.lif_ref` (``lif_kwargs``: reset, v_reset, surrogate, p, training, mask,
-    generator). Updates the running statistics in place as ``F.batch_norm`` does."""
-    _check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, use_batch_stats=use_batch_stats,
-                   momentum=momentum, eps=eps, threshold_scale=threshold_scale)
-    if threshold_scale is not None:
-        if weight is None:  # in the running buffers' dtype: batch_norm wants them alike
-            weight = x_seq.new_ones(x_seq.shape[2], dtype=(running_mean if running_mean is not None else x_seq).dtype)
-        weight = weight * threshold_scale
-    folded = torch.nn.functional.batch_norm(
-        x_seq.flatten(0, 1), running_mean, running_var, weight, bias, use_batch_stats,
-        0.0 if momentum is None else momentum, eps,
-    ).view(x_seq.shape)
-    if residual is not None:
-        folded = folded + residual
-    return lif_ref(folded, decay_logit, width_param, thresh, **lif_kwargs)
 
 
 def bn_lif_fused(
@@ -925,11 +797,11 @@ def bn_lif_fused(
     Returns:
         ``y_seq``, or ``(y_seq, mask)`` with ``return_mask=True``.
     """
-    _check_input(x_seq, "x_seq")
-    _check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, use_batch_stats=use_batch_stats,
-                   momentum=momentum, eps=eps, threshold_scale=threshold_scale)
+    check_input(x_seq, "x_seq")
+    check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, use_batch_stats=use_batch_stats,
+                  momentum=momentum, eps=eps, threshold_scale=threshold_scale)
     C = x_seq.shape[2]
-    thresh, seed, p, noise = _neuron_args(
+    thresh, seed, p, noise = neuron_args(
         x_seq, decay_logit, width_param, {(), (C,)}, thresh, reset=reset, surrogate=surrogate, p=p,
         training=training, seed=seed,
     )

@@ -266,3 +266,42 @@ def lif_step(u, theta, k, v_reset, m, NOISE: tl.constexpr, SIGMOID: tl.constexpr
     else:
         v = u - theta * o
     return o, v, h, z
+
+
+@triton.jit
+def lif_step_grads(dy, do_out, u, o, h, z, dv, theta, k, v_reset, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr):
+    """The reverse of :func:`lif_step` at one step: ``(du, dθ term, dk term)``.
+
+    ``dy = dL/dy[t]``; ``do_out = dL/do[t]`` from outside the neuron's own reset (``θ·dy``, plus the
+    recurrent product's term in the recurrent layer); ``dv = dL/dv[t]`` (λ·du[t+1], carried);
+    ``u, o, h, z`` the recomputed step::
+
+        do = do_out + dv·(v_r - u)  (hard)  |  do_out - dv·θ  (soft);    dz = do·∂H/∂z
+        du = dz + dv·(1 - o)        (hard)  |  dz + dv           (soft)
+        dθ term = dy·o - dz  (- dv·o, soft);    dk term = do·∂H/∂k
+    """
+    dh_dz, dh_dk = relaxation_grads(z, k, h, SIGMOID)
+    if HARD_RESET:
+        do = do_out + dv * (v_reset - u)
+        dz = do * dh_dz
+        du = dz + dv * (1.0 - o)
+        d_theta = dy * o - dz
+    else:
+        do = do_out - dv * theta
+        dz = do * dh_dz
+        du = dz + dv
+        d_theta = dy * o - dz - dv * o
+    return du, d_theta, do * dh_dk
+
+
+@triton.jit
+def store_spike_mode(mask_ptr, offs, in_range, m, NOISE: tl.constexpr):
+    """Store one step's spike-mode decisions as int8 (1 = spike mode): all 1 for ``NOISE_NONE``,
+    all 0 for ``NOISE_ALL``, ``m`` for ``NOISE_DRAW`` (the test-only mask output)."""
+    if NOISE == 0:
+        mode = tl.full(offs.shape, 1, tl.int8)
+    elif NOISE == 1:
+        mode = tl.full(offs.shape, 0, tl.int8)
+    else:
+        mode = m.to(tl.int8)
+    tl.store(mask_ptr + offs, mode, mask=in_range)

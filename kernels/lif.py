@@ -36,23 +36,21 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    NOISE_ALL,
     NOISE_DRAW,
-    NOISE_NONE,
     STEPS_PER_DRAW,
     draw_words,
     finalize_neuron_scalars,
     layout_anchor,
     lif_step,
+    lif_step_grads,
     load_neuron_params,
     p_threshold,
-    relaxation_grads,
     round_to,
     spike_mode,
+    store_spike_mode,
 )
-from .lif_ref import RESETS, SURROGATES
+from .host import COMPILE_OPTIONS, alloc_like, check_input, kernel_order, neuron_args
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Launch configurations ``(BLOCK_N, num_warps)``, largest first: 8 neurons per thread (one 16-byte
 # access per step in bf16, two in fp32) down to BLOCK_N = 256; 128 runs 4 per thread on one warp.
 # :func:`_launch_config` takes the largest that still gives two programs per SM.
@@ -60,9 +58,6 @@ CONFIGS = ((1024, 4), (512, 2), (256, 1), (128, 1))
 # the default SM count where no CUDA device is queried (H100/H200 SXM: 132)
 DEFAULT_SMS = 132
 FINALIZE_BLOCK = 1024
-# Floating-point contraction pinned (triton 3.6-3.9 fuse a·b + c into FMA by default, 3.10 will not):
-# one rounding fewer per update, and every supported triton compiles the same arithmetic.
-COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,13 +81,7 @@ def _fwd_step(t, x_ptr, y_ptr, u_ptr, mask_ptr, v, m, N, offs_n, in_range, lam, 
     if STORE_U:
         tl.store(u_ptr + offs, u_stored, mask=in_range)
     if STORE_MASK:
-        if NOISE == 0:
-            mode = tl.full([offs_n.shape[0]], 1, tl.int8)
-        elif NOISE == 1:
-            mode = tl.full([offs_n.shape[0]], 0, tl.int8)
-        else:
-            mode = m.to(tl.int8)
-        tl.store(mask_ptr + offs, mode, mask=in_range)
+        store_spike_mode(mask_ptr, offs, in_range, m, NOISE)
     return v
 
 
@@ -175,19 +164,11 @@ def _lif_bwd_kernel(
                 acc_lam += du_next * v
                 dv = lam * du_next  # dL/dv[t]
                 dy = tl.load(dy_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
-                dh_dz, dh_dk = relaxation_grads(z, k, h, SIGMOID)
-                if HARD_RESET:
-                    do = theta * dy + dv * (v_reset - u)
-                    dz = do * dh_dz
-                    du = dz + dv * (1.0 - o)
-                    acc_theta += dy * o - dz
-                else:
-                    do = theta * dy - dv * theta
-                    dz = do * dh_dz
-                    du = dz + dv
-                    acc_theta += dy * o - dz - dv * o
+                du, d_theta, d_k = lif_step_grads(dy, theta * dy, u, o, h, z, dv, theta, k, v_reset, SIGMOID,
+                                                  HARD_RESET)
+                acc_theta += d_theta
                 tl.store(dx_ptr + offs, round_to(du, dx_ptr.dtype.element_ty), mask=in_range)
-                acc_k += do * dh_dk
+                acc_k += d_k
                 du_next = du
 
     # Parameter gradients, stage 1 of 2: one partial sum per program (and, for channel widths, one
@@ -233,29 +214,6 @@ def _finalize_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def _kernel_order(x: Tensor):
-    """Permutation ``perm`` with ``x.permute(perm)`` contiguous and time first, or None.
-
-    Contiguous ``[T, B, C, *rest]`` gives the identity (channel = ``(n // INNER) % C`` with
-    ``INNER = prod(rest)``); channels-last memory ``[T, B, *rest, C]`` gives the permutation that
-    moves C last (``INNER = 1``), so it runs without a copy. Anything else is copied.
-    """
-    if x.is_contiguous():
-        return tuple(range(x.dim()))
-    if x.dim() >= 4:
-        perm = (0, 1) + tuple(range(3, x.dim())) + (2,)
-        if x.permute(perm).is_contiguous():
-            return perm
-    return None
-
-
-def _alloc_like(x: Tensor, dtype=None) -> Tensor:
-    """An output with ``x``'s shape whose kernel-order view is contiguous (shared with the fakes)."""
-    if _kernel_order(x) is not None:
-        return torch.empty_like(x, dtype=dtype)
-    return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
-
-
 def _flat(t: Tensor, perm) -> Tensor:
     """The ``[T, N]`` kernel view of ``t`` in the permuted order ``perm`` (no copy when dense)."""
     return t.permute(perm).contiguous().view(t.shape[0], -1)
@@ -290,15 +248,15 @@ def _launch_config(N: int, device: torch.device) -> tuple[int, int]:
 
 def _launch_fwd(x, decay_logit, width_param, thresh, *, hard_reset, v_reset, sigmoid, noise, p, seed,
                 store_u, store_mask):
-    y = _alloc_like(x)
-    u = _alloc_like(x) if store_u else x.new_empty(0)
+    y = alloc_like(x)
+    u = alloc_like(x) if store_u else x.new_empty(0)
     # bool in memory, written by the kernel as int8 through a view (no cast kernel afterwards)
-    mask = _alloc_like(x, torch.bool) if store_mask else x.new_empty(0, dtype=torch.bool)
+    mask = alloc_like(x, torch.bool) if store_mask else x.new_empty(0, dtype=torch.bool)
     T = x.shape[0]
     N = x.numel() // T if T else 0
     if x.numel() == 0:
         return y, u, mask
-    perm = _kernel_order(x) or tuple(range(x.dim()))
+    perm = kernel_order(x) or tuple(range(x.dim()))
     channel_width = width_param.dim() == 1
     INNER, C = _channel_geometry(x, perm, channel_width)
     x_k = _flat(x, perm)
@@ -323,7 +281,7 @@ def _launch_bwd(dy, u, decay_logit, width_param, thresh, *, hard_reset, v_reset,
     summed per channel by one torch reduction in between): the backward kernel and
     :func:`_finalize_kernel`.
     """
-    dx = _alloc_like(u)
+    dx = alloc_like(u)
     d_decay = torch.empty_like(decay_logit)
     d_width = torch.empty_like(width_param, memory_format=torch.contiguous_format)
     d_theta = torch.empty_like(thresh)
@@ -332,7 +290,7 @@ def _launch_bwd(dy, u, decay_logit, width_param, thresh, *, hard_reset, v_reset,
     channel_width = width_param.dim() == 1
     if u.numel() == 0:
         return dx, d_decay.zero_(), d_width.zero_(), d_theta.zero_()
-    perm = _kernel_order(u) or tuple(range(u.dim()))
+    perm = kernel_order(u) or tuple(range(u.dim()))
     INNER, C = _channel_geometry(u, perm, channel_width)
     u_k = u.permute(perm).view(T, N)
     dy_k = _flat(dy.to(u.dtype), perm)
@@ -378,9 +336,9 @@ def _lif_fwd_op(
 @_lif_fwd_op.register_fake
 def _(x_seq, decay_logit, width_param, thresh, hard_reset, v_reset, sigmoid, noise, p, seed, store_u,
       store_mask):
-    u = _alloc_like(x_seq) if store_u else x_seq.new_empty(0)
-    mask = _alloc_like(x_seq, torch.bool) if store_mask else x_seq.new_empty(0, dtype=torch.bool)
-    return _alloc_like(x_seq), u, mask
+    u = alloc_like(x_seq) if store_u else x_seq.new_empty(0)
+    mask = alloc_like(x_seq, torch.bool) if store_mask else x_seq.new_empty(0, dtype=torch.bool)
+    return alloc_like(x_seq), u, mask
 
 
 @torch.library.custom_op("asgl::lif_bwd", mutates_args=())
@@ -397,7 +355,7 @@ def _lif_bwd_op(
 @_lif_bwd_op.register_fake
 def _(dy_seq, u_seq, decay_logit, width_param, thresh, hard_reset, v_reset, sigmoid, noise, p, seed):
     return (
-        _alloc_like(u_seq), torch.empty_like(decay_logit),
+        alloc_like(u_seq), torch.empty_like(decay_logit),
         torch.empty_like(width_param, memory_format=torch.contiguous_format), torch.empty_like(thresh),
     )
 
@@ -438,68 +396,6 @@ _lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ---------------------------------------------------------------------------------------------
 # Public function
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_param(name: str, t, x_seq: Tensor, shapes) -> None:
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if tuple(t.shape) not in shapes:
-        raise ValueError(f"{name} must have shape in {sorted(shapes)}, got {tuple(t.shape)}")
-    if t.device != x_seq.device:
-        raise ValueError(f"{name} is on {t.device} but x_seq is on {x_seq.device}")
-
-
-def _seed_tensor(seed, x_seq: Tensor) -> Tensor:
-    """``seed`` (int or one-element int64 tensor) as a ``[1]`` int64 tensor on ``x_seq``'s device."""
-    if isinstance(seed, Tensor):
-        if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != x_seq.device:
-            raise ValueError(
-                f"a tensor seed must be one int64 element on {x_seq.device}, got dtype {seed.dtype}, "
-                f"{seed.numel()} elements on {seed.device}"
-            )
-        return seed.reshape(1)
-    if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31:
-        return torch.full((1,), seed, dtype=torch.int64, device=x_seq.device)
-    raise ValueError(f"seed must be an int in [0, 2**31) or a one-element int64 tensor, got {seed!r}")
-
-
-def _neuron_args(x_seq: Tensor, decay_logit, width_param, width_shapes, thresh, *, reset, surrogate, p,
-                 training, seed):
-    """Check the arguments the fused neurons share; returns ``(thresh, seed, p, noise)`` with θ and
-    the seed as device tensors and ``noise`` the kernels' NOISE mode. ``x_seq``'s type, dtype and
-    rank are checked by the caller (see :func:`_check_input`)."""
-    if reset not in RESETS:
-        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
-    if surrogate not in SURROGATES:
-        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p (the analog-mode probability) must be in [0, 1], got {p!r}")
-    seed = _seed_tensor(seed, x_seq)
-    _check_param("decay_logit", decay_logit, x_seq, {()})
-    _check_param("width_param", width_param, x_seq, width_shapes)
-    if isinstance(thresh, Tensor):
-        _check_param("thresh", thresh, x_seq, {()})
-    elif isinstance(thresh, (int, float)) and not isinstance(thresh, bool):
-        thresh = torch.full((), float(thresh), dtype=torch.float32, device=x_seq.device)
-    else:
-        raise ValueError(f"thresh must be a float or a 0-dim tensor, got {type(thresh).__name__}")
-    if not training or p == 0.0:
-        noise = NOISE_NONE
-    elif p == 1.0:
-        noise = NOISE_ALL
-    else:
-        noise = NOISE_DRAW
-    return thresh, seed, p, noise
-
-
-def _check_input(x_seq, name: str) -> None:
-    if not isinstance(x_seq, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x_seq).__name__}")
-    if x_seq.dtype not in DTYPES:
-        raise ValueError(f"{name} must have dtype in {DTYPES}, got {x_seq.dtype}")
 
 
 def lif_fused(
@@ -556,13 +452,13 @@ def lif_fused(
     Returns:
         ``y_seq``, or ``(y_seq, mask)`` with ``return_mask=True``.
     """
-    _check_input(x_seq, "x_seq")
+    check_input(x_seq, "x_seq")
     if x_seq.dim() < 2:
         raise ValueError(f"x_seq must be [T, B, ...] with at least 2 dims, got shape {tuple(x_seq.shape)}")
     channels = x_seq.shape[2] if x_seq.dim() >= 3 else None
     if isinstance(width_param, Tensor) and width_param.dim() == 1 and channels is None:
         raise ValueError(f"a channel-wise width_param needs x_seq with a channel dim 2, got {tuple(x_seq.shape)}")
-    thresh, seed, p, noise = _neuron_args(
+    thresh, seed, p, noise = neuron_args(
         x_seq, decay_logit, width_param, {()} | ({(channels,)} if channels else set()), thresh,
         reset=reset, surrogate=surrogate, p=p, training=training, seed=seed,
     )

@@ -53,15 +53,16 @@ from .common import (
     NOISE_DRAW,
     STEPS_PER_DRAW,
     lif_step,
+    lif_step_grads,
     load_neuron_params,
     p_threshold,
-    relaxation_grads,
     round_to,
     spike_mode_bits,
     spike_mode_of_step,
     step_in_block,
+    store_spike_mode,
 )
-from .lif import COMPILE_OPTIONS, _check_input, _check_param, _neuron_args
+from .host import COMPILE_OPTIONS, check_input, check_param, neuron_args
 
 # tl.dot needs at least 16 rows; one program per 16 batch rows keeps B = 32 on 2 SMs (the
 # recurrence is serial in T, so batch tiles are the only parallelism that needs no grid-wide sync).
@@ -141,13 +142,7 @@ def _rlif_fwd_kernel(
         if STORE_U:
             tl.store(u_ptr + base + offs_l, u_stored, mask=in_range)
         if STORE_MASK:
-            if NOISE == 0:
-                mode = tl.full([BLOCK_B, BLOCK_H], 1, tl.int8)
-            elif NOISE == 1:
-                mode = tl.full([BLOCK_B, BLOCK_H], 0, tl.int8)
-            else:
-                mode = m.to(tl.int8)
-            tl.store(mask_ptr + base + offs_l, mode, mask=in_range)
+            store_spike_mode(mask_ptr + base, offs_l, in_range, m, NOISE)
         # padded rows/units feed 0 into the next step's dot
         o_next = round_to(tl.where(in_range, o, 0.0), scratch_ptr.dtype.element_ty)
         tl.store(scratch + (t % 2) * (BLOCK_B * BLOCK_H) + offs_s, o_next)
@@ -208,21 +203,13 @@ def _rlif_bwd_kernel(
         dv = lam * du_next
 
         dy = tl.load(dy_ptr + base + offs_l, mask=in_range, other=0.0).to(tl.float32)
-        dh_dz, dh_dk = relaxation_grads(z, k, h, SIGMOID)
-        if HARD_RESET:
-            do = theta * dy + do_rec + dv * (v_reset - u)
-            dz = do * dh_dz
-            du = dz + dv * (1.0 - o)
-            acc_theta += tl.sum(dy * o - dz, axis=0)
-        else:
-            do = theta * dy + do_rec - dv * theta
-            dz = do * dh_dz
-            du = dz + dv
-            acc_theta += tl.sum(dy * o - dz - dv * o, axis=0)
+        du, d_theta, d_k = lif_step_grads(dy, theta * dy + do_rec, u, o, h, z, dv, theta, k, v_reset, SIGMOID,
+                                          HARD_RESET)
+        acc_theta += tl.sum(d_theta, axis=0)
         du = tl.where(in_range, du, 0.0)
         tl.store(dwx_ptr + base + offs_l, round_to(du, dwx_ptr.dtype.element_ty), mask=in_range)
         tl.store(o_ptr + base + offs_l, round_to(o, o_ptr.dtype.element_ty), mask=in_range)
-        acc_k += tl.sum(tl.where(in_range, do * dh_dk, 0.0), axis=0)
+        acc_k += tl.sum(tl.where(in_range, d_k, 0.0), axis=0)
         du_next = du
         tl.store(scratch + (t % 2) * (BLOCK_B * BLOCK_H) + offs_s, du)
         tl.debug_barrier()
@@ -446,17 +433,17 @@ def recurrent_lif_fused(
     Returns:
         ``y_seq``, or ``(y_seq, mask)`` with ``return_mask=True``.
     """
-    _check_input(wx_seq, "wx_seq")
+    check_input(wx_seq, "wx_seq")
     if wx_seq.dim() != 3:
         raise ValueError(f"wx_seq must be [T, B, H], got shape {tuple(wx_seq.shape)}")
     T, B, H = wx_seq.shape
-    _check_param("recurrent_weight", recurrent_weight, wx_seq, {(H, H)})
+    check_param("recurrent_weight", recurrent_weight, wx_seq, {(H, H)})
     if triton.next_power_of_2(H) > MAX_BLOCK_H:
         raise ValueError(f"wx_seq has H = {H} hidden units; the fused kernel supports at most {MAX_BLOCK_H} "
                          "(use backend='torch')")
     if B * H >= 2**31:
         raise ValueError(f"wx_seq has {B * H} elements per time step; at most 2**31 - 1 are supported")
-    thresh, seed, p, noise = _neuron_args(
+    thresh, seed, p, noise = neuron_args(
         wx_seq, decay_logit, width_param, {(), (H,)}, thresh,
         reset=reset, surrogate=surrogate, p=p, training=training, seed=seed,
     )

@@ -28,7 +28,8 @@ from test_lif_kernel import (
 )
 
 import asgl.kernels.bn_lif as bn_mod
-from asgl.kernels.bn_lif import bn_lif_fused, bn_lif_ref
+from asgl.kernels.bn_lif import bn_lif_fused
+from asgl.kernels.bn_lif_ref import bn_lif_ref
 
 MODES = {"sg": (0.0, True), "mixed": (0.3, True), "analog": (1.0, True), "eval": (0.3, False)}
 SHAPES = {  # [B, C, ...] per step; ragged everywhere
@@ -62,7 +63,7 @@ CASES = [
 @pytest.fixture(autouse=True)
 def nan_poisoned_outputs(monkeypatch):
     """Outputs the op allocates start as NaN, so an element the kernels never write fails a test."""
-    nan_poison(monkeypatch, bn_mod, "_alloc_like")
+    nan_poison(monkeypatch, bn_mod, "alloc_like")
 
 
 def small_tiles(monkeypatch):
@@ -488,14 +489,14 @@ def test_bytes_per_element_step(device, monkeypatch):
     params = make_params(None, "sigmoid", device)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)).to(BF16)
     streams = [x, dy]
-    alloc = bn_mod._alloc_like
+    alloc = bn_mod.alloc_like
 
     def recorded_alloc(like, dtype=None):
         out = alloc(like, dtype)
         streams.append(out)
         return out
 
-    monkeypatch.setattr(bn_mod, "_alloc_like", recorded_alloc)
+    monkeypatch.setattr(bn_mod, "alloc_like", recorded_alloc)
     counter = TrafficCounter(monkeypatch, streams)
     saved = {}
 
@@ -517,14 +518,14 @@ def test_bytes_per_element_step(device, monkeypatch):
     import asgl.kernels.lif as lif_mod
 
     counter_lif = TrafficCounter(monkeypatch, [])
-    lif_alloc = lif_mod._alloc_like
+    lif_alloc = lif_mod.alloc_like
 
     def recorded_lif_alloc(like, dtype=None):
         out = lif_alloc(like, dtype)
         counter_lif.streams.append(out)
         return out
 
-    monkeypatch.setattr(lif_mod, "_alloc_like", recorded_lif_alloc)
+    monkeypatch.setattr(lif_mod, "alloc_like", recorded_lif_alloc)
     z = torch.nn.functional.batch_norm(x.detach().flatten(0, 1), None, None, weight.detach(), bias.detach(),
                                        True).view(x.shape).requires_grad_()
     counter_lif.streams += [z, dy]

@@ -47,7 +47,7 @@ MODES = {"sg": (0.0, True), "mixed": (0.3, True), "analog": (1.0, True), "eval":
 @pytest.fixture(autouse=True)
 def nan_poisoned_outputs(monkeypatch):
     """Outputs the op allocates start as NaN, so an element the kernel never writes fails a test."""
-    nan_poison(monkeypatch, lif_mod, "_alloc_like")
+    nan_poison(monkeypatch, lif_mod, "alloc_like")
 
 
 def make_params(channels, surrogate, device, *, decay=0.3, width=1.5, thresh=1.0, grad=True):
