@@ -59,7 +59,8 @@ from torch import Tensor
 
 from .common import (
     ELEMENTS_PER_DRAW, NOISE_DRAW, chunk_words, element_words, finalize_neuron_scalars, layout_anchor, lif_step,
-    lif_step_grads, load_neuron_params, p_threshold, round_to, row_anchor, spike_mode, store_spike_mode,
+    lif_step_grads, load_neuron_params, p_threshold, relaxation_slope, round_to, row_anchor, spike_mode,
+    store_spike_mode,
 )
 from .host import COMPILE_OPTIONS, alloc_like, check_input, kernel_order, neuron_args
 from .bn_lif_ref import check_bn_args
@@ -357,8 +358,9 @@ def _bn_lif_fwd_kernel(
     VEC: tl.constexpr = _vec(BLOCK_O, BLOCK_C, BLOCK_I, x_ptr.dtype.element_ty.primitive_bitwidth)
     offs, in_range, c, row0, lane = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I, VEC)
     N = OUTER * C * INNER
-    lam, theta, k, k_h = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs, in_range, INNER, C,
-                                            SIGMOID, CHANNEL_WIDTH)
+    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs, in_range, INNER, C,
+                                       SIGMOID, CHANNEL_WIDTH)
+    k_h = relaxation_slope(k, SIGMOID)
     c_ok = c < C
     if FOLD:
         mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
@@ -424,8 +426,9 @@ def _bn_lif_bwd_kernel(
     VEC: tl.constexpr = _vec(BLOCK_O, BLOCK_C, BLOCK_I, x_ptr.dtype.element_ty.primitive_bitwidth)
     offs, in_range, c, row0, lane = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I, VEC)
     N = OUTER * C * INNER
-    lam, theta, k, k_h = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs, in_range, INNER, C,
-                                            SIGMOID, CHANNEL_WIDTH)
+    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs, in_range, INNER, C,
+                                       SIGMOID, CHANNEL_WIDTH)
+    k_h = relaxation_slope(k, SIGMOID)
     c_ok = c < C
     mean = tl.load(coef_ptr + 2 * C + c, mask=c_ok, other=0.0)
     rstd = tl.load(coef_ptr + 3 * C + c, mask=c_ok, other=0.0)

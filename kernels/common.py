@@ -112,9 +112,7 @@ def sigmoid_f32(x):
 @triton.jit
 def load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
                        SIGMOID: tl.constexpr, CHANNEL_WIDTH: tl.constexpr):
-    """``(λ, θ, k, k_h)``: λ = sigmoid(decay_logit), θ, the slope k (sigmoid: width_param; rectangle:
-    exp of it) and the slope as :func:`relaxation` takes it, ``k_h`` (sigmoid: ``-k·log2(e)``, so that
-    ``H(z) = 1 / (1 + 2^(k_h·z))`` costs one multiplication; rectangle: k).
+    """λ = sigmoid(decay_logit), θ and the slope k (sigmoid: width_param; rectangle: exp of it).
 
     A channel-wise width is gathered per element: channel ``(n // INNER) % C`` of flat index n.
     """
@@ -127,11 +125,20 @@ def load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, 
         wp = tl.load(width_ptr).to(tl.float32)
     if SIGMOID:
         k = wp
-        k_h = k * -LOG2E
     else:
         k = tl.exp(wp)
+    return lam, theta, k
+
+
+@triton.jit
+def relaxation_slope(k, SIGMOID: tl.constexpr):
+    """``k_h``, the slope as :func:`relaxation` takes it: sigmoid ``-k·log2(e)``, so that
+    ``H(z) = 1 / (1 + 2^(k_h·z))`` costs one multiplication; rectangle k."""
+    if SIGMOID:
+        k_h = k * -LOG2E
+    else:
         k_h = k
-    return lam, theta, k, k_h
+    return k_h
 
 
 @triton.jit
@@ -163,22 +170,30 @@ def finalize_neuron_scalars(partial_ptr, NPROG, decay_logit_ptr, width_ptr, d_de
 
 
 @triton.jit
-def philox4x32(c0, k0, k1):
+def philox4x32(c0, k0, k1, WIDE: tl.constexpr):
     """Philox-4x32-10 of the counter ``(c0, 0, 0, 0)`` (uint32 tensor) under the key ``(k0, k1)``
-    (uint32 scalars): the function ``tl.randint4x`` computes, written with one 32x32->64-bit
-    multiplication per product (``mul.wide.u32``: one ``IMAD.WIDE.U32`` for both halves, where
+    (uint32 scalars): the function ``tl.randint4x`` computes. ``WIDE`` writes each product as one
+    32x32->64-bit multiplication (``mul.wide.u32``: one ``IMAD.WIDE.U32`` for both halves, where
     ``umulhi`` and a low product compile to ``IMAD.HI`` and ``IMAD``; about 40 SASS instructions a
-    call instead of 55)."""
+    call instead of 55), at the price of a register pair per product: for the draws on a
+    ``[..., 1]`` row tensor (a few calls per thread). Where every element draws (the recurrent
+    kernel, unaligned BN+LIF tiles: 16 calls per thread in flight) the products stay 32-bit."""
     c1 = tl.zeros_like(c0)
     c2 = tl.zeros_like(c0)
     c3 = tl.zeros_like(c0)
     for _ in tl.static_range(10):
-        p0 = c0.to(tl.uint64) * 0xD2511F53
-        p2 = c2.to(tl.uint64) * 0xCD9E8D57
-        c0 = (p2 >> 32).to(tl.uint32) ^ c1 ^ k0
-        c2 = (p0 >> 32).to(tl.uint32) ^ c3 ^ k1
-        c1 = p2.to(tl.uint32)
-        c3 = p0.to(tl.uint32)
+        if WIDE:
+            p0 = c0.to(tl.uint64) * 0xD2511F53
+            p2 = c2.to(tl.uint64) * 0xCD9E8D57
+            hi0, lo0 = (p0 >> 32).to(tl.uint32), p0.to(tl.uint32)
+            hi2, lo2 = (p2 >> 32).to(tl.uint32), p2.to(tl.uint32)
+        else:
+            hi0, lo0 = tl.umulhi(c0, 0xD2511F53), c0 * 0xD2511F53
+            hi2, lo2 = tl.umulhi(c2, 0xCD9E8D57), c2 * 0xCD9E8D57
+        c0 = hi2 ^ c1 ^ k0
+        c2 = hi0 ^ c3 ^ k1
+        c1 = lo2
+        c3 = lo0
         k0 = k0 + 0x9E3779B9
         k1 = k1 + 0xBB67AE85
     return c0, c1, c2, c3
@@ -217,13 +232,14 @@ def row_anchor(x):
 
 
 @triton.jit
-def draw_words(seed, t, counter):
+def draw_words(seed, t, counter, WIDE: tl.constexpr):
     """The four Philox words of the call ``(seed, t // 2, counter)`` (``counter`` int32): word e serves
     element ``4·counter + e`` at steps ``2·(t // 2)`` and ``2·(t // 2) + 1``. The key
-    ``seed + ((t // 2) << 32)`` of ``tl.randint4x`` is the pair ``(seed, t // 2)`` (seed < 2**31)."""
+    ``seed + ((t // 2) << 32)`` of ``tl.randint4x`` is the pair ``(seed, t // 2)`` (seed < 2**31).
+    ``WIDE``: see :func:`philox4x32`."""
     k0 = tl.cast(seed, tl.uint32)
     k1 = tl.cast(t // STEPS_PER_DRAW, tl.uint32)
-    return philox4x32(counter.to(tl.uint32, bitcast=True), k0, k1)
+    return philox4x32(counter.to(tl.uint32, bitcast=True), k0, k1, WIDE)
 
 
 @triton.jit
@@ -244,14 +260,14 @@ def chunk_words(seed, t, row0, lane, anchor, VEC: tl.constexpr):
     if VEC >= ELEMENTS_PER_DRAW:
         group0 = (row0 // ELEMENTS_PER_DRAW).to(tl.int32) + anchor
         for g in tl.static_range(VEC // ELEMENTS_PER_DRAW):
-            w0, w1, w2, w3 = draw_words(seed, t, group0 + g)
+            w0, w1, w2, w3 = draw_words(seed, t, group0 + g, True)
             wg = _word_of(w0, w1, w2, w3, lane % ELEMENTS_PER_DRAW)
             if g == 0:
                 w = wg
             else:
                 w = tl.where(lane // ELEMENTS_PER_DRAW == g, wg, w)
     else:
-        w0, w1, w2, w3 = draw_words(seed, t, (row0 // ELEMENTS_PER_DRAW).to(tl.int32) + anchor)
+        w0, w1, w2, w3 = draw_words(seed, t, (row0 // ELEMENTS_PER_DRAW).to(tl.int32) + anchor, True)
         w = _word_of(w0, w1, w2, w3, row0 % ELEMENTS_PER_DRAW + lane)
     return w
 
@@ -261,8 +277,9 @@ def element_words(seed, t, n, anchor):
     """Each element's word of step ``t``'s draw for any flat indices ``n`` (int64): every element
     computes its group's call (4 times the work of :func:`chunk_words`, the same words); ``anchor``
     the :func:`layout_anchor` of a value loaded in the tile's layout (0 where layouts do not matter)."""
-    w0, w1, w2, w3 = draw_words(seed, t, (n // ELEMENTS_PER_DRAW).to(tl.int32) + anchor)
-    return _word_of(w0, w1, w2, w3, n % ELEMENTS_PER_DRAW)
+    n32 = n.to(tl.int32)  # n < 2**31: 32-bit arithmetic
+    w0, w1, w2, w3 = draw_words(seed, t, n32 // ELEMENTS_PER_DRAW + anchor, False)
+    return _word_of(w0, w1, w2, w3, n32 % ELEMENTS_PER_DRAW)
 
 
 @triton.jit

@@ -49,6 +49,7 @@ from .common import (
     lif_step_grads,
     load_neuron_params,
     p_threshold,
+    relaxation_slope,
     round_to,
     row_anchor,
     spike_mode,
@@ -125,8 +126,9 @@ def _lif_fwd_kernel(
     STATIC_T: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr,
 ):
     offs_n, in_range, row0, lane = _tile(N, BLOCK_N, VEC)
-    lam, theta, k, k_h = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
-                                            SIGMOID, CHANNEL_WIDTH)
+    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
+                                       SIGMOID, CHANNEL_WIDTH)
+    k_h = relaxation_slope(k, SIGMOID)
     seed = tl.load(seed_ptr)
     p_hi = p16.to(tl.uint32) << 16
     v = tl.zeros([BLOCK_N // VEC, VEC], dtype=tl.float32)
@@ -196,14 +198,14 @@ def _lif_bwd_kernel(
     CHANNEL_WIDTH: tl.constexpr, STATIC_T: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr,
 ):
     offs_n, in_range, row0, lane = _tile(N, BLOCK_N, VEC)
-    lam, theta, k, k_h = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
-                                            SIGMOID, CHANNEL_WIDTH)
+    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
+                                       SIGMOID, CHANNEL_WIDTH)
+    k_h = relaxation_slope(k, SIGMOID)
     seed = tl.load(seed_ptr)
     p_hi = p16.to(tl.uint32) << 16
 
-    # Reverse in t, each step recomputed from its stored u alone, du[t+1] carried (du[T] = 0); the
-    # step before's u and dy loaded one step ahead. A draw serves steps 2b+1 and 2b, so it runs at
-    # the odd one, or at t = T - 1 when T is odd.
+    # Reverse in t, each step recomputed from its stored u alone, du[t+1] carried (du[T] = 0). A
+    # draw serves steps 2b+1 and 2b, so it runs at the odd one, or at t = T - 1 when T is odd.
     du_next = tl.zeros([BLOCK_N // VEC, VEC], dtype=tl.float32)
     # -0.0, the identity of float addition: the first accumulation folds away
     acc_lam = tl.full([BLOCK_N // VEC, VEC], -0.0, dtype=tl.float32)
@@ -211,11 +213,12 @@ def _lif_bwd_kernel(
     acc_k = tl.full([BLOCK_N // VEC, VEC], -0.0, dtype=tl.float32)
     w = tl.zeros([BLOCK_N // VEC, VEC], dtype=tl.uint32)
     m = in_range  # the spike-mode bit, read only when NOISE == 2
-    offs_last = tl.cast(T - 1, tl.int64) * N + offs_n
-    u = tl.load(u_ptr + offs_last, mask=in_range, other=0.0)
-    dy = tl.load(dy_ptr + offs_last, mask=in_range, other=0.0)
     if STATIC_T > 0:
-        # T == STATIC_T <= 8: every step unrolled, no loop
+        # T == STATIC_T <= 8: every step unrolled, no loop; the step before's u and dy loaded one
+        # step ahead, before this step's store
+        offs_last = tl.cast(STATIC_T - 1, tl.int64) * N + offs_n
+        u = tl.load(u_ptr + offs_last, mask=in_range, other=0.0)
+        dy = tl.load(dy_ptr + offs_last, mask=in_range, other=0.0)
         for t in tl.static_range(STATIC_T - 1, -1, -1):
             if t > 0:
                 offs_prev = tl.cast(t - 1, tl.int64) * N + offs_n
@@ -231,20 +234,21 @@ def _lif_bwd_kernel(
             if t > 0:
                 u, dy = u_prev, dy_prev
     else:
-        # T > 8: 8 steps per iteration, unrolled, in reverse
+        # T > 8: 8 steps per iteration, unrolled, in reverse; each step loads its own u and dy (one
+        # step ahead, the loop's registers reached 96 and spilled 8-16 B in some specialisations)
         if NOISE == 2:
             if T % 2 == 1:
-                w = chunk_words(seed, T - 1, row0, lane, row_anchor(u), VEC)
+                u_last = tl.load(u_ptr + tl.cast(T - 1, tl.int64) * N + offs_n, mask=in_range, other=0.0)
+                w = chunk_words(seed, T - 1, row0, lane, row_anchor(u_last), VEC)
         n_iter = tl.cdiv(T, STEPS_PER_ITERATION)
         for ib in range(0, n_iter):
             t0 = (n_iter - 1 - ib) * STEPS_PER_ITERATION
             for j in tl.static_range(STEPS_PER_ITERATION - 1, -1, -1):
                 if t0 + j < T:
                     t = t0 + j
-                    offs_prev = tl.cast(t - 1, tl.int64) * N + offs_n
-                    has_prev = in_range & (tl.full([1, 1], t, tl.int32) > 0)
-                    u_prev = tl.load(u_ptr + offs_prev, mask=has_prev, other=0.0)
-                    dy_prev = tl.load(dy_ptr + offs_prev, mask=has_prev, other=0.0)
+                    offs_t = tl.cast(t, tl.int64) * N + offs_n
+                    u = tl.load(u_ptr + offs_t, mask=in_range, other=0.0)
+                    dy = tl.load(dy_ptr + offs_t, mask=in_range, other=0.0)
                     if NOISE == 2:
                         if j % 2 == 1:
                             w = chunk_words(seed, t, row0, lane, row_anchor(u), VEC)
@@ -252,7 +256,6 @@ def _lif_bwd_kernel(
                     du_next, acc_lam, acc_theta, acc_k = _bwd_step(
                         t, u, dy, dx_ptr, du_next, acc_lam, acc_theta, acc_k, m, N, offs_n, in_range, lam, theta, k,
                         k_h, v_reset, NOISE, SIGMOID, HARD_RESET, False)
-                    u, dy = u_prev, dy_prev
 
     # Parameter gradients, stage 1 of 2: one partial sum per program (and, for channel widths, one
     # per neuron, summed over T here); stage 2 is :func:`_finalize_kernel`. Deterministic (no

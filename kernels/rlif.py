@@ -56,6 +56,7 @@ from .common import (
     lif_step_grads,
     load_neuron_params,
     p_threshold,
+    relaxation_slope,
     round_to,
     spike_mode,
     store_spike_mode,
@@ -108,13 +109,13 @@ def _rlif_fwd_kernel(
     # element b·H + h of one step = row0 + offs_l; int32 in registers, the int64 part is a scalar
     row0 = pid * BLOCK_B * H
     offs_l = offs_bl[:, None] * H + offs_h[None, :]
-    lam, theta, k, k_h = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_h, in_h, 1, H,
-                                            SIGMOID, CHANNEL_WIDTH)
+    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_h, in_h, 1, H,
+                                       SIGMOID, CHANNEL_WIDTH)
     seed = tl.load(seed_ptr)
     p_hi = p16.to(tl.uint32) << 16
     if CHANNEL_WIDTH:
         k = k[None, :]
-        k_h = k_h[None, :]
+    k_h = relaxation_slope(k, SIGMOID)
     # o[t-1] lives in buffer (t+1) % 2 (buffer 1 holds o[-1] = 0, zeroed by the launcher)
     scratch = scratch_ptr + pid * (2 * BLOCK_B * BLOCK_H)
     offs_s = offs_bl[:, None] * BLOCK_H + offs_h[None, :]
@@ -164,13 +165,13 @@ def _rlif_bwd_kernel(
     in_range = ((pid * BLOCK_B + offs_bl)[:, None] < B) & in_h[None, :]
     row0 = pid * BLOCK_B * H
     offs_l = offs_bl[:, None] * H + offs_h[None, :]
-    lam, theta, k, k_h = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_h, in_h, 1, H,
-                                            SIGMOID, CHANNEL_WIDTH)
+    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_h, in_h, 1, H,
+                                       SIGMOID, CHANNEL_WIDTH)
     seed = tl.load(seed_ptr)
     p_hi = p16.to(tl.uint32) << 16
     if CHANNEL_WIDTH:
         k = k[None, :]
-        k_h = k_h[None, :]
+    k_h = relaxation_slope(k, SIGMOID)
     # du[t+1] lives in buffer (t+1) % 2 (buffer T % 2 holds du[T] = 0, zeroed by the launcher)
     scratch = scratch_ptr + pid * (2 * BLOCK_B * BLOCK_H)
     offs_s = offs_bl[:, None] * BLOCK_H + offs_h[None, :]
