@@ -65,9 +65,12 @@ CONFIGS = ((1024, 4), (512, 2), (256, 1), (128, 1))
 DEFAULT_SMS = 132
 FINALIZE_BLOCK = 1024
 # T up to this runs fully unrolled (STATIC_T = T, one compiled kernel per T); above, a loop of
-# STEPS_PER_ITERATION unrolled steps with a guard per step
+# unrolled steps with a guard per step: 8 per iteration forward, 4 backward (at 8 ptxas held some
+# backward specialisations at 80 or 96 registers with 8-16 B of spills; at 4 none spill, +0.8
+# instructions per element-step)
 MAX_STATIC_T = 8
 STEPS_PER_ITERATION = tl.constexpr(8)
+BWD_STEPS_PER_ITERATION = tl.constexpr(4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,16 +237,16 @@ def _lif_bwd_kernel(
             if t > 0:
                 u, dy = u_prev, dy_prev
     else:
-        # T > 8: 8 steps per iteration, unrolled, in reverse; each step loads its own u and dy (one
+        # T > 8: 4 steps per iteration, unrolled, in reverse; each step loads its own u and dy (one
         # step ahead, the loop's registers reached 96 and spilled 8-16 B in some specialisations)
         if NOISE == 2:
             if T % 2 == 1:
                 u_last = tl.load(u_ptr + tl.cast(T - 1, tl.int64) * N + offs_n, mask=in_range, other=0.0)
                 w = chunk_words(seed, T - 1, row0, lane, row_anchor(u_last), VEC)
-        n_iter = tl.cdiv(T, STEPS_PER_ITERATION)
+        n_iter = tl.cdiv(T, BWD_STEPS_PER_ITERATION)
         for ib in range(0, n_iter):
-            t0 = (n_iter - 1 - ib) * STEPS_PER_ITERATION
-            for j in tl.static_range(STEPS_PER_ITERATION - 1, -1, -1):
+            t0 = (n_iter - 1 - ib) * BWD_STEPS_PER_ITERATION
+            for j in tl.static_range(BWD_STEPS_PER_ITERATION - 1, -1, -1):
                 if t0 + j < T:
                     t = t0 + j
                     offs_t = tl.cast(t, tl.int64) * N + offs_n

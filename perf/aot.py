@@ -210,12 +210,12 @@ def _lif_vec(block_n, num_warps, itemsize):
     return _vec(block_n, num_warps, itemsize)
 
 
-def _lif_steps(STATIC_T):
+def _lif_steps(STATIC_T, backward=False):
     """The static model's ``steps_per_iteration`` of a feed-forward neuron kernel: its loop's unrolled
     steps, or ``-T`` for a kernel unrolled over all its ``T = STATIC_T`` steps (no loop)."""
-    from asgl.kernels.lif import STEPS_PER_ITERATION
+    from asgl.kernels.lif import BWD_STEPS_PER_ITERATION, STEPS_PER_ITERATION
 
-    return -STATIC_T if STATIC_T else int(STEPS_PER_ITERATION)
+    return -STATIC_T if STATIC_T else int(BWD_STEPS_PER_ITERATION if backward else STEPS_PER_ITERATION)
 
 
 def lif_fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STORE_U, STORE_MASK=False,
@@ -242,7 +242,7 @@ def lif_bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, BLOC
     signature.update({k: "constexpr" for k in constexprs})
     label = _label("bwd", arch, dtype, constexprs) + ("" if BLOCK_N is None else f" BLOCK_N={block_n}")
     return KernelSpec("asgl.kernels.lif:_lif_bwd_kernel", signature, constexprs, _LIF_DIVISIBLE_BWD, arch, num_warps,
-                      label, dtype, _lif_steps(STATIC_T), block_n / (32 * num_warps))
+                      label, dtype, _lif_steps(STATIC_T, backward=True), block_n / (32 * num_warps))
 
 
 def lif_finalize_spec(arch, *, SIGMOID, CHANNEL_WIDTH) -> KernelSpec:
