@@ -5,5 +5,5 @@ from __future__ import annotations
 
 from perf.aot import (  # noqa: F401  (the names the tests import from here)
     BINARY_L4, DTYPES, CompileResult, KernelSpec, all_specs, compile_kernels, compile_problems, config_specs,
-    covering_specs, register_table,
+    covering_specs, register_table, static_t_specs,
 )

@@ -109,8 +109,10 @@ def test_loop_reading_on_a_known_sass():
     assert sorted(len(body) for _, body in loops) == [1, 5]  # inner product loop, time loop
     spec = KernelSpec("m:k", {}, {}, steps_per_iteration=1, elements_per_thread=2.0, inner_trips=3)
     cost = loop_cost(SASS, spec)
-    # time loop: 2 + 2 (Philox block, once every 8 steps: 2/8) + 2 + 2·3 (inner loop) + 2
-    assert cost.instructions == pytest.approx((2 + 2 / 8 + 2 + 6 + 2) / 2)
+    # time loop: 2 + 2 (Philox block, once every STEPS_PER_DRAW steps) + 2 + 2·3 (inner loop) + 2
+    from asgl.kernels.common import STEPS_PER_DRAW
+
+    assert cost.instructions == pytest.approx((2 + 2 / int(STEPS_PER_DRAW) + 2 + 6 + 2) / 2)
     assert cost.mufu == pytest.approx(1 / 2)
     assert cost.bytes == pytest.approx((16 + 8) / 2)
     assert cost.prologue_epilogue == 4  # two MOVs, EXIT and the trap after it (which is no loop)
