@@ -316,11 +316,17 @@ def _bn_lif_spec(kernel, label, signature, constexprs, divisible, arch, num_warp
                       steps, per_thread)
 
 
+def _tile_label(tile, default):
+    return "" if tile is None or tuple(tile) == default else " TILE=" + "x".join(map(str, tile))
+
+
 def bn_lif_fwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, HAS_RESIDUAL, STORE_U,
-                    FOLD=False):
-    """The forward; ``FOLD``: the inference launch folding γ, β and fp32 running buffers in-kernel."""
+                    FOLD=False, tile=None):
+    """The forward; ``FOLD``: the inference launch folding γ, β and fp32 running buffers in-kernel;
+    ``tile``: ``(BLOCK_O, BLOCK_C, BLOCK_I)`` of the launch (``asgl.kernels.bn_lif._tiles``) when it is
+    not the default of :data:`BN_LIF_TILES` (fewer than 64 channels, a small spatial extent)."""
     sizes, const = _bn_lif_sizes(layout)
-    bo, bc, bi = BN_LIF_TILES[layout, 1024]
+    bo, bc, bi = tile or BN_LIF_TILES[layout, 1024]
     sig = {"x_ptr": f"*{dtype}", "r_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "u_ptr": f"*{dtype}", "mask_ptr": "*i8",
            "coef_ptr": "*fp32", "weight_ptr": "*fp32", "bias_ptr": "*fp32", "mean_ptr": "*fp32", "var_ptr": "*fp32",
            **_PARAMS, **sizes, "v_reset": "fp32", "p16": "i32", "eps": "fp32", "scale": "fp32"}
@@ -328,23 +334,26 @@ def bn_lif_fwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_
                  HAS_RESIDUAL=bool(HAS_RESIDUAL), STORE_U=bool(STORE_U), STORE_MASK=False, FOLD=bool(FOLD))
     const = {**const, **flags, "HAS_WEIGHT": bool(FOLD), "HAS_BIAS": bool(FOLD), "BLOCK_O": bo, "BLOCK_C": bc,
              "BLOCK_I": bi}
-    label = f"fwd sm_{arch} {dtype} {layout} " + " ".join(f"{k}={int(v)}" for k, v in flags.items())
+    label = (f"fwd sm_{arch} {dtype} {layout} " + " ".join(f"{k}={int(v)}" for k, v in flags.items())
+             + _tile_label(tile, BN_LIF_TILES[layout, 1024]))
     divisible = ("x_ptr", "r_ptr", "y_ptr", "u_ptr", "mask_ptr", "coef_ptr", "weight_ptr", "bias_ptr", "mean_ptr",
                  "var_ptr", *_PARAMS, "C" if layout == "channels_last" else "INNER")
     return _bn_lif_spec("_bn_lif_fwd_kernel", label, sig, const, divisible, arch, 4, dtype, 1, 1024 / 128)
 
 
-def bn_lif_bwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, HAS_RESIDUAL, RECOMPUTE_T):
+def bn_lif_bwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, HAS_RESIDUAL, RECOMPUTE_T,
+                    tile=None):
     sizes, const = _bn_lif_sizes(layout)
-    block = {0: 1024, 4: 512, 8: 256}[RECOMPUTE_T]  # asgl.kernels.bn_lif.BWD_BLOCK
-    bo, bc, bi = BN_LIF_TILES[layout, block]
+    block = bn_lif_bwd_block(RECOMPUTE_T)
+    bo, bc, bi = tile or BN_LIF_TILES[layout, block]
     sig = {"dy_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "r_ptr": f"*{dtype}", "u_ptr": f"*{dtype}",
            "g_ptr": f"*{dtype}", "partial_ptr": "*fp32", "chan_ptr": "*fp32", "coef_ptr": "*fp32", **_PARAMS,
            **sizes, "v_reset": "fp32", "p16": "i32"}
     flags = dict(NOISE=NOISE, SIGMOID=bool(SIGMOID), HARD_RESET=bool(HARD_RESET), CHANNEL_WIDTH=bool(CHANNEL_WIDTH),
                  HAS_RESIDUAL=bool(HAS_RESIDUAL), RECOMPUTE_T=RECOMPUTE_T)
     const = {**const, **flags, "BLOCK_O": bo, "BLOCK_C": bc, "BLOCK_I": bi}
-    label = f"bwd sm_{arch} {dtype} {layout} " + " ".join(f"{k}={int(v)}" for k, v in flags.items())
+    label = (f"bwd sm_{arch} {dtype} {layout} " + " ".join(f"{k}={int(v)}" for k, v in flags.items())
+             + _tile_label(tile, BN_LIF_TILES[layout, block]))
     divisible = ("dy_ptr", "x_ptr", "r_ptr", "u_ptr", "g_ptr", "partial_ptr", "chan_ptr", "coef_ptr", *_PARAMS,
                  "C" if layout == "channels_last" else "INNER")
     # the recomputing backward has no time loop: its RECOMPUTE_T steps are unrolled (steps = 0 tells
@@ -353,14 +362,23 @@ def bn_lif_bwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_
                         -RECOMPUTE_T if RECOMPUTE_T else 1, block / 128)
 
 
-def bn_lif_stats_spec(dtype, arch, layout):
+def bn_lif_bwd_block(recompute_t: int) -> int:
+    """The backward's tile size: :data:`asgl.kernels.bn_lif.BWD_BLOCK` when it recomputes the membrane
+    (``RECOMPUTE_T`` = T <= 8), else ``BLOCK``."""
+    from asgl.kernels.bn_lif import BLOCK, BWD_BLOCK
+
+    return BWD_BLOCK[4 if recompute_t <= 4 else 8] if recompute_t else BLOCK
+
+
+def bn_lif_stats_spec(dtype, arch, layout, tile=None):
     sizes, const = _bn_lif_sizes(layout)
-    bo, bc, bi = BN_LIF_TILES[layout, 1024]
+    bo, bc, bi = tile or BN_LIF_TILES[layout, 1024]
     sig = {"x_ptr": f"*{dtype}", "partial_ptr": "*fp32", **sizes}
     const = {**const, "BLOCK_O": bo, "BLOCK_C": bc, "BLOCK_I": bi}
     divisible = ("x_ptr", "partial_ptr", "C" if layout == "channels_last" else "INNER")
-    return _bn_lif_spec("_bn_stats_kernel", f"stats sm_{arch} {dtype} {layout}", sig, const, divisible, arch, 4,
-                        dtype, 0, 1024 / 128)
+    return _bn_lif_spec("_bn_stats_kernel", f"stats sm_{arch} {dtype} {layout}"
+                        + _tile_label(tile, BN_LIF_TILES[layout, 1024]), sig, const, divisible, arch, 4, dtype, 0,
+                        1024 / 128)
 
 
 def bn_lif_apply_spec(dtype, arch):
@@ -371,24 +389,25 @@ def bn_lif_apply_spec(dtype, arch):
                         dtype, 0, 1024 / 128)
 
 
-def _coef_blocks():
+def _coef_blocks(block_c=None):
     from asgl.kernels.bn_lif import COEF_BLOCK_C, COEF_BLOCK_T
 
-    return {"BLOCK_T": COEF_BLOCK_T, "BLOCK_C": COEF_BLOCK_C}
+    return {"BLOCK_T": COEF_BLOCK_T, "BLOCK_C": block_c or COEF_BLOCK_C}
 
 
-def bn_lif_coef_spec(arch, *, BATCH_STATS=True, UPDATE_RUNNING=True):
+def bn_lif_coef_spec(arch, *, BATCH_STATS=True, UPDATE_RUNNING=True, BLOCK_C=None):
     """The per-channel coefficient kernel (fp32 buffers and affine parameters); no per-element work."""
     sig = {"partial_ptr": "*fp32", "weight_ptr": "*fp32", "bias_ptr": "*fp32", "run_mean_ptr": "*fp32",
            "run_var_ptr": "*fp32", "coef_ptr": "*fp32", "TILES": "i32", "C": "i32", "inv_n": "fp32",
            "unbias": "fp32", "momentum": "fp32", "eps": "fp32", "scale": "fp32"}
     const = {"BATCH_STATS": BATCH_STATS, "UPDATE_RUNNING": UPDATE_RUNNING, "HAS_WEIGHT": True, "HAS_BIAS": True,
-             **_coef_blocks()}
-    label = f"coef sm_{arch} BATCH_STATS={int(BATCH_STATS)} UPDATE_RUNNING={int(UPDATE_RUNNING)}"
+             **_coef_blocks(BLOCK_C)}
+    label = (f"coef sm_{arch} BATCH_STATS={int(BATCH_STATS)} UPDATE_RUNNING={int(UPDATE_RUNNING)}"
+             + (f" BLOCK_C={BLOCK_C}" if BLOCK_C else ""))
     return _bn_lif_spec("_bn_coef_kernel", label, sig, const, ("partial_ptr", "coef_ptr"), arch, 4, "fp32", 0, 1)
 
 
-def bn_lif_bwd_finalize_spec(arch, *, SIGMOID=True, CHANNEL_WIDTH=False, BATCH_STATS=True):
+def bn_lif_bwd_finalize_spec(arch, *, SIGMOID=True, CHANNEL_WIDTH=False, BATCH_STATS=True, BLOCK_C=None):
     """The backward's finalize kernel (fp32 parameters); no per-element work."""
     sig = {"chan_ptr": "*fp32", "partial_ptr": "*fp32", "coef_ptr": "*fp32", "k_ptr": "*fp32",
            "d_weight_ptr": "*fp32", "d_bias_ptr": "*fp32", **{k: "*fp32" for k in ("decay_logit_ptr", "width_ptr",
@@ -396,9 +415,9 @@ def bn_lif_bwd_finalize_spec(arch, *, SIGMOID=True, CHANNEL_WIDTH=False, BATCH_S
                                                                                   "d_theta_ptr")},
            "TILES": "i32", "SLOTS": "i32", "C": "i32", "inv_n": "fp32", "scale": "fp32"}
     const = {"BATCH_STATS": BATCH_STATS, "HAS_WEIGHT": True, "HAS_BIAS": True, "SIGMOID": SIGMOID,
-             "CHANNEL_WIDTH": CHANNEL_WIDTH, **_coef_blocks()}
+             "CHANNEL_WIDTH": CHANNEL_WIDTH, **_coef_blocks(BLOCK_C)}
     label = (f"bwd_finalize sm_{arch} SIGMOID={int(SIGMOID)} CHANNEL_WIDTH={int(CHANNEL_WIDTH)} "
-             f"BATCH_STATS={int(BATCH_STATS)}")
+             f"BATCH_STATS={int(BATCH_STATS)}" + (f" BLOCK_C={BLOCK_C}" if BLOCK_C else ""))
     return _bn_lif_spec("_bn_bwd_finalize_kernel", label, sig, const, ("chan_ptr", "partial_ptr", "coef_ptr", "k_ptr"),
                         arch, 4, "fp32", 0, 1)
 
