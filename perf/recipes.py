@@ -124,7 +124,7 @@ def row_launches(row: dict) -> list | None:
     if not passes or not set(passes) <= {"fwd", "bwd"}:
         return None
     if row.get("bench") == "neuron":
-        return [k for pas in passes for k in lif_op(pas, int(row["T"]), int(row["N"]), dtype=row["dtype"],
+        return [k for pas in passes for k in lif_op(pas, (int(row["T"]), int(row["N"])), dtype=row["dtype"],
                                                      p=float(row.get("p", 0.0)))]
     if row.get("bench") == "bn_lif":
         return [k for pas in passes for k in bn_lif_op(pas, tuple(row["shape"]), dtype=row["dtype"],

@@ -63,17 +63,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from perf.aot import (  # noqa: E402
-    ARCHS, DTYPES, CompileResult, KernelSpec, all_specs, bn_lif_apply_spec, bn_lif_bwd_finalize_spec, bn_lif_bwd_spec,
-    bn_lif_coef_spec, bn_lif_fwd_spec, bn_lif_stats_spec, compile_kernels, lif_bwd_spec, lif_finalize_spec, lif_fwd_spec,
-    rlif_bwd_spec, rlif_fwd_spec,
-)
+from perf.aot import ARCHS, DTYPES, CompileResult, KernelSpec, compile_kernels, lif_bwd_spec, lif_fwd_spec  # noqa: E402
 from perf.devices import (  # noqa: E402
     DEVICES, FREE_PARAMETERS, ISSUE_LANES_PER_SM_CLOCK, LAUNCH_GAP_US, PIPE_LANES_PER_SM_CLOCK, SM_LIMITS,
     copy_bandwidth,
 )
 from perf.launches import (  # noqa: E402
-    KernelLaunch, kernel_params, lif_op, pointer_offsets, spec_launch, spec_runs_at, table_offsets,
+    KernelLaunch, kernel_params, lif_op, pointer_offsets, table_launches, table_offsets,
 )
 from perf.sass import access_bytes, natural_loops, parse_sass, run  # noqa: E402,F401  (parse_sass: the tests')
 
@@ -301,10 +297,14 @@ def _noise_mode(p: float) -> int:
     return 0 if p == 0 else (1 if p == 1 else 2)
 
 
+def _neuron_launches(dtype: str, p: float, passes: str, T: int, N: int) -> list[KernelLaunch]:
+    return [k for pas in passes.split("+") for k in lif_op(pas, (T, N), dtype=dtype, p=p)]
+
+
 def prepare_neuron_predictions(dtypes, ps, jobs: int = 8, shapes=((TABLE_T, TABLE_N),)) -> None:
     """Compile, in one batch of ``jobs`` processes, what :func:`neuron_prediction` needs."""
-    specs = [k.spec for d, p, (T, N), pas in itertools.product(dtypes, ps, shapes, ("fwd", "bwd"))
-             for k in lif_op(pas, T, N, dtype=d, p=p)]
+    specs = [k.spec for d, p, (T, N) in itertools.product(dtypes, ps, shapes)
+             for k in _neuron_launches(d, p, "fwd+bwd", T, N)]
     for r in compile_specs(specs, jobs=jobs):
         if r.error:
             raise RuntimeError(f"{r.spec.label}: {r.error[:500]}")
@@ -315,8 +315,7 @@ def neuron_prediction(dtype: str, p: float, passes: str, device: str, T: int = T
     """The model's prediction for a fused row of ``perf/bench_neuron.py`` (sigmoid, hard reset, layer
     width, the training forward storing u) at ``T`` steps of ``N`` neurons: ``passes`` is ``fwd``,
     ``bwd`` (backward and finalize) or ``fwd+bwd``. ``{"ms", "bound", "pct_of_copy_bw", "bytes"}``."""
-    launches = [k for pas in passes.split("+") for k in lif_op(pas, T, N, dtype=dtype, p=p)]
-    return predict_op([kernel_cost(k) for k in launches], device, params)
+    return predict_op([kernel_cost(k) for k in _neuron_launches(dtype, p, passes, T, N)], device, params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,18 +346,22 @@ def analyse(result: CompileResult) -> dict:
     return row
 
 
-def launch_row(result: CompileResult, T: int, N: int, params: dict | None = None) -> dict:
-    """:func:`analyse`'s row with the launch at ``T`` steps of ``N`` elements (:func:`perf.launches.spec_launch`):
-    the issued instructions per element-step and, per device, the bound and % of copy bandwidth."""
+def launch_row(launch: KernelLaunch, T: int, N: int, params: dict | None = None) -> dict:
+    """:func:`analyse`'s row for the launch's specialisation, with the launch at ``T`` steps of ``N``
+    elements (:func:`perf.launches.table_launches`): the issued instructions per element-step and,
+    per device, the bound, the time and the % of copy bandwidth."""
+    result = _compiled_or_error(launch.spec)
+    row = analyse(result)
     if result.error:
-        return analyse(result)
-    launch = spec_launch(result.spec, T, N)
-    row = analyse(_compiled(launch.spec))  # the JIT's view of the launch (perf.launches.jit_view)
+        return row
     cost = kernel_cost(launch)
-    row.update(T=T, N=N, programs=launch.programs, issued_instructions=cost.instructions,
+    reads, writes = cost.read_bytes, cost.write_bytes
+    steps = T * launch.spec.elements_per_thread * 32 * launch.spec.num_warps
+    row.update(T=T, N=N, programs=launch.programs, grid=list(launch.grid), issued_instructions=cost.instructions,
                issued_instructions_per_element_step=None if math.isnan(cost.per_element_step)
                else round(cost.per_element_step, 2), round_trips=cost.round_trips,
-               pipes={k: v for k, v in sorted(cost.pipes.items())}, assumed_branches=cost.assumed)
+               dram_bytes_per_element_step=round((reads + writes) / steps, 3) if launch.kind == "elementwise"
+               else None, pipes={k: v for k, v in sorted(cost.pipes.items())}, assumed_branches=cost.assumed)
     for dev in DEVICES:
         pred = predict_op([cost], dev, params)
         tag = dev.lower()
@@ -370,35 +373,9 @@ def launch_row(result: CompileResult, T: int, N: int, params: dict | None = None
     return row
 
 
-def training_specs(archs=(90,), kernels=("lif", "rlif", "bn_lif")) -> list[KernelSpec]:
-    """Every specialisation that training and evaluation launch: the feed-forward forward (with and
-    without u) and backward for every dtype and flag, the finalize kernel, the recurrent kernels,
-    and the fused batch norm + LIF (every dtype, noise mode and layout, with a shortcut, sigmoid,
-    hard reset, layer width; the forward without and with u, the backward recomputing at the
-    recipes' T (2, 4, 8) and reading u above, the inference forward folding the running statistics;
-    its statistics, coefficient, finalize and gradient-apply kernels)."""
-    specs = []
-    if "lif" in kernels:
-        specs += [s for s in all_specs(lif_fwd_spec, lif_bwd_spec, archs) if not s.constexprs.get("STORE_MASK")]
-        specs += [lif_finalize_spec(a, SIGMOID=sg, CHANNEL_WIDTH=c) for a, sg, c in
-                  itertools.product(archs, (0, 1), (0, 1))]
-    if "rlif" in kernels:
-        specs += [s for s in all_specs(rlif_fwd_spec, rlif_bwd_spec, archs) if not s.constexprs.get("STORE_MASK")]
-    if "bn_lif" in kernels:
-        for arch, dtype in itertools.product(archs, DTYPES):
-            specs += [bn_lif_stats_spec(dtype, arch, layout) for layout in ("contiguous", "channels_last")]
-            specs.append(bn_lif_apply_spec(dtype, arch))
-            for noise, layout in itertools.product((0, 1, 2), ("contiguous", "channels_last")):
-                flags = dict(NOISE=noise, SIGMOID=1, HARD_RESET=1, CHANNEL_WIDTH=0, HAS_RESIDUAL=1)
-                specs += [bn_lif_fwd_spec(dtype, arch, layout, **flags, STORE_U=u) for u in (0, 1)]
-                specs += [bn_lif_bwd_spec(dtype, arch, layout, **flags, RECOMPUTE_T=r) for r in (2, 4, 8, 0)]
-                if noise == 0:  # inference: running statistics folded in the forward
-                    specs.append(bn_lif_fwd_spec(dtype, arch, layout, **flags, STORE_U=0, FOLD=1))
-        for arch in archs:
-            specs += [bn_lif_coef_spec(arch, BATCH_STATS=b, UPDATE_RUNNING=b) for b in (True, False)]
-            specs += [bn_lif_bwd_finalize_spec(arch, SIGMOID=sg, CHANNEL_WIDTH=c) for sg, c in
-                      itertools.product((0, 1), (0, 1))]
-    return specs
+def _compiled_or_error(spec: KernelSpec) -> CompileResult:
+    [r] = compile_specs([spec])
+    return r
 
 
 # The budget specialisations (sm_90, bf16, sigmoid, hard reset, layer width, storing u) and the
@@ -514,13 +491,13 @@ def main(argv=None) -> int:
     if args.recipes:
         return recipes_main(args.json, args.batch, params, args.jobs)
 
-    specs = [s for s in training_specs(archs, kernels)
-             if s.dtype in dtypes or s.kernel.endswith(("finalize_kernel", "coef_kernel"))]
     t0 = time.perf_counter()
+    launches = [(T, k) for arch in archs for T in Ts for k in table_launches(kernels, dtypes, T, args.N, arch)]
+    specs = list({_key(k.spec): k.spec for _, k in launches}.values())
     print(f"compiling {len(specs)} specialisations for sm_{'/sm_'.join(map(str, archs))} "
           f"({args.jobs} processes; triton caches the compiles, so reruns are fast) ...", flush=True)
     results = compile_specs(specs, jobs=args.jobs)
-    rows = [launch_row(r, T, args.N, params) for r, T in itertools.product(results, Ts) if spec_runs_at(r.spec, T)]
+    rows = [launch_row(k, T, args.N, params) for T, k in launches]
     if args.dump:
         args.dump.mkdir(parents=True, exist_ok=True)
         for r in compile_kernels(specs, outputs=("sass", "cubin"), jobs=args.jobs):
@@ -528,7 +505,7 @@ def main(argv=None) -> int:
             if r.cubin:
                 (args.dump / f"{name}.cubin").write_bytes(r.cubin)
             (args.dump / f"{name}.sass").write_text(r.sass)
-    _print(rows, f"static model ({len(rows)} rows; es = element-step; launch of T steps x N = {args.N:,}; issue "
+    _print(rows, f"static model ({len(rows)} launches; es = element-step; T steps x N = {args.N:,}; issue "
                  f"efficiency {params['issue_efficiency']:g}, DRAM latency {params['dram_latency_us']:g} µs)")
     print(f"{len(results)} specialisations in {time.perf_counter() - t0:.0f} s; "
           f"{sum('error' in r for r in rows)} failed, {sum(r.get('spills', 0) > 0 for r in rows)} spill")
