@@ -60,16 +60,32 @@ class KernelLaunch:
 
 
 def _jit_kernels() -> list:
+    """Every ``@triton.jit`` function of the kernel modules (compiled or, under ``TRITON_INTERPRET=1``,
+    interpreted: both launch through ``run``)."""
     import importlib
 
-    from triton.runtime.jit import JITFunction
+    from triton.runtime.jit import KernelInterface
 
     found = {}
     for name in ("asgl.kernels.lif", "asgl.kernels.bn_lif", "asgl.kernels.rlif", "asgl.kernels.common"):
         for obj in vars(importlib.import_module(name)).values():
-            if isinstance(obj, JITFunction):
+            if isinstance(obj, KernelInterface):
                 found[id(obj)] = obj
     return list(found.values())
+
+
+def _params(fn) -> list[tuple[str, bool, bool]]:
+    """``(name, is constexpr, do_not_specialize)`` of each argument of a ``@triton.jit`` function."""
+    import inspect
+
+    frozen = getattr(fn, "do_not_specialize", None)
+    if frozen is None:  # an interpreted function keeps the decorator's arguments
+        frozen = getattr(fn, "kwargs", {}).get("do_not_specialize") or []
+    out = []
+    for i, p in enumerate(inspect.signature(fn.fn).parameters.values()):
+        constexpr = "constexpr" in str(p.annotation)
+        out.append((p.name, constexpr, p.name in frozen or i in frozen))
+    return out
 
 
 def record(call, arch: int = 90) -> list[KernelLaunch]:
@@ -122,12 +138,11 @@ def spec_from_call(fn, kwargs: dict, arch: int = 90) -> KernelSpec:
 
     signature, constexprs, divisible = {}, {}, []
     dtype = ""
-    for p in fn.params:
-        name = p.name
+    for name, is_constexpr, frozen in _params(fn):
         if name not in kwargs:
             raise TypeError(f"{fn.__name__}: argument {name} missing from the launch")
         v = kwargs[name]
-        if p.is_constexpr or isinstance(v, bool) or v is None:
+        if is_constexpr or isinstance(v, bool) or v is None:
             signature[name], constexprs[name] = "constexpr", v
         elif isinstance(v, torch.Tensor):
             ty = _TORCH_DTYPES[str(v.dtype).replace("torch.", "")]
@@ -137,7 +152,6 @@ def spec_from_call(fn, kwargs: dict, arch: int = 90) -> KernelSpec:
             if (v.storage_offset() * v.element_size()) % 16 == 0:
                 divisible.append(name)
         elif isinstance(v, int):
-            frozen = getattr(p, "do_not_specialize", False)
             if v == 1 and not frozen:
                 signature[name], constexprs[name] = "constexpr", 1
             else:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from perf.devices import DEVICES, FREE_PARAMETERS, HOST_LAUNCH_US
 from perf.launches import RECIPES, bn_lif_op, lif_op, recipe_ops
-from perf.static_model import compile_specs, kernel_cost, predict_op
+from perf.static_model import compile_specs, kernel_cost, predict_kernel, predict_op
 
 # the acceptance of the shape table: every neuron / BN+LIF op of these recipes at batch 256, issue
 # efficiency 0.8, on both devices, at or above this % of copy bandwidth
@@ -46,9 +46,11 @@ def recipe_rows(recipes=RECIPES, batch: int | None = None, params: dict | None =
     for op in ops:
         costs = [kernel_cost(k) for k in op.kernels]
         main = max(costs, key=lambda c: c.programs * c.warps * c.instructions)
+        slowest = max(costs, key=lambda c: predict_kernel(c, "H200", params)["seconds"])
         row = dict(recipe=op.recipe, launch=op.launch, T=op.T, N=op.N, kernels=len(costs),
                    issued_instructions_per_element_step=round(main.per_element_step, 2),
-                   assumed_branches=sum(c.assumed for c in costs))
+                   slowest_kernel=slowest.label, slowest_kernel_bound=predict_kernel(slowest, "H200", params)["bound"],
+                   assumed_branches=sum(c.assumed for c in costs if c.kind == "elementwise"))
         for dev in DEVICES:
             pred = predict_op(costs, dev, params)
             tag = dev.lower()
@@ -140,8 +142,9 @@ def _loss(samples, params) -> float:
 def fit(samples: list, efficiencies=None, latencies=None) -> dict:
     """Least-squares fit of the free parameters to ``samples`` = ``[(kernel costs, device, measured
     ms)]``: ``{"params", "rms_log_error", "constrained": {name: bool}, "range": {name: (lo, hi)}}``.
-    A parameter is unconstrained when moving it over its whole grid changes the loss by less than
-    1 % (its range: the grid values within 1 % of the best loss)."""
+    ``range``: the grid values whose loss is within 1 % of the best; a parameter is constrained when
+    that range stops short of both ends of its grid (memory-bound rows alone only bound the
+    efficiency from below and the latency from above)."""
     efficiencies = efficiencies or [round(0.30 + 0.01 * i, 2) for i in range(71)]
     latencies = latencies or [round(0.15 * (3.0 / 0.15) ** (i / 60), 4) for i in range(61)]
     grid = {(e, lat): _loss(samples, dict(issue_efficiency=e, dram_latency_us=lat))
@@ -161,8 +164,10 @@ def fit(samples: list, efficiencies=None, latencies=None) -> dict:
     near = [k for k, v in grid.items() if v <= best * 1.01 + 1e-12]
     ranges = {"issue_efficiency": (min(k[0] for k in near), max(k[0] for k in near)),
               "dram_latency_us": (min(k[1] for k in near), max(k[1] for k in near))}
-    constrained = {"issue_efficiency": ranges["issue_efficiency"] != (efficiencies[0], efficiencies[-1]),
-                   "dram_latency_us": ranges["dram_latency_us"] != (latencies[0], latencies[-1])}
+    constrained = {"issue_efficiency": efficiencies[0] < ranges["issue_efficiency"][0]
+                   and ranges["issue_efficiency"][1] < efficiencies[-1],
+                   "dram_latency_us": latencies[0] < ranges["dram_latency_us"][0]
+                   and ranges["dram_latency_us"][1] < latencies[-1]}
     return dict(params=dict(issue_efficiency=round(e0, 3), dram_latency_us=round(l0, 3)),
                 rms_log_error=math.sqrt(best / max(len(samples), 1)), constrained=constrained, range=ranges)
 

@@ -71,7 +71,7 @@ from perf.devices import (  # noqa: E402
 from perf.launches import (  # noqa: E402
     KernelLaunch, kernel_params, lif_op, pointer_offsets, table_launches, table_offsets,
 )
-from perf.sass import access_bytes, natural_loops, parse_sass, run  # noqa: E402,F401  (parse_sass: the tests')
+from perf.sass import access_bytes, natural_loops, parse_sass, run  # noqa: E402  (parse_sass: the tests')
 
 BASELINE = ROOT / "perf" / "static_baseline.json"
 PHILOX_CONSTANTS = ("0xd2511f53", "-0x2daee0ad", "0xcd9e8d57", "-0x326172a9")
