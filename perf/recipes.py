@@ -45,10 +45,10 @@ def recipe_rows(recipes=RECIPES, batch: int | None = None, params: dict | None =
     rows = []
     for op in ops:
         costs = [kernel_cost(k) for k in op.kernels]
-        main = max(costs, key=lambda c: c.programs * c.warps * c.instructions)
+        lane_instructions = sum(c.programs * c.warps * 32 * c.instructions for c in costs)
         slowest = max(costs, key=lambda c: predict_kernel(c, "H200", params)["seconds"])
         row = dict(recipe=op.recipe, launch=op.launch, T=op.T, N=op.N, kernels=len(costs),
-                   issued_instructions_per_element_step=round(main.per_element_step, 2),
+                   issued_instructions_per_element_step=round(lane_instructions / (op.T * op.N), 2),
                    slowest_kernel=slowest.label, slowest_kernel_bound=predict_kernel(slowest, "H200", params)["bound"],
                    assumed_branches=sum(c.assumed for c in costs if c.kind == "elementwise"))
         for dev in DEVICES:
@@ -92,7 +92,8 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def recipes_main(json_path: Path | None, batch: int | None, params: dict, jobs: int) -> int:
+def recipes_main(json_path: Path | None, batch: int | None, params: dict, jobs: int,
+                 markdown_path: Path | None = None) -> int:
     from perf.common import print_table
 
     rows = recipe_rows(batch=batch, params=params, jobs=jobs)
@@ -106,10 +107,11 @@ def recipes_main(json_path: Path | None, batch: int | None, params: dict, jobs: 
                 ("recipe", "ops", "kernels", "H100 ms", "H200 ms", "host launch ms"),
                 [(k, t["ops"], t["kernels"], t["ms_h100"], t["ms_h200"], t["host_ms"])
                  for k, t in step_totals(rows).items()])
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(rows, indent=1) + "\n")
-        print(f"wrote {json_path}")
+    for path, text in ((json_path, json.dumps(rows, indent=1)), (markdown_path, markdown(rows))):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text + "\n")
+            print(f"wrote {path}")
     return 0
 
 

@@ -7,8 +7,8 @@ every branch whose condition is a function of the arguments, the program id and 
 (the ``t0 + j < T`` guards of an unrolled time loop, the loop's back edge, a ``T <= 8`` fast path)
 is decided exactly, and the instructions it returns are those the warp issues at that T and N::
 
-    trace = run(sass, kernel_params(spec, T=4, N=2**24), block_threads=128, program=0)
-    trace.issued, trace.pipes(), trace.round_trips
+    trace = run(sass, perf.launches.kernel_params(launch))   # launch: a recorded KernelLaunch
+    trace.issued, trace.pipes(), trace.round_trips, trace.global_bytes(threads)
 
 Why an interpreter rather than a per-step attribution of blocks from the SASS layout, or compiling
 with T known: a compile with T as a constant is another kernel (its loop unrolled, its guards folded
@@ -1018,16 +1018,6 @@ def _reg_names(s: str) -> set:
         if m.group(3):
             out.add(f"{m.group(1)}{int(m.group(2)) + 1}")
     return out
-
-
-def _dest_reg_names(ins: _Ins) -> frozenset:
-    """Registers an instruction writes (with the width of a vector or wide result)."""
-    return _regs_io(ins)[0]
-
-
-def _source_regs(ins: _Ins) -> frozenset:
-    """Registers an instruction reads (a store's data with its vector width, a wide add's pair)."""
-    return _regs_io(ins)[1]
 
 
 @functools.lru_cache(maxsize=None)

@@ -194,7 +194,7 @@ class KernelCost:
     read_bytes: int  # DRAM bytes per program
     write_bytes: int
     round_trips: int  # global-load round trips per thread
-    per_element_step: float  # issued instructions per element-step (per thread / its element-steps)
+    per_element_step: float  # issued per element-step (per thread / its element-steps; NaN: no time loop)
     assumed: int = 0  # data-dependent branches taken as not taken
     divergent: int = 0  # thread-dependent branches (fall-through counted)
 
@@ -220,7 +220,9 @@ def kernel_cost(launch: KernelLaunch) -> KernelCost:
         rd, wr = trace.global_bytes(32 * s.num_warps, shared=shared)
         blocks, _ = occupancy(r.registers, r.shared_bytes, s.num_warps, s.arch)
         T = dict(launch.args).get("T", 1)
-        steps = T * s.elements_per_thread if launch.kind == "elementwise" else 0
+        # element-steps of one thread: kernels that walk the time steps (LIF, BN+LIF, recurrent); the
+        # statistics, apply and reduction kernels get no per-element-step figure of their own
+        steps = T * s.elements_per_thread if launch.kind == "elementwise" and s.steps_per_iteration else 0
         _COSTS[key] = KernelCost(s.label, launch.kind, launch.programs, s.num_warps, max(blocks, 1), trace.issued,
                                  trace.pipes(), rd, wr, trace.round_trips,
                                  trace.issued / steps if steps else float("nan"), len(trace.assumed),
@@ -258,8 +260,9 @@ def predict_kernel(cost: KernelCost, device: str, params: dict | None = None) ->
     S = DEVICES[device]["sms"]
     P, R = cost.programs, cost.resident
     per_wave = S * R
-    # the whole launch as if evenly spread: each SM runs P/S programs, R at a time
-    whole = _terms(cost, device, params, P / S, S)
+    # the whole launch as if evenly spread: each SM runs P/S programs (at least one: a program is not
+    # split), R at a time
+    whole = _terms(cost, device, params, max(P / S, 1.0), min(P, S))
     whole["latency"] *= max(1.0, P / per_wave)
     full, tail = divmod(P, per_wave)
     t_waves = full * max(_terms(cost, device, params, R, S).values())
@@ -454,6 +457,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="parallel compile processes (default 2)")
     ap.add_argument("--recipes", action="store_true", help="the shape table: every neuron op of each recipe's step")
     ap.add_argument("--batch", type=int, help="--recipes: this batch for every recipe (default: each config's)")
+    ap.add_argument("--markdown", type=Path, help="--recipes: also write the table as markdown (perf/RESULTS.md)")
     ap.add_argument("--calibrate", type=Path, metavar="RESULTS.jsonl",
                     help="fit the free parameters to measured rows (perf/calibrate.py documents them)")
     ap.add_argument("--write-baseline", action="store_true",
@@ -489,7 +493,7 @@ def main(argv=None) -> int:
     if args.calibrate:
         return calibrate_main(args.calibrate, args.jobs)
     if args.recipes:
-        return recipes_main(args.json, args.batch, params, args.jobs)
+        return recipes_main(args.json, args.batch, params, args.jobs, args.markdown)
 
     t0 = time.perf_counter()
     launches = [(T, k) for arch in archs for T in Ts for k in table_launches(kernels, dtypes, T, args.N, arch)]

@@ -32,11 +32,11 @@ import pytest
 
 from perf.aot import KernelSpec
 from perf.launches import bn_lif_op, kernel_params, lif_op
-from perf.recipes import CHECKED_RECIPES, MIN_PCT_OF_COPY, recipe_rows
+from perf.recipes import CHECKED_RECIPES, MIN_PCT_OF_COPY, fit, read_samples, recipe_rows
 from perf.sass import run
 from perf.static_model import (
-    BASELINE, BUDGETS, T_BUDGETS, _compiled, compile_specs, kernel_cost, loop_cost, natural_loops, parse_sass,
-    variant_table,
+    BASELINE, BUDGETS, T_BUDGETS, _compiled, compile_specs, kernel_cost, loop_cost, natural_loops,
+    neuron_prediction, parse_sass, variant_table,
 )
 
 pytestmark = pytest.mark.aot
@@ -204,6 +204,30 @@ def test_fast_forward_counts_what_a_plain_run_counts(which):
     assert fast.skipped_iterations > 0, "nothing was fast-forwarded: the test checks nothing"
     assert fast.counts == plain.counts
     assert fast.round_trips == plain.round_trips
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration from the device check's rows
+# ---------------------------------------------------------------------------------------------
+
+
+def test_calibration_reads_the_benchmark_rows_and_recovers_the_parameters(tmp_path):
+    """Rows as ``perf/bench_neuron.py`` writes them, 'measured' on an H200 whose issue efficiency is
+    0.7 and DRAM latency 1.1 µs: an issue-bound backward, a latency-bound small launch, a long-T one."""
+    truth = dict(issue_efficiency=0.7, dram_latency_us=1.1)
+    cases = [(4, 2**24, "bwd"), (4, 2**24, "fwd+bwd"), (4, 2**16, "fwd"), (250, 2**20, "fwd")]
+    row = dict(bench="neuron", path="fused", device="NVIDIA H200", dtype="bf16", p=0.2)
+    rows = [dict(row, T=T, N=N, ms=neuron_prediction("bf16", 0.2, pas, "H200", T=T, N=N, params=truth)["ms"],
+                 **{"pass": pas}) for T, N, pas in cases]
+    rows.append(dict(bench="neuron", path="eager", device="NVIDIA H200", T=4, N=2**24, dtype="bf16", p=0.2, ms=1.0,
+                     **{"pass": "fwd"}))  # not a fused row: skipped
+    path = tmp_path / "neuron.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples = read_samples(path)
+    assert list(samples) == ["H200"] and len(samples["H200"]) == len(cases)
+    result = fit(samples["H200"])
+    assert result["params"]["issue_efficiency"] == pytest.approx(0.7, abs=0.006)
+    assert result["params"]["dram_latency_us"] == pytest.approx(1.1, rel=0.02)
 
 
 # ---------------------------------------------------------------------------------------------
