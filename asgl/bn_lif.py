@@ -3,9 +3,10 @@
 In every network of the paper a convolution (or linear layer) feeds a time-folded batch norm that
 feeds a LIF neuron, and at the end of a residual block ``BN(conv) + shortcut`` feeds the neuron.
 :class:`BatchNormLIF` is that ``BN (+ shortcut) -> LIF`` tail as one module: on the ``torch``
-backend it is exactly ``LIF(TimeBatchNorm(x) + shortcut)``; on the ``triton`` backend it runs
-:func:`asgl.kernels.bn_lif.bn_lif_fused` (statistics, normalisation, shortcut and the neuron in one
-pass each way, and only x saved for backward for T <= 8).
+backend it runs the op's reference :func:`asgl.kernels.bn_lif_ref.bn_lif_ref` (``F.batch_norm`` on the
+time-folded tensor, then the LIF reference: ``LIF(TimeBatchNorm(x) + shortcut)``); on the ``triton``
+backend :func:`asgl.kernels.bn_lif.bn_lif_fused` (statistics, normalisation, shortcut and the neuron
+in one pass each way, and only x saved for backward for T <= 8).
 
 Every network uses it: its conv -> BN -> LIF units (:class:`asgl.models.units.ConvBNLIF`) end in
 one, and a residual block's second unit takes the shortcut::
@@ -24,11 +25,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from asgl.kernels.bn_lif_ref import bn_lif_ref
+
 from . import functional as F
 from .layers import TimeBatchNorm
 from .neuron import LIF
 
-__all__ = ["BatchNormLIF"]
+__all__ = ["BatchNormLIF", "neuron_output_module"]
 
 
 class BatchNormLIF(nn.Module):
@@ -74,13 +77,10 @@ class BatchNormLIF(nn.Module):
     def forward(self, x_seq: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         self._check(x_seq, residual)
         lif, bn = self.lif, self.bn
-        # per-step batch statistics (the authors' TemporalBN) have no fused kernel: BN, then the neuron
-        unfused = not self.fused or (bn.statistics == "per_step" and bn.training)
-        if unfused or F.resolve_backend(lif.backend, x_seq, fused_module="asgl.kernels.bn_lif") == "torch":
+        # per-step batch statistics (the authors' TemporalBN) have no fused op: BN, then the neuron
+        if not self.fused or (bn.statistics == "per_step" and bn.training):
             z = bn(x_seq)
             return lif(z if residual is None else z + residual)
-        from asgl.kernels.bn_lif import bn_lif_fused
-
         if residual is not None and residual.dtype != x_seq.dtype:
             # under autocast the shortcut may come out of another op in another dtype: the kernel
             # adds it in float32 registers either way, and stores in x's dtype
@@ -90,13 +90,23 @@ class BatchNormLIF(nn.Module):
             bn.num_batches_tracked.add_(1)
             if bn.momentum is None:
                 momentum = 1.0 / float(bn.num_batches_tracked)
-        return bn_lif_fused(
-            x_seq, bn.weight, bn.bias, bn.running_mean, bn.running_var, lif.decay_logit, lif.width_param,
-            lif.thresh, residual=residual, use_batch_stats=bn.training or not bn.track_running_stats,
-            momentum=momentum, eps=bn.eps, threshold_scale=bn.threshold_scale, reset=lif.reset,
-            v_reset=lif.v_reset, surrogate=lif.surrogate, p=lif.p, training=lif.training,
-            seed=F.draw_seed(x_seq.device),
-        )
+        args = (x_seq, bn.weight, bn.bias, bn.running_mean, bn.running_var, lif.decay_logit, lif.width_param,
+                lif.thresh)
+        kwargs = dict(residual=residual, use_batch_stats=bn.training or not bn.track_running_stats,
+                      momentum=momentum, eps=bn.eps, threshold_scale=bn.threshold_scale, reset=lif.reset,
+                      v_reset=lif.v_reset, surrogate=lif.surrogate, p=lif.p, training=lif.training)
+        if F.resolve_backend(lif.backend, x_seq, fused_module="asgl.kernels.bn_lif") == "torch":
+            return bn_lif_ref(*args, **kwargs)
+        from asgl.kernels.bn_lif import bn_lif_fused
+
+        return bn_lif_fused(*args, **kwargs, seed=F.draw_seed(x_seq.device))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
+
+
+def neuron_output_module(model: nn.Module, lif: LIF) -> nn.Module:
+    """The module of ``model`` whose forward returns ``lif``'s output, for forward hooks that read
+    neuron outputs: the :class:`BatchNormLIF` that owns ``lif`` (its fused op and its reference
+    compute the neuron without calling the child), else ``lif`` itself."""
+    return next((m for m in model.modules() if isinstance(m, BatchNormLIF) and m.lif is lif), lif)

@@ -10,8 +10,8 @@ recorded with a ``TorchFunctionMode``. So the exporter depends on module types, 
 network arranges them. The units the networks are built from (``ConvBNLIF``, ``BNLIF``,
 ``BatchNormLIF``: conv, BN, the residual sum and the LIF in one module) are traced through like any
 container: their conv, batch norm and neuron become nodes, and a residual added inside the unit
-becomes a sum. The trace runs every neuron on the torch reference, so a fused unit
-(``BatchNormLIF`` on the triton backend) is traced through its ``bn`` and ``lif`` children too.
+becomes a sum. The trace runs every neuron on the torch reference and a fused unit
+(``BatchNormLIF``) as its unfused composition, so it is traced through its ``bn`` and ``lif`` children.
 The mapping:
 
 ================================  ============================================================
@@ -89,6 +89,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .bn_lif import BatchNormLIF
 from .export import check_exportable
 from .layers import TimeBatchNorm2d
 from .neuron import LIF, RecurrentLIF
@@ -265,14 +266,18 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Node], int, torch.T
         if _kind(module) is not None:
             handles.append(module.register_forward_pre_hook(tracer.pre_hook))
             handles.append(module.register_forward_hook(tracer.post_hook))
-    # The trace runs every neuron on the torch reference: a fused module that dispatches on its
-    # neuron's backend (BatchNormLIF's bn_lif_fused kernel) then goes through its bn and lif
-    # children, whose operations the trace sees; the fused kernels compute that reference.
+    # The trace runs every neuron on the torch reference, and a fused unit (BatchNormLIF) as its
+    # unfused composition, so that it goes through its bn and lif children, whose operations the
+    # trace sees; the fused kernels and the unit's reference compute that composition.
     neurons = [m for m in model.modules() if isinstance(m, LIF)]
     backends = [m.backend for m in neurons]
+    units = [m for m in model.modules() if isinstance(m, BatchNormLIF)]
+    fused = [m.fused for m in units]
     try:
         for m in neurons:
             m.backend = "torch"
+        for m in units:
+            m.fused = False
         with torch.no_grad(), tracer:
             tracer.mark(x, 0)
             out = model(x)
@@ -281,6 +286,8 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Node], int, torch.T
             h.remove()
         for m, backend in zip(neurons, backends):
             m.backend = backend
+        for m, was_fused in zip(units, fused):
+            m.fused = was_fused
     if not isinstance(out, torch.Tensor) or id(out) not in tracer.producer:
         raise NIRExportError("the model's output is not computed from its input by supported layers")
     return tracer.nodes, tracer.producer[id(out)], out

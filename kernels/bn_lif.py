@@ -2,8 +2,8 @@
 
 The input ``x_seq [T, B, C, ...]`` is a convolution's (or linear layer's) output. The op computes
 ``LIF(γ·s·(x - μ)/sqrt(σ² + ε) + β + residual)`` with per-channel statistics over ``T·B·...``
-(tdBN, ``docs/ASGL.md`` §4), the reference being :func:`bn_lif_ref` (batch norm on the folded
-tensor, then :func:`asgl.kernels.lif_ref.lif_ref`).
+(tdBN, ``docs/ASGL.md`` §4), the reference being :func:`asgl.kernels.bn_lif_ref.bn_lif_ref` (batch norm
+on the folded tensor, then :func:`asgl.kernels.lif_ref.lif_ref`).
 
 Kernels (the per-element ones walk the same tiles, see ``_tile``); a training step is 3 launches
 each way, inference 1:
@@ -11,12 +11,12 @@ each way, inference 1:
 * ``_bn_stats_kernel``: per-channel shifted sums over one tile and all T (reads x once), stage 1
   of a deterministic two-stage reduction.
 * ``_bn_coef_kernel`` (per channel block): stage 2 in a fixed order, the running-statistic update,
-  and batch norm folded into ``coef[4, C] = (A, B, μ, rstd)``, which both passes read. With running
-  statistics and a backward to come it folds the running buffers instead (the only launch before
-  the forward kernel).
-* ``_bn_lif_fwd_kernel``: ``in = x·A_c + B_c (+ residual)``, then the LIF over all T, writing y (and
-  u only for T > ``RECOMPUTE_MAX_T``). In inference (running statistics, no gradient) it folds γ,
-  β and the running buffers itself: one launch.
+  and the per-channel ``coef[4, C] = (A, β, μ, rstd)`` with ``A = γ·s·rstd``, which both passes
+  read. With running statistics and a backward to come it reads the running buffers instead (the
+  only launch before the forward kernel).
+* ``_bn_lif_fwd_kernel``: ``in = (x - μ_c)·A_c + β_c (+ residual)``, then the LIF over all T, writing
+  y (and u only for T > ``RECOMPUTE_MAX_T``). In inference (running statistics, no gradient) it
+  computes A and β from γ, β and the running buffers itself: one launch.
 * ``_bn_lif_bwd_kernel``: the LIF backward, reverse in t. For T <= ``RECOMPUTE_MAX_T`` it first
   recomputes the forward recurrence from x (and the residual) into registers, so nothing but x is
   saved; above, it reads the stored u. It writes ``g = dL/d in`` (which is the shortcut's gradient)
@@ -35,10 +35,17 @@ shortcut is the block's input, which the first convolution saves). For T > 8 u i
 (+2 B forward, and the backward reads u instead of recomputing).
 
 Noise: spike-mode decisions ``m = 1[r >= p]`` come from the Philox draws of :mod:`asgl.kernels.common`
-through one function, :func:`_spike_mode_bits`, which packs the four decisions of a Philox block
-into the low bits of an int32; the recompute keeps every step's decision in one register. The
-keying (seed, step, kernel-order element index) is that of :mod:`asgl.kernels.lif`, so for the same seed
-and memory layout the mask is the one ``lif_fused`` draws.
+through one function, :func:`_words`: one call per 4 elements of a thread's row (2 per row of 2 in
+the recomputing backward above T = 4) when the rows start at multiples of 4 (``ALIGNED``: H·W, or C
+for channels-last memory, a multiple of 4, as in every recipe), else one per element. The keying
+(seed, step, kernel-order element index) is that of :mod:`asgl.kernels.lif`, so for the same seed and
+memory layout the mask is the one ``lif_fused`` draws; the recompute keeps each draw's words.
+
+Time: T <= 8 runs unrolled (the forward's ``STATIC_T``, the backward's ``RECOMPUTE_T``: no loop, the
+next step's loads issued before this step's stores), above a loop (2 steps per iteration forward).
+The sm_90 SASS (bf16, sigmoid, hard reset, shortcut; ``perf/static_model.py``) issues per
+element-step, prologue and epilogue included, at T = 4: forward 20.0 (p = 0) and 32.9 (0 < p < 1),
+backward 56.1 and 65.9 (the folded kernels before: about 21, 40, 61.5 and 80).
 """
 
 from __future__ import annotations
@@ -51,11 +58,11 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    NOISE_DRAW, finalize_neuron_scalars, layout_anchor, lif_step, load_neuron_params, p_threshold,
-    relaxation_grads, round_to, spike_mode_bits, step_in_block,
+    ELEMENTS_PER_DRAW, NOISE_DRAW, chunk_words, element_words, finalize_neuron_scalars, lif_step, lif_step_grads,
+    load_neuron_params, p_threshold, round_to, spike_mode, store_spike_mode,
 )
-from .lif import COMPILE_OPTIONS, _alloc_like, _check_input, _kernel_order, _neuron_args
-from .lif_ref import lif_ref
+from .host import COMPILE_OPTIONS, alloc_like, check_input, kernel_order, neuron_args
+from .bn_lif_ref import check_bn_args
 
 # The backward recomputes the forward membrane in registers for T up to this (two 16-bit values per
 # element and step live: u and x); above, the forward stores u (+2 B/element-step each way).
@@ -63,13 +70,16 @@ RECOMPUTE_MAX_T = 8
 # elements per tile and warps: 8 per thread (one 16-byte load per step in bf16)
 BLOCK = 1024
 NUM_WARPS = 4
+# the forward runs T up to this fully unrolled (STATIC_T = T), above a loop of 2 steps per iteration
+MAX_STATIC_T = 8
+THREADS = 32 * NUM_WARPS  # every per-element kernel runs NUM_WARPS warps (see _vec)
 # The recomputing backward keeps u and x of every step live per element: with 8 elements per
 # thread it spills at T = 4 and T = 8 (ptxas -v, sm_80/sm_90: 255 registers + 0.1-13 KB of spills).
-# 4 per thread for T <= 4 (128-130 registers, no spills, 8-byte bf16 loads) and 2 per thread for
-# T <= 8 (96-138 registers, no spills, 4-byte bf16 loads): narrower vectors, fewer bytes saved
-# for backward. Not yet timed on a GPU.
+# 4 per thread for T <= 4 (128 registers, no spills, 8-byte bf16 loads; a Philox call serves the 4)
+# and 2 per thread for T <= 8 (4 per thread: 250-255 registers; 2: about 128, a Philox call per
+# row of 2): narrower vectors, fewer bytes saved for backward. Not yet timed on a GPU.
 BWD_BLOCK = {4: 512, 8: 256}
-BWD_NUM_WARPS = 4
+BWD_NUM_WARPS = NUM_WARPS
 # channel-fastest tiles (channels-last memory, [T, B, C]): at most this many channels per tile
 MAX_BLOCK_C = 64
 # the [C] kernels (coefficients, backward finalize): channels per program, and tile rows summed at a
@@ -83,75 +93,151 @@ COEF_BLOCK_T = 16
 # ---------------------------------------------------------------------------------------------
 
 
-@triton.jit
-def _spike_mode_bits(seed, t, offs_key, p_hi):
-    """Spike-mode decisions ``1[r16 >= p16]`` of steps ``8·(t // 8) + 0..7`` in bits 0..7 (int32).
-
-    The one place this file draws random numbers (the Philox keying of :mod:`asgl.kernels.common`).
-    """
-    return spike_mode_bits(seed, t, offs_key, p_hi)
+@triton.constexpr_function
+def _vec(block_o, block_c, block_i, bits):
+    """Elements per row of a tile (:func:`_tile`): one thread's 16-byte vector along the contiguous
+    dim (8 for 16-bit dtypes, 4 for float32), at most its share of the tile and the dim's extent."""
+    return max(1, min(block_c * block_i, 128 // bits, block_o * block_c * block_i // THREADS))
 
 
 @triton.jit
-def _mode_of(bits, shift):
-    """The decision in bit ``shift`` as a float: 1.0 (spike mode) or 0.0; ``lif_step`` takes
-    ``mode != 0``."""
-    return ((bits >> shift) & 1).to(tl.float32)
-
-
-@triton.jit
-def _tile(OUTER, C, INNER, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr):
+def _tile(OUTER, C, INNER, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
+          VEC: tl.constexpr):
     """This program's tile of one time step viewed as ``[OUTER, C, INNER]``.
 
-    Returns the int64 offsets within a step ``[BLOCK_O, BLOCK_C, BLOCK_I]``, the in-range mask and
-    the channel index ``[1, BLOCK_C, 1]``. Program axis 0 walks (outer, inner) blocks, axis 1
-    channel blocks; one of ``BLOCK_C``, ``BLOCK_I`` is 1, the other runs along contiguous memory.
+    One of ``BLOCK_C``, ``BLOCK_I`` is 1, the other (``BLOCK_F = BLOCK_C·BLOCK_I``) runs along
+    contiguous memory (C for channels-last memory, INNER otherwise) and is split into rows of
+    ``VEC`` consecutive elements, one thread's vector: the tile is ``[BLOCK_O, BLOCK_F // VEC, VEC]``.
+    Program axis 0 walks (outer, inner) blocks, axis 1 channel blocks. Returns the int64 offsets
+    within a step, the in-range mask, the channel index (broadcastable), the offset of each row's
+    first element ``[BLOCK_O, BLOCK_F // VEC, 1]`` and the lane ``[1, 1, VEC]`` (the Philox groups
+    of :func:`asgl.kernels.common.chunk_words`).
     """
+    BLOCK_F: tl.constexpr = BLOCK_C * BLOCK_I
     pid = tl.program_id(0).to(tl.int64)
     n_i = tl.cdiv(INNER, BLOCK_I)
     pid_o = pid // n_i
     pid_i = pid % n_i
     pid_c = tl.program_id(1).to(tl.int64)
     o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)[:, None, None]
-    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)[None, :, None]
-    i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)[None, None, :]
-    offs = (o * C + c) * INNER + i
-    in_range = (o < OUTER) & (c < C) & (i < INNER)
-    return offs, in_range, c
-
-
-@triton.jit
-def _channel_sum(v, in_range):
-    """``[BLOCK_O, BLOCK_C, BLOCK_I] -> [BLOCK_C]``: the tile's sum per channel."""
-    return tl.sum(tl.sum(tl.where(in_range, v, 0.0), axis=2), axis=0)
-
-
-@triton.jit
-def _bn_input(x_ptr, r_ptr, offs, in_range, a, b, HAS_RESIDUAL: tl.constexpr):
-    """``(in, x)``: the neuron input ``x·A + B (+ residual)`` in float32 and the raw x."""
-    x_raw = tl.load(x_ptr + offs, mask=in_range, other=0.0)
-    inp = x_raw.to(tl.float32) * a + b
-    if HAS_RESIDUAL:
-        inp += tl.load(r_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
-    return inp, x_raw
-
-
-@triton.jit
-def _grad_step(dy, u, o, h, z, v_prev, dv, lam, theta, k, v_reset, SIGMOID: tl.constexpr,
-               HARD_RESET: tl.constexpr):
-    """One reverse step of the LIF: ``(du, dv[t-1], dλ term, dθ term, dk term)`` (as asgl.kernels.lif)."""
-    dh_dz, dh_dk = relaxation_grads(z, k, h, SIGMOID)
-    if HARD_RESET:
-        do = theta * dy + dv * (v_reset - u)
-        dz = do * dh_dz
-        du = dz + dv * (1.0 - o)
-        d_theta = dy * o - dz
+    f0 = tl.arange(0, BLOCK_F // VEC)[None, :, None] * VEC
+    lane = tl.arange(0, VEC)[None, None, :]
+    if BLOCK_C == 1:
+        c = pid_c + tl.zeros([1, 1, 1], dtype=tl.int64)
+        i0 = pid_i * BLOCK_I + f0
+        i = i0 + lane
+        row0 = (o * C + c) * INNER + i0
     else:
-        do = theta * dy - dv * theta
-        dz = do * dh_dz
-        du = dz + dv
-        d_theta = dy * o - dz - dv * o
-    return du, lam * du, du * v_prev, d_theta, do * dh_dk
+        c0 = pid_c * BLOCK_C + f0
+        c = c0 + lane
+        i = pid_i + tl.zeros([1, 1, 1], dtype=tl.int64)
+        row0 = (o * C + c0) * INNER + i
+    offs = row0 + lane
+    in_range = (o < OUTER) & (c < C) & (i < INNER)
+    return offs, in_range, c, row0, lane
+
+
+@triton.jit
+def _tile_sum(v, in_range):
+    """The tile's in-range sum, each ``[BLOCK_O, BLOCK_F]`` row first (registers, then the threads of
+    a warp), then across rows (across warps: one pass through shared memory). Rows are summed as
+    flat ``BLOCK_F`` vectors, so the order does not depend on ``VEC``: the recomputing and the
+    stored-u backward (other tiles) sum the same values alike under the interpreter."""
+    rows = tl.reshape(tl.where(in_range, v, 0.0), [v.shape[0], v.shape[1] * v.shape[2]])
+    return tl.sum(tl.sum(rows, axis=1), axis=0)
+
+
+@triton.jit
+def _channel_sum(v, in_range, BLOCK_C: tl.constexpr):
+    """``[BLOCK_O, BLOCK_F // VEC, VEC] -> [BLOCK_C]``: the tile's in-range sum per channel (one
+    channel per tile when ``BLOCK_C`` is 1, else one per element of a row)."""
+    if BLOCK_C == 1:
+        total = tl.zeros([1], dtype=tl.float32) + _tile_sum(v, in_range)
+    else:
+        total = tl.reshape(tl.sum(tl.where(in_range, v, 0.0), axis=0), [BLOCK_C])
+    return total
+
+
+@triton.jit
+def _words(seed, t, offs, row0, lane, VEC: tl.constexpr, ALIGNED: tl.constexpr):
+    """Each element's Philox word of step ``t``'s draw (:mod:`asgl.kernels.common`): a call per 4
+    elements (``VEC`` >= 4) or per row of 2 when every row starts at a multiple of ``min(VEC, 4)``
+    (``ALIGNED``: see :func:`_aligned`), else one per element."""
+    if ALIGNED:
+        w = chunk_words(seed, t, row0, lane, VEC)
+    else:
+        w = element_words(seed, t, offs)
+    return w
+
+
+@triton.jit
+def _bn_in(x, r, mean, a, beta, HAS_RESIDUAL: tl.constexpr):
+    """The neuron input ``(x - μ)·A + β (+ residual)`` in float32 from the loaded x (and residual).
+
+    Normalised about the mean, as PyTorch does, rather than as the fold ``x·A + (β - μ·A)``: for x
+    far from μ the fold rounds ``x·A`` at the magnitude of x and then cancels, about twice the error
+    (a VGGSNN neuron 1 ulp below θ fired on the folded path only); one subtraction more per
+    element-step. The forward and the recomputing backward both run this.
+    """
+    inp = (x.to(tl.float32) - mean) * a + beta
+    if HAS_RESIDUAL:
+        inp += r.to(tl.float32)
+    return inp
+
+
+@triton.jit
+def _load_step(x_ptr, r_ptr, offs, in_range, HAS_RESIDUAL: tl.constexpr):
+    """One step's x and residual (the residual is x again when there is none, unread)."""
+    x = tl.load(x_ptr + offs, mask=in_range, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(r_ptr + offs, mask=in_range, other=0.0)
+    else:
+        r = x
+    return x, r
+
+
+@triton.jit
+def _fwd_step(t, x, r, y_ptr, u_ptr, mask_ptr, v, m, N, offs, in_range, mean, a, beta, lam, theta, k_h, v_reset,
+              NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+              STORE_U: tl.constexpr, STORE_MASK: tl.constexpr, FIRST: tl.constexpr):
+    """Step ``t`` of the forward from its loaded x (and residual): normalise, update, store y (u,
+    the mask); returns v. ``FIRST``: t = 0 known at compile time, u = in (v[-1] = 0). u is rounded
+    to the storage dtype each step: the backward (recomputing, or reading u) repeats exactly these
+    decisions."""
+    offs_t = tl.cast(t, tl.int64) * N + offs
+    inp = _bn_in(x, r, mean, a, beta, HAS_RESIDUAL)
+    if FIRST:
+        u_stored = round_to(inp, y_ptr.dtype.element_ty)
+    else:
+        u_stored = round_to(lam * v + inp, y_ptr.dtype.element_ty)
+    o, v, h, z = lif_step(u_stored.to(tl.float32), theta, k_h, v_reset, m, NOISE, SIGMOID, HARD_RESET)
+    tl.store(y_ptr + offs_t, round_to(theta * o, y_ptr.dtype.element_ty), mask=in_range)
+    if STORE_U:
+        tl.store(u_ptr + offs_t, u_stored, mask=in_range)
+    if STORE_MASK:
+        store_spike_mode(mask_ptr, offs_t, in_range, m, NOISE)
+    return v
+
+
+@triton.jit
+def _bwd_step(t, u, o, h, z, v_prev, x, dy, g_ptr, dv, acc_g, acc_gx, acc_lam, acc_theta, acc_k, N, offs, in_range,
+              mean, lam, theta, k, k_h, v_reset, NOISE: tl.constexpr, SIGMOID: tl.constexpr,
+              HARD_RESET: tl.constexpr, HAS_DV: tl.constexpr, HAS_PREV: tl.constexpr):
+    """Step ``t`` of the backward from its recomputed ``(u, o, h, z)``, ``v[t-1]``, x and dy:
+    ``g = dL/d in`` rounded and stored; returns ``dL/dv[t-1]`` and the accumulators (``HAS_DV``:
+    ``dv = dL/dv[t]`` is read, not at t = T - 1; ``HAS_PREV``: t > 0, whose dλ term needs v[t-1])."""
+    dy = dy.to(tl.float32)
+    du, d_theta, d_k = lif_step_grads(dy, theta * dy, u, o, z, h, dv, theta, k, k_h, v_reset, NOISE, SIGMOID,
+                                      HARD_RESET, HAS_DV)
+    g_stored = round_to(du, g_ptr.dtype.element_ty)
+    tl.store(g_ptr + tl.cast(t, tl.int64) * N + offs, g_stored, mask=in_range)
+    g = g_stored.to(tl.float32)
+    acc_g += g
+    # Σ g·(x - μ): x̂ = (x - μ)·rstd, rstd applied once to the sum
+    acc_gx += g * (x.to(tl.float32) - mean)
+    if HAS_PREV:
+        acc_lam += du * v_prev
+    return lam * du, acc_g, acc_gx, acc_lam, acc_theta + d_theta, acc_k + d_k
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,12 +253,13 @@ def _bn_stats_kernel(
     # partial [2·tiles + 1, C]: row tile = Σ (x - shift_c), row tiles + tile = Σ (x - shift_c)², row
     # 2·tiles = shift_c; the shift (the channel's first element, t = 0, outer = 0, inner = 0) keeps
     # the float32 sums from cancelling when |μ| >> σ
-    offs, in_range, c = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I)
+    VEC: tl.constexpr = _vec(BLOCK_O, BLOCK_C, BLOCK_I, x_ptr.dtype.element_ty.primitive_bitwidth)
+    offs, in_range, c, _, _ = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I, VEC)
     c_ok = c < C
     shift = tl.load(x_ptr + c * INNER, mask=c_ok, other=0.0).to(tl.float32)
     N = OUTER * C * INNER
-    s1 = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
-    s2 = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
+    s1 = tl.zeros(offs.shape, dtype=tl.float32)
+    s2 = tl.zeros(offs.shape, dtype=tl.float32)
     for t in range(0, T):
         x = tl.load(x_ptr + tl.cast(t, tl.int64) * N + offs, mask=in_range, other=0.0).to(tl.float32)
         d = tl.where(in_range, x - shift, 0.0)
@@ -181,26 +268,27 @@ def _bn_stats_kernel(
     tiles = tl.num_programs(0)
     cc = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     row = tl.program_id(0).to(tl.int64) * C + cc
-    tl.store(partial_ptr + row, _channel_sum(s1, in_range), mask=cc < C)
-    tl.store(partial_ptr + tiles * C + row, _channel_sum(s2, in_range), mask=cc < C)
+    tl.store(partial_ptr + row, _channel_sum(s1, in_range, BLOCK_C), mask=cc < C)
+    tl.store(partial_ptr + tiles * C + row, _channel_sum(s2, in_range, BLOCK_C), mask=cc < C)
     if tl.program_id(0) == 0:  # the shifts, for the coefficient kernel (row 2·tiles)
         shift_c = tl.load(x_ptr + cc * INNER, mask=cc < C, other=0.0).to(tl.float32)
         tl.store(partial_ptr + 2 * tiles * C + cc, shift_c, mask=cc < C)
 
 
 @triton.jit
-def _fold(weight_ptr, bias_ptr, c, c_ok, mean, var, eps, scale, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """``(A, B, rstd)``: batch norm folded per channel, ``in = x·A + B`` with ``A = γ·s·rstd``,
-    ``B = β - μ·A``, ``rstd = 1/sqrt(σ² + ε)`` (correctly rounded sqrt and division)."""
+def _fold(weight_ptr, bias_ptr, c, c_ok, var, eps, scale, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """``(A, β, rstd)`` per channel, ``in = (x - μ)·A + β`` with ``A = γ·s·rstd``,
+    ``rstd = 1/sqrt(σ² + ε)`` (correctly rounded sqrt and division), β = 0 without a bias."""
     rstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
     gs = scale
     if HAS_WEIGHT:
         gs = tl.load(weight_ptr + c, mask=c_ok, other=0.0).to(tl.float32) * scale
     a = gs * rstd
-    b = -mean * a
     if HAS_BIAS:
-        b += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    return a, b, rstd
+        beta = tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    else:
+        beta = tl.zeros_like(a)
+    return a, beta, rstd
 
 
 @triton.jit
@@ -222,7 +310,7 @@ def _bn_coef_kernel(
     BATCH_STATS: tl.constexpr, UPDATE_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """The per-channel coefficients ``coef[4, C] = (A, B, μ, rstd)`` both passes read.
+    """The per-channel coefficients ``coef[4, C] = (A, β, μ, rstd)`` both passes read.
 
     ``BATCH_STATS``: stage 2 of the statistics (the stats kernel's per-tile sums, summed in a fixed
     order: ``BLOCK_T`` rows at a time, then a tree sum), and with ``UPDATE_RUNNING`` the running
@@ -246,9 +334,9 @@ def _bn_coef_kernel(
     else:
         mean = tl.load(run_mean_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
         var = tl.load(run_var_ptr + c, mask=c_ok, other=1.0).to(tl.float32)
-    a, b, rstd = _fold(weight_ptr, bias_ptr, c, c_ok, mean, var, eps, scale, HAS_WEIGHT, HAS_BIAS)
+    a, beta, rstd = _fold(weight_ptr, bias_ptr, c, c_ok, var, eps, scale, HAS_WEIGHT, HAS_BIAS)
     tl.store(coef_ptr + c, a, mask=c_ok)
-    tl.store(coef_ptr + C + c, b, mask=c_ok)
+    tl.store(coef_ptr + C + c, beta, mask=c_ok)
     tl.store(coef_ptr + 2 * C + c, mean, mask=c_ok)
     tl.store(coef_ptr + 3 * C + c, rstd, mask=c_ok)
 
@@ -259,52 +347,65 @@ def _bn_lif_fwd_kernel(
     width_ptr, theta_ptr, seed_ptr, T, OUTER, C, INNER, v_reset, p16, eps, scale,
     NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr, CHANNEL_WIDTH: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, STORE_U: tl.constexpr, STORE_MASK: tl.constexpr,
-    FOLD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
+    FOLD: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STATIC_T: tl.constexpr,
+    ALIGNED: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
-    # FOLD (inference: running statistics, no backward): A, B folded here from γ, β and the running
-    # buffers, no other launch; otherwise read from coef (rows A, B), which the backward reads too
-    offs, in_range, c = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I)
+    # FOLD (inference: running statistics, no backward): A, β from γ, β and the running buffers
+    # here, no other launch; otherwise read from coef (rows A, β, μ), which the backward reads too.
+    # STATIC_T = T <= 8: every step unrolled, no loop; 0: a loop of 2 steps per iteration.
+    VEC: tl.constexpr = _vec(BLOCK_O, BLOCK_C, BLOCK_I, x_ptr.dtype.element_ty.primitive_bitwidth)
+    offs, in_range, c, row0, lane = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I, VEC)
     N = OUTER * C * INNER
-    offs_key = offs.to(tl.int32)
-    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs, in_range, INNER, C,
-                                       SIGMOID, CHANNEL_WIDTH)
+    lam, theta, k, k_h = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs, in_range, INNER, C,
+                                            SIGMOID, CHANNEL_WIDTH)
     c_ok = c < C
     if FOLD:
         mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
         var = tl.load(var_ptr + c, mask=c_ok, other=1.0).to(tl.float32)
-        a, b, unused_rstd = _fold(weight_ptr, bias_ptr, c, c_ok, mean, var, eps, scale, HAS_WEIGHT, HAS_BIAS)
+        a, beta, unused_rstd = _fold(weight_ptr, bias_ptr, c, c_ok, var, eps, scale, HAS_WEIGHT, HAS_BIAS)
     else:
         a = tl.load(coef_ptr + c, mask=c_ok, other=0.0)
-        b = tl.load(coef_ptr + C + c, mask=c_ok, other=0.0)
+        beta = tl.load(coef_ptr + C + c, mask=c_ok, other=0.0)
+        mean = tl.load(coef_ptr + 2 * C + c, mask=c_ok, other=0.0)
     seed = tl.load(seed_ptr)
     p_hi = p16.to(tl.uint32) << 16
 
-    v = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
-    bits = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.int32)
-    r = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
-    for t in range(0, T):
-        offs_t = tl.cast(t, tl.int64) * N + offs
-        inp, x_raw = _bn_input(x_ptr, r_ptr, offs_t, in_range, a, b, HAS_RESIDUAL)
-        # u rounded to the storage dtype each step: the backward (recomputing, or reading u)
-        # repeats exactly these decisions
-        u = round_to(lam * v + inp, y_ptr.dtype.element_ty).to(tl.float32)
-        if NOISE == 2:
-            if step_in_block(t) == 0:  # the draw in the load's layout: see layout_anchor
-                bits = _spike_mode_bits(seed, t, offs_key + layout_anchor(x_raw), p_hi)
-            r = _mode_of(bits, step_in_block(t))
-        o, v, h, z = lif_step(u, theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
-        tl.store(y_ptr + offs_t, round_to(theta * o, y_ptr.dtype.element_ty), mask=in_range)
-        if STORE_U:
-            tl.store(u_ptr + offs_t, u.to(u_ptr.dtype.element_ty), mask=in_range)  # exact
-        if STORE_MASK:
-            if NOISE == 0:
-                m = tl.full([BLOCK_O, BLOCK_C, BLOCK_I], 1, tl.int8)
-            elif NOISE == 1:
-                m = tl.full([BLOCK_O, BLOCK_C, BLOCK_I], 0, tl.int8)
-            else:
-                m = r.to(tl.int8)
-            tl.store(mask_ptr + offs_t, m, mask=in_range)
+    v = tl.zeros(offs.shape, dtype=tl.float32)
+    w = tl.zeros(offs.shape, dtype=tl.uint32)
+    m = in_range  # the spike-mode bit, read only when NOISE == 2
+    # each step's x (and residual) loaded one step ahead, before this step's stores
+    x, r = _load_step(x_ptr, r_ptr, offs, in_range, HAS_RESIDUAL)
+    if STATIC_T > 0:
+        for t in tl.static_range(STATIC_T):
+            if t + 1 < STATIC_T:
+                x_next, r_next = _load_step(x_ptr, r_ptr, tl.cast(t + 1, tl.int64) * N + offs, in_range,
+                                            HAS_RESIDUAL)
+            if NOISE == 2:
+                if t % 2 == 0:
+                    w = _words(seed, t, offs, row0, lane, VEC, ALIGNED)
+                m = spike_mode(w, t, p_hi)
+            v = _fwd_step(t, x, r, y_ptr, u_ptr, mask_ptr, v, m, N, offs, in_range, mean, a, beta, lam, theta, k_h,
+                          v_reset, NOISE, SIGMOID, HARD_RESET, HAS_RESIDUAL, STORE_U, STORE_MASK, t == 0)
+            if t + 1 < STATIC_T:
+                x, r = x_next, r_next
+    else:
+        for t0 in range(0, T, 2):
+            # the scalar tests as [1, 1, 1] tensors: the interpreter cannot mask with a Python bool
+            x_next, r_next = _load_step(x_ptr, r_ptr, tl.cast(t0 + 1, tl.int64) * N + offs,
+                                        in_range & (tl.full([1, 1, 1], t0 + 1, tl.int32) < T), HAS_RESIDUAL)
+            if NOISE == 2:
+                w = _words(seed, t0, offs, row0, lane, VEC, ALIGNED)
+                m = spike_mode(w, 0, p_hi)
+            v = _fwd_step(t0, x, r, y_ptr, u_ptr, mask_ptr, v, m, N, offs, in_range, mean, a, beta, lam, theta, k_h,
+                          v_reset, NOISE, SIGMOID, HARD_RESET, HAS_RESIDUAL, STORE_U, STORE_MASK, False)
+            if t0 + 1 < T:
+                x, r = _load_step(x_ptr, r_ptr, tl.cast(t0 + 2, tl.int64) * N + offs,
+                                  in_range & (tl.full([1, 1, 1], t0 + 2, tl.int32) < T), HAS_RESIDUAL)
+                if NOISE == 2:
+                    m = spike_mode(w, 1, p_hi)
+                v = _fwd_step(t0 + 1, x_next, r_next, y_ptr, u_ptr, mask_ptr, v, m, N, offs, in_range, mean, a, beta,
+                              lam, theta, k_h, v_reset, NOISE, SIGMOID, HARD_RESET, HAS_RESIDUAL, STORE_U,
+                              STORE_MASK, False)
 
 
 @triton.jit(do_not_specialize=["T", "p16"])
@@ -313,156 +414,110 @@ def _bn_lif_bwd_kernel(
     seed_ptr,
     T, OUTER, C, INNER, v_reset, p16,
     NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr, CHANNEL_WIDTH: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, RECOMPUTE_T: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, RECOMPUTE_T: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
-    # RECOMPUTE_T > 0: T == RECOMPUTE_T <= 8, the forward recurrence is rerun from x into registers;
-    # RECOMPUTE_T == 0: u is read from u_ptr. g = dL/d(in) is written to g_ptr (storage dtype).
-    offs, in_range, c = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I)
+    # RECOMPUTE_T > 0: T == RECOMPUTE_T <= 8, the forward recurrence is rerun from x into registers,
+    # every step unrolled; RECOMPUTE_T == 0: u is read from u_ptr. g = dL/d(in) is written to g_ptr
+    # (storage dtype).
+    VEC: tl.constexpr = _vec(BLOCK_O, BLOCK_C, BLOCK_I, x_ptr.dtype.element_ty.primitive_bitwidth)
+    offs, in_range, c, row0, lane = _tile(OUTER, C, INNER, BLOCK_O, BLOCK_C, BLOCK_I, VEC)
     N = OUTER * C * INNER
-    offs_key = offs.to(tl.int32)
-    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs, in_range, INNER, C,
-                                       SIGMOID, CHANNEL_WIDTH)
+    lam, theta, k, k_h = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs, in_range, INNER, C,
+                                            SIGMOID, CHANNEL_WIDTH)
     c_ok = c < C
     mean = tl.load(coef_ptr + 2 * C + c, mask=c_ok, other=0.0)
     rstd = tl.load(coef_ptr + 3 * C + c, mask=c_ok, other=0.0)
     seed = tl.load(seed_ptr)
     p_hi = p16.to(tl.uint32) << 16
     DT = g_ptr.dtype.element_ty
-    zero = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.float32)
+    zero = tl.zeros(offs.shape, dtype=tl.float32)
 
     dv = zero
-    acc_g = zero
-    acc_gx = zero
-    acc_lam = zero
-    acc_theta = zero
-    acc_k = zero
-    r = zero
+    # -0.0, the identity of float addition: the first accumulation folds away
+    acc_g = tl.full(offs.shape, -0.0, dtype=tl.float32)
+    acc_gx = acc_g
+    acc_lam = acc_g
+    acc_theta = acc_g
+    acc_k = acc_g
+    m = in_range  # the spike-mode bit, read only when NOISE == 2
     if RECOMPUTE_T > 0:
         a = tl.load(coef_ptr + c, mask=c_ok, other=0.0)
-        b = tl.load(coef_ptr + C + c, mask=c_ok, other=0.0)
-        zs = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=DT)
-        u0, u1, u2, u3, u4, u5, u6, u7 = zs, zs, zs, zs, zs, zs, zs, zs
-        x0, x1, x2, x3, x4, x5, x6, x7 = zs, zs, zs, zs, zs, zs, zs, zs
-        bits = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.int32)
+        beta = tl.load(coef_ptr + C + c, mask=c_ok, other=0.0)
+        # every step's u and x, and each draw's words, stay in registers for the reverse pass:
+        # tuples grown per unrolled step
+        us = ()
+        xs = ()
+        ws = ()
         v = zero
-        # forward recurrence, the same instructions as _bn_lif_fwd_kernel
+        x, r = _load_step(x_ptr, r_ptr, offs, in_range, HAS_RESIDUAL)
+        # forward recurrence, the same arithmetic as _bn_lif_fwd_kernel
         for t in tl.static_range(RECOMPUTE_T):
-            inp, x_raw = _bn_input(x_ptr, r_ptr, tl.cast(t, tl.int64) * N + offs, in_range, a, b, HAS_RESIDUAL)
-            u = round_to(lam * v + inp, DT)
+            if t + 1 < RECOMPUTE_T:
+                x_next, r_next = _load_step(x_ptr, r_ptr, tl.cast(t + 1, tl.int64) * N + offs, in_range,
+                                            HAS_RESIDUAL)
             if NOISE == 2:
-                if t == 0:  # RECOMPUTE_T <= 8: one Philox block, in the load's layout
-                    bits = _spike_mode_bits(seed, t, offs_key + layout_anchor(x_raw), p_hi)
-                r = _mode_of(bits, t)
-            _, v, _, _ = lif_step(u.to(tl.float32), theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
+                if t % 2 == 0:
+                    ws = ws + (_words(seed, t, offs, row0, lane, VEC, ALIGNED),)
+                m = spike_mode(ws[t // 2], t, p_hi)
+            inp = _bn_in(x, r, mean, a, beta, HAS_RESIDUAL)
             if t == 0:
-                u0, x0 = u, x_raw
-            elif t == 1:
-                u1, x1 = u, x_raw
-            elif t == 2:
-                u2, x2 = u, x_raw
-            elif t == 3:
-                u3, x3 = u, x_raw
-            elif t == 4:
-                u4, x4 = u, x_raw
-            elif t == 5:
-                u5, x5 = u, x_raw
-            elif t == 6:
-                u6, x6 = u, x_raw
+                u = round_to(inp, DT)
             else:
-                u7, x7 = u, x_raw
-        # reverse: step t is carried down from the previous iteration (v[t-1] recomputed once)
-        u = u7
-        if RECOMPUTE_T - 1 == 0:
-            u = u0
-        elif RECOMPUTE_T - 1 == 1:
-            u = u1
-        elif RECOMPUTE_T - 1 == 2:
-            u = u2
-        elif RECOMPUTE_T - 1 == 3:
-            u = u3
-        elif RECOMPUTE_T - 1 == 4:
-            u = u4
-        elif RECOMPUTE_T - 1 == 5:
-            u = u5
-        elif RECOMPUTE_T - 1 == 6:
-            u = u6
+                u = round_to(lam * v + inp, DT)
+            _, v, _, _ = lif_step(u.to(tl.float32), theta, k_h, v_reset, m, NOISE, SIGMOID, HARD_RESET)
+            us = us + (u,)
+            xs = xs + (x,)
+            if t + 1 < RECOMPUTE_T:
+                x, r = x_next, r_next
+        # reverse: step t is carried down from the previous iteration (v[t-1] recomputed once); dy
+        # loaded one step ahead
         if NOISE == 2:
-            r = _mode_of(bits, RECOMPUTE_T - 1)
-        o, _, h, z = lif_step(u.to(tl.float32), theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
-        u = u.to(tl.float32)
-        for i in tl.static_range(RECOMPUTE_T):
-            t = RECOMPUTE_T - 1 - i
-            x_raw = x7
-            u_prev = zs
-            if t == 0:
-                x_raw = x0
-            elif t == 1:
-                x_raw, u_prev = x1, u0
-            elif t == 2:
-                x_raw, u_prev = x2, u1
-            elif t == 3:
-                x_raw, u_prev = x3, u2
-            elif t == 4:
-                x_raw, u_prev = x4, u3
-            elif t == 5:
-                x_raw, u_prev = x5, u4
-            elif t == 6:
-                x_raw, u_prev = x6, u5
-            else:
-                u_prev = u6
-            u_prev = u_prev.to(tl.float32)
+            m = spike_mode(ws[(RECOMPUTE_T - 1) // 2], RECOMPUTE_T - 1, p_hi)
+        u = us[RECOMPUTE_T - 1].to(tl.float32)
+        o, _, h, z = lif_step(u, theta, k_h, v_reset, m, NOISE, SIGMOID, HARD_RESET)
+        dy = tl.load(dy_ptr + tl.cast(RECOMPUTE_T - 1, tl.int64) * N + offs, mask=in_range, other=0.0)
+        for t in tl.static_range(RECOMPUTE_T - 1, -1, -1):
             if t > 0:
+                dy_next = tl.load(dy_ptr + tl.cast(t - 1, tl.int64) * N + offs, mask=in_range, other=0.0)
+                u_prev = us[t - 1].to(tl.float32)
                 if NOISE == 2:
-                    r = _mode_of(bits, t - 1)
-                o_prev, v_prev, h_prev, z_prev = lif_step(u_prev, theta, k, v_reset, r != 0.0, NOISE, SIGMOID,
+                    m = spike_mode(ws[(t - 1) // 2], t - 1, p_hi)
+                o_prev, v_prev, h_prev, z_prev = lif_step(u_prev, theta, k_h, v_reset, m, NOISE, SIGMOID,
                                                           HARD_RESET)
             else:
-                o_prev, v_prev, h_prev, z_prev = zero, zero, zero, zero
-            offs_t = tl.cast(t, tl.int64) * N + offs
-            dy = tl.load(dy_ptr + offs_t, mask=in_range, other=0.0).to(tl.float32)
-            du, dv, d_lam, d_theta, d_k = _grad_step(dy, u, o, h, z, v_prev, dv, lam, theta, k, v_reset,
-                                                     SIGMOID, HARD_RESET)
-            g = round_to(du, DT)
-            tl.store(g_ptr + offs_t, g, mask=in_range)
-            g = g.to(tl.float32)
-            acc_g += g
-            acc_gx += g * ((x_raw.to(tl.float32) - mean) * rstd)
-            acc_lam += d_lam
-            acc_theta += d_theta
-            acc_k += d_k
+                u_prev, o_prev, v_prev, h_prev, z_prev = zero, zero, zero, zero, zero
+            dv, acc_g, acc_gx, acc_lam, acc_theta, acc_k = _bwd_step(
+                t, u, o, h, z, v_prev, xs[t], dy, g_ptr, dv, acc_g, acc_gx, acc_lam, acc_theta, acc_k, N, offs,
+                in_range, mean, lam, theta, k, k_h, v_reset, NOISE, SIGMOID, HARD_RESET, t < RECOMPUTE_T - 1, t > 0)
             u, o, h, z = u_prev, o_prev, h_prev, z_prev
+            if t > 0:
+                dy = dy_next
     else:
         t_last = T - 1
         u = tl.load(u_ptr + tl.cast(t_last, tl.int64) * N + offs, mask=in_range, other=0.0).to(tl.float32)
-        bits = tl.zeros([BLOCK_O, BLOCK_C, BLOCK_I], dtype=tl.int32)
+        w = tl.zeros(offs.shape, dtype=tl.uint32)
         if NOISE == 2:
-            bits = _spike_mode_bits(seed, t_last, offs_key + layout_anchor(u), p_hi)
-            r = _mode_of(bits, step_in_block(t_last))
-        o, v, h, z = lif_step(u, theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
+            w = _words(seed, t_last, offs, row0, lane, VEC, ALIGNED)
+            m = spike_mode(w, t_last, p_hi)
+        o, v, h, z = lif_step(u, theta, k_h, v_reset, m, NOISE, SIGMOID, HARD_RESET)
         for i in range(0, T):
             t = t_last - i
             offs_t = tl.cast(t, tl.int64) * N + offs
-            has_prev = tl.full([BLOCK_O, BLOCK_C, BLOCK_I], t, tl.int32) > 0
+            # the scalar test as a tensor: the interpreter cannot mask with a Python bool
+            has_prev = tl.full([1, 1, 1], t, tl.int32) > 0
             u_prev = tl.load(u_ptr + (offs_t - N), mask=in_range & has_prev, other=0.0).to(tl.float32)
             if NOISE == 2:
-                if (t > 0) & (step_in_block(t - 1) == 7):
-                    bits = _spike_mode_bits(seed, t - 1, offs_key + layout_anchor(u_prev), p_hi)
-                r = _mode_of(bits, step_in_block(t - 1))
-            o_prev, v_prev, h_prev, z_prev = lif_step(u_prev, theta, k, v_reset, r != 0.0, NOISE, SIGMOID, HARD_RESET)
+                if (t > 0) & ((t - 1) % 2 == 1):
+                    w = _words(seed, t - 1, offs, row0, lane, VEC, ALIGNED)
+                m = spike_mode(w, t + 1, p_hi)  # the parity of t - 1, never negative
+            o_prev, v_prev, h_prev, z_prev = lif_step(u_prev, theta, k_h, v_reset, m, NOISE, SIGMOID, HARD_RESET)
             v_prev = tl.where(has_prev, v_prev, 0.0)
-            dy = tl.load(dy_ptr + offs_t, mask=in_range, other=0.0).to(tl.float32)
-            du, dv, d_lam, d_theta, d_k = _grad_step(dy, u, o, h, z, v_prev, dv, lam, theta, k, v_reset,
-                                                     SIGMOID, HARD_RESET)
-            g = round_to(du, DT)
-            tl.store(g_ptr + offs_t, g, mask=in_range)
-            g = g.to(tl.float32)
-            x = tl.load(x_ptr + offs_t, mask=in_range, other=0.0).to(tl.float32)
-            acc_g += g
-            acc_gx += g * ((x - mean) * rstd)
-            acc_lam += d_lam
-            acc_theta += d_theta
-            acc_k += d_k
+            dy = tl.load(dy_ptr + offs_t, mask=in_range, other=0.0)
+            x = tl.load(x_ptr + offs_t, mask=in_range, other=0.0)
+            dv, acc_g, acc_gx, acc_lam, acc_theta, acc_k = _bwd_step(
+                t, u, o, h, z, v_prev, x, dy, g_ptr, dv, acc_g, acc_gx, acc_lam, acc_theta, acc_k, N, offs,
+                in_range, mean, lam, theta, k, k_h, v_reset, NOISE, SIGMOID, HARD_RESET, True, True)
             u, o, h, z = u_prev, o_prev, h_prev, z_prev
 
     # stage 1 of the deterministic reductions: per tile, chan[j, tile, c] for j = Σg, Σg·x̂ (and
@@ -471,16 +526,16 @@ def _bn_lif_bwd_kernel(
     tiles = tl.num_programs(0)
     cc = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     row = tile * C + cc
-    tl.store(chan_ptr + row, _channel_sum(acc_g, in_range), mask=cc < C)
-    tl.store(chan_ptr + tiles * C + row, _channel_sum(acc_gx, in_range), mask=cc < C)
+    tl.store(chan_ptr + row, _channel_sum(acc_g, in_range, BLOCK_C), mask=cc < C)
+    tl.store(chan_ptr + tiles * C + row, _channel_sum(acc_gx * rstd, in_range, BLOCK_C), mask=cc < C)
     col = tile * tl.num_programs(1) + tl.program_id(1)
     slots = tiles * tl.num_programs(1)
-    tl.store(partial_ptr + col, tl.sum(_channel_sum(acc_lam, in_range), axis=0))
-    tl.store(partial_ptr + slots + col, tl.sum(_channel_sum(acc_theta, in_range), axis=0))
+    tl.store(partial_ptr + col, _tile_sum(acc_lam, in_range))
+    tl.store(partial_ptr + slots + col, _tile_sum(acc_theta, in_range))
     if CHANNEL_WIDTH:
-        tl.store(chan_ptr + 2 * tiles * C + row, _channel_sum(acc_k, in_range), mask=cc < C)
+        tl.store(chan_ptr + 2 * tiles * C + row, _channel_sum(acc_k, in_range, BLOCK_C), mask=cc < C)
     else:
-        tl.store(partial_ptr + 2 * slots + col, tl.sum(_channel_sum(acc_k, in_range), axis=0))
+        tl.store(partial_ptr + 2 * slots + col, _tile_sum(acc_k, in_range))
 
 
 @triton.jit
@@ -555,7 +610,7 @@ def _geometry(x: Tensor):
     Contiguous memory: ``OUTER = B``, ``INNER = prod(rest)``; channels-last memory ``[T, B, *rest,
     C]``: ``OUTER = B·prod(rest)``, ``INNER = 1`` (no copy either way). Other layouts are copied.
     """
-    perm = _kernel_order(x) or tuple(range(x.dim()))
+    perm = kernel_order(x) or tuple(range(x.dim()))
     B, C, rest = x.shape[1], x.shape[2], math.prod(x.shape[3:])
     if perm[-1] == 2 and x.dim() >= 4:
         return perm, B * rest, C, 1
@@ -580,13 +635,22 @@ def _tiles(OUTER: int, C: int, INNER: int, block: int):
     return (block_o, block_c, block_i), grid
 
 
+def _aligned(C: int, INNER: int, tile, x: Tensor) -> bool:
+    """The kernels' ``ALIGNED``: every row of VEC consecutive elements of a tile starts at a multiple
+    of ``a = min(VEC, 4)`` (INNER, or C when INNER = 1, a multiple of a; VEC a multiple of a, 2 at
+    least), so its Philox groups lie in one thread (:func:`asgl.kernels.common.chunk_words`)."""
+    vec = _vec(*tile, 8 * x.element_size())
+    a = min(vec, int(ELEMENTS_PER_DRAW))
+    return vec >= 2 and vec % a == 0 and (INNER if INNER > 1 else C) % a == 0
+
+
 def _coef_block(C: int) -> int:
     """Channels per program of the ``[C]`` kernels (coefficients, backward finalize)."""
     return min(triton.next_power_of_2(max(C, 1)), COEF_BLOCK_C)
 
 
 def _launch_coef(x, weight, bias, running_mean, running_var, *, scale, eps, momentum, batch_stats):
-    """``coef[4, C] = (A, B, μ, rstd)`` (float32) from this batch's statistics (``batch_stats``: the
+    """``coef[4, C] = (A, β, μ, rstd)`` (float32) from this batch's statistics (``batch_stats``: the
     stats kernel + the coefficient kernel, which also updates the running buffers when given) or from
     the running buffers (the coefficient kernel alone)."""
     T, C = x.shape[0], x.shape[2]
@@ -620,9 +684,9 @@ def _launch_coef(x, weight, bias, running_mean, running_var, *, scale, eps, mome
 
 def _launch_fwd(x, residual, coef, weight, bias, running_mean, running_var, decay_logit, width_param, thresh, *,
                 scale, eps, fold, hard_reset, v_reset, sigmoid, noise, p, seed, store_u, store_mask):
-    y = _alloc_like(x)
-    u = _alloc_like(x) if store_u else x.new_empty(0)
-    mask = _alloc_like(x, torch.bool) if store_mask else x.new_empty(0, dtype=torch.bool)
+    y = alloc_like(x)
+    u = alloc_like(x) if store_u else x.new_empty(0)
+    mask = alloc_like(x, torch.bool) if store_mask else x.new_empty(0, dtype=torch.bool)
     if x.numel() == 0:
         return y, u, mask
     T = x.shape[0]
@@ -644,7 +708,8 @@ def _launch_fwd(x, residual, coef, weight, bias, running_mean, running_var, deca
         eps=eps, scale=scale, NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset,
         CHANNEL_WIDTH=width_param.dim() == 1, HAS_RESIDUAL=residual is not None, STORE_U=store_u,
         STORE_MASK=store_mask, FOLD=fold, HAS_WEIGHT=fold and weight is not None, HAS_BIAS=fold and bias is not None,
-        BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
+        STATIC_T=T if T <= MAX_STATIC_T else 0, ALIGNED=_aligned(C, INNER, (bo, bc, bi), x), BLOCK_O=bo,
+        BLOCK_C=bc, BLOCK_I=bi, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
     )
     return y, u, mask
 
@@ -656,8 +721,8 @@ def _launch_bwd(dy, x, residual, u, coef, weight, bias, decay_logit, width_param
     norm's coefficients) and the apply (dx). dγ, dβ are empty without weight, bias."""
     T, C = x.shape[0], x.shape[2]
     channel_width = width_param.dim() == 1
-    g = _alloc_like(x)
-    dx = _alloc_like(x) if residual is not None else g  # without a shortcut dx overwrites g
+    g = alloc_like(x)
+    dx = alloc_like(x) if residual is not None else g  # without a shortcut dx overwrites g
     d_weight = torch.empty_like(weight) if weight is not None else x.new_empty(0)
     d_bias = torch.empty_like(bias) if bias is not None else x.new_empty(0)
     d_decay = torch.empty_like(decay_logit)
@@ -686,7 +751,8 @@ def _launch_bwd(dy, x, residual, u, coef, weight, bias, decay_logit, width_param
         coef_ptr=coef, decay_logit_ptr=decay_logit, width_ptr=width, theta_ptr=thresh, seed_ptr=seed, T=T,
         OUTER=OUTER, C=C, INNER=INNER, v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0,
         NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width,
-        HAS_RESIDUAL=residual is not None, RECOMPUTE_T=T if recompute else 0, BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi,
+        HAS_RESIDUAL=residual is not None, RECOMPUTE_T=T if recompute else 0,
+        ALIGNED=_aligned(C, INNER, (bo, bc, bi), x), BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi,
         num_warps=warps, **COMPILE_OPTIONS,
     )
     k = torch.empty((2, C), **f32)
@@ -716,7 +782,7 @@ def _bn_stats_op(
     x_seq: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
     running_var: Tensor | None, scale: float, eps: float, momentum: float, batch_stats: bool,
 ) -> Tensor:
-    """``coef[4, C] = (A, B, μ, rstd)``; with ``batch_stats`` and running buffers, updates them."""
+    """``coef[4, C] = (A, β, μ, rstd)``; with ``batch_stats`` and running buffers, updates them."""
     return _launch_coef(x_seq, weight, bias, running_mean, running_var, scale=scale, eps=eps, momentum=momentum,
                         batch_stats=batch_stats)
 
@@ -745,9 +811,9 @@ def _bn_lif_fwd_op(
 @_bn_lif_fwd_op.register_fake
 def _(x_seq, residual, coef, weight, bias, running_mean, running_var, decay_logit, width_param, thresh, scale, eps,
       batch_stats, fold, hard_reset, v_reset, sigmoid, noise, p, seed, store_u, store_mask):
-    u = _alloc_like(x_seq) if store_u else x_seq.new_empty(0)
-    mask = _alloc_like(x_seq, torch.bool) if store_mask else x_seq.new_empty(0, dtype=torch.bool)
-    return _alloc_like(x_seq), u, mask
+    u = alloc_like(x_seq) if store_u else x_seq.new_empty(0)
+    mask = alloc_like(x_seq, torch.bool) if store_mask else x_seq.new_empty(0, dtype=torch.bool)
+    return alloc_like(x_seq), u, mask
 
 
 @torch.library.custom_op("asgl::bn_lif_bwd", mutates_args=())
@@ -770,7 +836,7 @@ def _bn_lif_bwd_op(
 def _(dy_seq, x_seq, residual, u_seq, coef, weight, bias, decay_logit, width_param, thresh, scale, batch_stats,
       hard_reset, v_reset, sigmoid, noise, p, seed):
     return (
-        _alloc_like(x_seq), _alloc_like(x_seq) if residual is not None else x_seq.new_empty(0),
+        alloc_like(x_seq), alloc_like(x_seq) if residual is not None else x_seq.new_empty(0),
         torch.empty_like(weight) if weight is not None else x_seq.new_empty(0),
         torch.empty_like(bias) if bias is not None else x_seq.new_empty(0),
         torch.empty_like(decay_logit), torch.empty_like(width_param, memory_format=torch.contiguous_format),
@@ -809,66 +875,8 @@ _bn_lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference and public functions
+# Public function
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, *, use_batch_stats, momentum, eps,
-                   threshold_scale):
-    if x_seq.dim() not in (3, 4, 5):
-        raise ValueError(f"x_seq must be [T, B, C], [T, B, C, L] or [T, B, C, H, W] (3-5 dims), "
-                         f"got shape {tuple(x_seq.shape)}")
-    C = x_seq.shape[2]
-    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
-        if t is not None and (not isinstance(t, Tensor) or tuple(t.shape) != (C,) or not t.is_floating_point()):
-            raise ValueError(f"{name} must be None or a float tensor of shape [{C}] (the channels of x_seq, "
-                             f"dim 2), got {tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must be given together")
-    if not use_batch_stats and running_mean is None:
-        raise ValueError("normalising with running statistics (eval mode) needs running_mean and running_var; "
-                         "got None (a batch norm built with track_running_stats=False uses batch statistics)")
-    if residual is not None:
-        if not isinstance(residual, Tensor) or residual.shape != x_seq.shape:
-            got = tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__
-            raise ValueError(f"residual (the shortcut) must have x_seq's shape {tuple(x_seq.shape)}, got {got}")
-        if residual.dtype != x_seq.dtype or residual.device != x_seq.device:
-            raise ValueError(f"residual must have x_seq's dtype {x_seq.dtype} and device {x_seq.device}, "
-                             f"got {residual.dtype} on {residual.device}")
-    if use_batch_stats and x_seq.numel() // max(C, 1) <= 1:
-        raise ValueError(f"batch statistics need more than 1 value per channel, got x_seq of shape "
-                         f"{tuple(x_seq.shape)}")
-    if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
-        raise ValueError(f"momentum must be None or in [0, 1], got {momentum!r}")
-    if not (isinstance(eps, (int, float)) and eps > 0):
-        raise ValueError(f"eps must be a number > 0, got {eps!r}")
-    if threshold_scale is not None and not (isinstance(threshold_scale, (int, float)) and threshold_scale > 0):
-        raise ValueError(f"threshold_scale must be None or a number > 0, got {threshold_scale!r}")
-
-
-def bn_lif_ref(
-    x_seq: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
-    running_var: Tensor | None, decay_logit: Tensor, width_param: Tensor, thresh: Tensor | float, *,
-    residual: Tensor | None = None, use_batch_stats: bool = True, momentum: float = 0.1, eps: float = 1e-5,
-    threshold_scale: float | None = None, **lif_kwargs,
-) -> Tensor:
-    """Reference: time-folded batch norm of ``x_seq [T, B, C, ...]`` (+ ``residual``), then
-    :func:`asgl.kernels.lif_ref.lif_ref` (``lif_kwargs``: reset, v_reset, surrogate, p, training, mask,
-    generator). Updates the running statistics in place as ``F.batch_norm`` does."""
-    _check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, use_batch_stats=use_batch_stats,
-                   momentum=momentum, eps=eps, threshold_scale=threshold_scale)
-    if threshold_scale is not None:
-        if weight is None:  # in the running buffers' dtype: batch_norm wants them alike
-            weight = x_seq.new_ones(x_seq.shape[2], dtype=(running_mean if running_mean is not None else x_seq).dtype)
-        weight = weight * threshold_scale
-    folded = torch.nn.functional.batch_norm(
-        x_seq.flatten(0, 1), running_mean, running_var, weight, bias, use_batch_stats,
-        0.0 if momentum is None else momentum, eps,
-    ).view(x_seq.shape)
-    if residual is not None:
-        folded = folded + residual
-    return lif_ref(folded, decay_logit, width_param, thresh, **lif_kwargs)
 
 
 def bn_lif_fused(
@@ -900,7 +908,7 @@ def bn_lif_fused(
     estimates, with ``s = threshold_scale`` (1 when None)::
 
         x̂ = (x - μ_c)·rstd_c,  rstd_c = 1/sqrt(σ²_c + ε)       σ² biased
-        in = γ_c·s·x̂ + β_c (+ residual) = x·A_c + B_c (+ residual)
+        in = γ_c·s·x̂ + β_c (+ residual) = (x - μ_c)·A_c + β_c (+ residual)
         y = LIF(in)                       (asgl.kernels.lif.lif_fused: every option, same mask keying)
 
     With batch statistics and running buffers the buffers are updated in place, as
@@ -925,11 +933,11 @@ def bn_lif_fused(
     Returns:
         ``y_seq``, or ``(y_seq, mask)`` with ``return_mask=True``.
     """
-    _check_input(x_seq, "x_seq")
-    _check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, use_batch_stats=use_batch_stats,
-                   momentum=momentum, eps=eps, threshold_scale=threshold_scale)
+    check_input(x_seq, "x_seq")
+    check_bn_args(x_seq, residual, weight, bias, running_mean, running_var, use_batch_stats=use_batch_stats,
+                  momentum=momentum, eps=eps, threshold_scale=threshold_scale)
     C = x_seq.shape[2]
-    thresh, seed, p, noise = _neuron_args(
+    thresh, seed, p, noise = neuron_args(
         x_seq, decay_logit, width_param, {(), (C,)}, thresh, reset=reset, surrogate=surrogate, p=p,
         training=training, seed=seed,
     )

@@ -1,11 +1,15 @@
 """Fused Triton kernels of the multi-step ASGL LIF neuron: forward and backward across all T.
 
-One program owns ``BLOCK_N`` neurons of the flattened ``[T, N]`` view and loops over time with the
-state in float32 registers; the backward program walks the same neurons from ``t = T-1`` down to 0
-carrying ``dL/du[t+1]``. The mask of the noisy hybrid never exists in memory: it is drawn in-kernel
-from Philox, 16 bits per step so that one draw serves 8 steps (keying in :mod:`asgl.kernels.common`),
-and redrawn bit-identically in the backward. Both time loops run 8 steps per iteration, unrolled,
-so each step reads its field of the draw with a compile-time shift.
+One program owns ``BLOCK_N`` neurons of the flattened ``[T, N]`` view, as rows of ``VEC``
+consecutive neurons (one thread's 16-byte vector), and walks time with the state in float32
+registers; the backward program walks the same neurons from ``t = T-1`` down to 0 carrying
+``dL/du[t+1]``. The mask of the noisy hybrid never exists in memory: it is drawn in-kernel from
+Philox, one call per 4 neurons of a row and 2 steps (keying in :mod:`asgl.kernels.common`), and
+redrawn bit-identically in the backward. T up to 8 (the recipes' 2, 4 and 8) runs fully unrolled
+(``STATIC_T``: one compiled kernel per T, no loop, no guards, the first and last steps without their
+zero terms); above, a loop of 8 unrolled steps per iteration. Each step's loads are issued before the
+previous step's stores (a load may not move across a store), so one step of loads is always in
+flight behind the math.
 
 Memory traffic per element and time step (bf16): forward reads x and writes y and u (6 B),
 backward reads u and dy and writes dx (6 B): 12 B per element-step for a training step, against
@@ -13,14 +17,16 @@ backward reads u and dy and writes dx (6 B): 12 B per element-step for a trainin
 nothing extra and spares the backward the forward recurrence. After the backward, one finalize
 launch sums the per-program parameter-gradient partials and applies the chain rule.
 
-Issue, not memory, is what a fused neuron has to watch: the sm_90 SASS of the time loops
-(``perf/static_model.py``; bf16, sigmoid, hard reset, layer width) issues 14.2 (p = 0) and 28.3
-(0 < p < 1) instructions per element-step forward, 30.8 and 40.9 backward, against about 46 at
-which an H200 pass stops being memory bound (22 / 59 / 45 / 76 with 4-step float uniforms and
-per-step layout conversions of the mask through shared memory, the previous design). Registers
-(sm_90, BLOCK_N = 1024, 4 warps): forward 40-96, backward 72-143, no spills in any specialisation
-(``tests/test_kernel_aot.py``); 16-byte loads/stores of the [T, N] streams when N % 16 == 0.
-Launch configuration by N (:func:`_launch_config`); the GPU run is still to confirm it.
+Issue, not memory, is what a fused neuron has to watch: an H200 pass stops being memory bound at
+about 46 SASS instructions per element-step. Issued per element-step, prologue and epilogue
+included (sm_90 SASS, ``perf/static_model.py``; bf16, sigmoid, hard reset, layer width), forward
+p = 0 / 0 < p < 1, backward p = 0 / 0 < p < 1: at T = 2 12.4 / 26.9 / 29.8 / 39.9, at T = 4
+12.8 / 26.1 / 28.3 / 38.0, at T = 8 12.5 / 26.1 / 27.3 / 36.6 (16.0 / 38.6 / 36.4 / 54.6 at T = 4
+with a draw per neuron serving 8 steps and one loop for every T, the previous design); the loop's
+steady state 14.6 / 26.4 / 28.8 / 38.8. Registers (sm_90, BLOCK_N = 1024, 4 warps): forward 27-76,
+backward 40-142 (the unrolled noisy backward at 5 <= T <= 8 holds the most), no spills in any
+specialisation (``tests/test_kernel_aot.py``); 16-byte loads/stores of the [T, N] streams when
+N % 16 == 0. Launch configuration by N (:func:`_launch_config`); the GPU run is still to confirm it.
 
 The equations are in :func:`lif_fused`; the reference is :func:`asgl.kernels.lif_ref.lif_ref`.
 """
@@ -36,23 +42,19 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    NOISE_ALL,
     NOISE_DRAW,
-    NOISE_NONE,
-    STEPS_PER_DRAW,
-    draw_words,
+    chunk_words,
     finalize_neuron_scalars,
-    layout_anchor,
     lif_step,
+    lif_step_grads,
     load_neuron_params,
     p_threshold,
-    relaxation_grads,
     round_to,
     spike_mode,
+    store_spike_mode,
 )
-from .lif_ref import RESETS, SURROGATES
+from .host import COMPILE_OPTIONS, alloc_like, check_input, kernel_order, neuron_args
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Launch configurations ``(BLOCK_N, num_warps)``, largest first: 8 neurons per thread (one 16-byte
 # access per step in bf16, two in fp32) down to BLOCK_N = 256; 128 runs 4 per thread on one warp.
 # :func:`_launch_config` takes the largest that still gives two programs per SM.
@@ -60,9 +62,10 @@ CONFIGS = ((1024, 4), (512, 2), (256, 1), (128, 1))
 # the default SM count where no CUDA device is queried (H100/H200 SXM: 132)
 DEFAULT_SMS = 132
 FINALIZE_BLOCK = 1024
-# Floating-point contraction pinned (triton 3.6-3.9 fuse a·b + c into FMA by default, 3.10 will not):
-# one rounding fewer per update, and every supported triton compiles the same arithmetic.
-COMPILE_OPTIONS = {"enable_fp_fusion": True}
+# T up to this runs fully unrolled (STATIC_T = T, one compiled kernel per T); above, a loop of
+# STEPS_PER_ITERATION unrolled steps with a guard per step
+MAX_STATIC_T = 8
+STEPS_PER_ITERATION = tl.constexpr(8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,28 +74,44 @@ COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 
 @triton.jit
-def _fwd_step(t, x_ptr, y_ptr, u_ptr, mask_ptr, v, m, N, offs_n, in_range, lam, theta, k, v_reset,
+def _tile(N, BLOCK_N: tl.constexpr, VEC: tl.constexpr):
+    """This program's ``BLOCK_N`` neurons as ``[BLOCK_N // VEC, VEC]``: rows of ``VEC`` consecutive
+    flat indices, one thread's vector (one 16-byte access per step in bf16). Returns the int64
+    indices, the in-range mask, each row's first index ``[R, 1]`` and the lane ``[1, VEC]`` (the
+    Philox groups of :func:`asgl.kernels.common.chunk_words`)."""
+    pid = tl.program_id(0).to(tl.int64)
+    row0 = pid * BLOCK_N + tl.arange(0, BLOCK_N // VEC)[:, None] * VEC
+    lane = tl.arange(0, VEC)[None, :]
+    offs_n = row0 + lane
+    return offs_n, offs_n < N, row0, lane
+
+
+@triton.jit
+def _tile_sum(acc, in_range):
+    """The in-range sum of a ``[R, VEC]`` tile (fixed order)."""
+    return tl.sum(tl.sum(tl.where(in_range, acc, 0.0), axis=1), axis=0)
+
+
+@triton.jit
+def _fwd_step(t, x, y_ptr, u_ptr, mask_ptr, v, m, N, offs_n, in_range, lam, theta, k_h, v_reset,
               NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr,
-              STORE_U: tl.constexpr, STORE_MASK: tl.constexpr):
-    """Step ``t`` of the forward: load x[t], update, store y[t] (and u[t], the mask); returns v[t]."""
+              STORE_U: tl.constexpr, STORE_MASK: tl.constexpr, FIRST: tl.constexpr):
+    """Step ``t`` of the forward from its loaded ``x[t]``: update, store y[t] (and u[t], the mask);
+    returns v[t]. ``FIRST``: t = 0 known at compile time, u = x (v[-1] = 0)."""
     offs = tl.cast(t, tl.int64) * N + offs_n
-    x = tl.load(x_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
     # round u to the storage dtype and continue from the rounded value, so that the backward,
     # which only sees the stored u, recomputes exactly these decisions
-    u_stored = round_to(lam * v + x, u_ptr.dtype.element_ty)
+    if FIRST:
+        u_stored = round_to(x.to(tl.float32), u_ptr.dtype.element_ty)
+    else:
+        u_stored = round_to(lam * v + x.to(tl.float32), u_ptr.dtype.element_ty)
     u = u_stored.to(tl.float32)
-    o, v, h, z = lif_step(u, theta, k, v_reset, m, NOISE, SIGMOID, HARD_RESET)
+    o, v, h, z = lif_step(u, theta, k_h, v_reset, m, NOISE, SIGMOID, HARD_RESET)
     tl.store(y_ptr + offs, round_to(theta * o, y_ptr.dtype.element_ty), mask=in_range)
     if STORE_U:
         tl.store(u_ptr + offs, u_stored, mask=in_range)
     if STORE_MASK:
-        if NOISE == 0:
-            mode = tl.full([offs_n.shape[0]], 1, tl.int8)
-        elif NOISE == 1:
-            mode = tl.full([offs_n.shape[0]], 0, tl.int8)
-        else:
-            mode = m.to(tl.int8)
-        tl.store(mask_ptr + offs, mode, mask=in_range)
+        store_spike_mode(mask_ptr, offs, in_range, m, NOISE)
     return v
 
 
@@ -102,33 +121,70 @@ def _lif_fwd_kernel(
     T, N, INNER, C, v_reset, p16,
     NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr,
     CHANNEL_WIDTH: tl.constexpr, STORE_U: tl.constexpr, STORE_MASK: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    STATIC_T: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    in_range = offs_n < N
-    offs_key = offs_n.to(tl.int32)
-    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
-                                       SIGMOID, CHANNEL_WIDTH)
+    offs_n, in_range, row0, lane = _tile(N, BLOCK_N, VEC)
+    lam, theta, k, k_h = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
+                                            SIGMOID, CHANNEL_WIDTH)
     seed = tl.load(seed_ptr)
     p_hi = p16.to(tl.uint32) << 16
+    v = tl.zeros([BLOCK_N // VEC, VEC], dtype=tl.float32)
+    w = tl.zeros([BLOCK_N // VEC, VEC], dtype=tl.uint32)
+    m = in_range  # the spike-mode bit, read only when NOISE == 2
+    # Each step's x is loaded one step ahead, before this step's stores (which the compiler may not
+    # move a load across), so that a load is always in flight behind the step's work.
+    x = tl.load(x_ptr + offs_n, mask=in_range, other=0.0)
+    if STATIC_T > 0:
+        # T == STATIC_T <= 8: every step unrolled, no loop
+        for t in tl.static_range(STATIC_T):
+            if t + 1 < STATIC_T:
+                x_next = tl.load(x_ptr + tl.cast(t + 1, tl.int64) * N + offs_n, mask=in_range, other=0.0)
+            if NOISE == 2:
+                if t % 2 == 0:  # one draw per 2 steps (asgl.kernels.common)
+                    w = chunk_words(seed, t, row0, lane, VEC)
+                m = spike_mode(w, t, p_hi)
+            v = _fwd_step(t, x, y_ptr, u_ptr, mask_ptr, v, m, N, offs_n, in_range, lam, theta, k_h, v_reset,
+                          NOISE, SIGMOID, HARD_RESET, STORE_U, STORE_MASK, t == 0)
+            if t + 1 < STATIC_T:
+                x = x_next
+    else:
+        # T > 8: 8 steps per iteration, unrolled, so each step reads its 16-bit field with a
+        # compile-time shift
+        for t0 in range(0, T, STEPS_PER_ITERATION):
+            for j in tl.static_range(STEPS_PER_ITERATION):
+                if t0 + j < T:
+                    t = t0 + j
+                    # the scalar test as a [1, 1] tensor: the interpreter cannot mask with a Python bool
+                    has_next = in_range & (tl.full([1, 1], t + 1, tl.int32) < T)
+                    x_next = tl.load(x_ptr + tl.cast(t + 1, tl.int64) * N + offs_n, mask=has_next, other=0.0)
+                    if NOISE == 2:
+                        if j % 2 == 0:
+                            w = chunk_words(seed, t, row0, lane, VEC)
+                        m = spike_mode(w, j, p_hi)
+                    v = _fwd_step(t, x, y_ptr, u_ptr, mask_ptr, v, m, N, offs_n, in_range, lam, theta, k_h,
+                                  v_reset, NOISE, SIGMOID, HARD_RESET, STORE_U, STORE_MASK, False)
+                    x = x_next
 
-    v = tl.zeros([BLOCK_N], dtype=tl.float32)
-    # 8 steps per iteration, unrolled: one Philox draw serves all of them and each step reads its
-    # 16-bit field with a compile-time shift (see asgl.kernels.common)
-    for t0 in range(0, T, STEPS_PER_DRAW):
-        if NOISE == 2:
-            # x[t0] again in step t0 (an L1/L2 hit): see layout_anchor
-            x0 = tl.load(x_ptr + tl.cast(t0, tl.int64) * N + offs_n, mask=in_range, other=0.0)
-            w0, w1, w2, w3 = draw_words(seed, t0, offs_key + layout_anchor(x0))
-        for j in tl.static_range(STEPS_PER_DRAW):
-            if t0 + j < T:
-                if NOISE == 2:
-                    m = spike_mode(w0, w1, w2, w3, j, p_hi)
-                else:
-                    m = in_range  # not read
-                v = _fwd_step(t0 + j, x_ptr, y_ptr, u_ptr, mask_ptr, v, m, N, offs_n, in_range, lam, theta,
-                              k, v_reset, NOISE, SIGMOID, HARD_RESET, STORE_U, STORE_MASK)
+
+@triton.jit
+def _bwd_step(t, u, dy, dx_ptr, du_next, acc_lam, acc_theta, acc_k, m, N, offs_n, in_range, lam, theta, k, k_h,
+              v_reset, NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr, LAST: tl.constexpr):
+    """Step ``t`` of the backward from its loaded ``u[t]``, ``dy[t]`` and the carried ``du[t+1]``:
+    recompute, store dx[t]; returns ``du[t]`` and the accumulators. The dλ term of step t+1,
+    ``du[t+1]·v[t]``, uses this step's v, so no step is recomputed twice. ``LAST``: t = T - 1 known
+    at compile time, whose du[T] = 0 terms are skipped."""
+    u = u.to(tl.float32)
+    dy = dy.to(tl.float32)
+    o, v, h, z = lif_step(u, theta, k_h, v_reset, m, NOISE, SIGMOID, HARD_RESET)
+    if LAST:
+        dv = du_next  # not read
+    else:
+        acc_lam += du_next * v
+        dv = lam * du_next  # dL/dv[t]
+    du, d_theta, d_k = lif_step_grads(dy, theta * dy, u, o, z, h, dv, theta, k, k_h, v_reset, NOISE, SIGMOID,
+                                      HARD_RESET, not LAST)
+    tl.store(dx_ptr + tl.cast(t, tl.int64) * N + offs_n, round_to(du, dx_ptr.dtype.element_ty), mask=in_range)
+    return du, acc_lam, acc_theta + d_theta, acc_k + d_k
 
 
 @triton.jit(do_not_specialize=["T", "INNER", "C", "p16"])
@@ -136,59 +192,66 @@ def _lif_bwd_kernel(
     dy_ptr, u_ptr, dx_ptr, dk_ptr, partial_ptr, decay_logit_ptr, width_ptr, theta_ptr, seed_ptr,
     T, N, INNER, C, v_reset, p16,
     NOISE: tl.constexpr, SIGMOID: tl.constexpr, HARD_RESET: tl.constexpr,
-    CHANNEL_WIDTH: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHANNEL_WIDTH: tl.constexpr, STATIC_T: tl.constexpr, BLOCK_N: tl.constexpr, VEC: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    in_range = offs_n < N
-    offs_key = offs_n.to(tl.int32)
-    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
-                                       SIGMOID, CHANNEL_WIDTH)
+    offs_n, in_range, row0, lane = _tile(N, BLOCK_N, VEC)
+    lam, theta, k, k_h = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_n, in_range, INNER, C,
+                                            SIGMOID, CHANNEL_WIDTH)
     seed = tl.load(seed_ptr)
     p_hi = p16.to(tl.uint32) << 16
 
-    # Reverse in t, each step recomputed from its stored u alone: the dλ term of step t+1,
-    # du[t+1]·v[t], uses this step's v and the carried du[t+1] (du[T] = 0), so no step is
-    # recomputed twice and every Philox block is drawn once.
-    du_next = tl.zeros([BLOCK_N], dtype=tl.float32)
-    acc_lam = tl.zeros([BLOCK_N], dtype=tl.float32)
-    acc_theta = tl.zeros([BLOCK_N], dtype=tl.float32)
-    acc_k = tl.zeros([BLOCK_N], dtype=tl.float32)
-    n_blocks = tl.cdiv(T, STEPS_PER_DRAW)
-    for ib in range(0, n_blocks):
-        t0 = (n_blocks - 1 - ib) * STEPS_PER_DRAW
+    # Reverse in t, each step recomputed from its stored u alone, du[t+1] carried (du[T] = 0); the
+    # step before's u and dy loaded one step ahead. A draw serves steps 2b+1 and 2b, so it runs at
+    # the odd one, or at t = T - 1 when T is odd.
+    du_next = tl.zeros([BLOCK_N // VEC, VEC], dtype=tl.float32)
+    # -0.0, the identity of float addition: the first accumulation folds away
+    acc_lam = tl.full([BLOCK_N // VEC, VEC], -0.0, dtype=tl.float32)
+    acc_theta = tl.full([BLOCK_N // VEC, VEC], -0.0, dtype=tl.float32)
+    acc_k = tl.full([BLOCK_N // VEC, VEC], -0.0, dtype=tl.float32)
+    w = tl.zeros([BLOCK_N // VEC, VEC], dtype=tl.uint32)
+    m = in_range  # the spike-mode bit, read only when NOISE == 2
+    offs_last = tl.cast(T - 1, tl.int64) * N + offs_n
+    u = tl.load(u_ptr + offs_last, mask=in_range, other=0.0)
+    dy = tl.load(dy_ptr + offs_last, mask=in_range, other=0.0)
+    if STATIC_T > 0:
+        # T == STATIC_T <= 8: every step unrolled, no loop
+        for t in tl.static_range(STATIC_T - 1, -1, -1):
+            if t > 0:
+                offs_prev = tl.cast(t - 1, tl.int64) * N + offs_n
+                u_prev = tl.load(u_ptr + offs_prev, mask=in_range, other=0.0)
+                dy_prev = tl.load(dy_ptr + offs_prev, mask=in_range, other=0.0)
+            if NOISE == 2:
+                if (t % 2 == 1) | (t == STATIC_T - 1):
+                    w = chunk_words(seed, t, row0, lane, VEC)
+                m = spike_mode(w, t, p_hi)
+            du_next, acc_lam, acc_theta, acc_k = _bwd_step(
+                t, u, dy, dx_ptr, du_next, acc_lam, acc_theta, acc_k, m, N, offs_n, in_range, lam, theta, k, k_h,
+                v_reset, NOISE, SIGMOID, HARD_RESET, t == STATIC_T - 1)
+            if t > 0:
+                u, dy = u_prev, dy_prev
+    else:
+        # T > 8: 8 steps per iteration, unrolled, in reverse
         if NOISE == 2:
-            # u of the block's first step in this order, loaded again there (an L1/L2 hit): see
-            # layout_anchor
-            t_first = tl.minimum(t0 + STEPS_PER_DRAW - 1, T - 1)
-            u0 = tl.load(u_ptr + tl.cast(t_first, tl.int64) * N + offs_n, mask=in_range, other=0.0)
-            w0, w1, w2, w3 = draw_words(seed, t0, offs_key + layout_anchor(u0))
-        for j in tl.static_range(STEPS_PER_DRAW - 1, -1, -1):
-            if t0 + j < T:
-                if NOISE == 2:
-                    m = spike_mode(w0, w1, w2, w3, j, p_hi)
-                else:
-                    m = in_range  # not read
-                offs = tl.cast(t0 + j, tl.int64) * N + offs_n
-                u = tl.load(u_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
-                o, v, h, z = lif_step(u, theta, k, v_reset, m, NOISE, SIGMOID, HARD_RESET)
-                acc_lam += du_next * v
-                dv = lam * du_next  # dL/dv[t]
-                dy = tl.load(dy_ptr + offs, mask=in_range, other=0.0).to(tl.float32)
-                dh_dz, dh_dk = relaxation_grads(z, k, h, SIGMOID)
-                if HARD_RESET:
-                    do = theta * dy + dv * (v_reset - u)
-                    dz = do * dh_dz
-                    du = dz + dv * (1.0 - o)
-                    acc_theta += dy * o - dz
-                else:
-                    do = theta * dy - dv * theta
-                    dz = do * dh_dz
-                    du = dz + dv
-                    acc_theta += dy * o - dz - dv * o
-                tl.store(dx_ptr + offs, round_to(du, dx_ptr.dtype.element_ty), mask=in_range)
-                acc_k += do * dh_dk
-                du_next = du
+            if T % 2 == 1:
+                w = chunk_words(seed, T - 1, row0, lane, VEC)
+        n_iter = tl.cdiv(T, STEPS_PER_ITERATION)
+        for ib in range(0, n_iter):
+            t0 = (n_iter - 1 - ib) * STEPS_PER_ITERATION
+            for j in tl.static_range(STEPS_PER_ITERATION - 1, -1, -1):
+                if t0 + j < T:
+                    t = t0 + j
+                    offs_prev = tl.cast(t - 1, tl.int64) * N + offs_n
+                    has_prev = in_range & (tl.full([1, 1], t, tl.int32) > 0)
+                    u_prev = tl.load(u_ptr + offs_prev, mask=has_prev, other=0.0)
+                    dy_prev = tl.load(dy_ptr + offs_prev, mask=has_prev, other=0.0)
+                    if NOISE == 2:
+                        if j % 2 == 1:
+                            w = chunk_words(seed, t, row0, lane, VEC)
+                        m = spike_mode(w, j, p_hi)
+                    du_next, acc_lam, acc_theta, acc_k = _bwd_step(
+                        t, u, dy, dx_ptr, du_next, acc_lam, acc_theta, acc_k, m, N, offs_n, in_range, lam, theta, k,
+                        k_h, v_reset, NOISE, SIGMOID, HARD_RESET, False)
+                    u, dy = u_prev, dy_prev
 
     # Parameter gradients, stage 1 of 2: one partial sum per program (and, for channel widths, one
     # per neuron, summed over T here); stage 2 is :func:`_finalize_kernel`. Deterministic (no
@@ -196,12 +259,13 @@ def _lif_bwd_kernel(
     # 8 B per neuron (written here, read by the finalize) against 12·T B per neuron in the main
     # loops (bf16): +17% at T = 4, +3% at T = 25. Atomics would save that but make dk run-to-run noisy.
     nprog = tl.num_programs(0)
-    tl.store(partial_ptr + pid, tl.sum(tl.where(in_range, acc_lam, 0.0), axis=0))
-    tl.store(partial_ptr + nprog + pid, tl.sum(tl.where(in_range, acc_theta, 0.0), axis=0))
+    pid = tl.program_id(0)
+    tl.store(partial_ptr + pid, _tile_sum(acc_lam, in_range))
+    tl.store(partial_ptr + nprog + pid, _tile_sum(acc_theta, in_range))
     if CHANNEL_WIDTH:
         tl.store(dk_ptr + offs_n, acc_k, mask=in_range)
     else:
-        tl.store(partial_ptr + 2 * nprog + pid, tl.sum(tl.where(in_range, acc_k, 0.0), axis=0))
+        tl.store(partial_ptr + 2 * nprog + pid, _tile_sum(acc_k, in_range))
 
 
 @triton.jit
@@ -231,29 +295,6 @@ def _finalize_kernel(
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
-
-
-def _kernel_order(x: Tensor):
-    """Permutation ``perm`` with ``x.permute(perm)`` contiguous and time first, or None.
-
-    Contiguous ``[T, B, C, *rest]`` gives the identity (channel = ``(n // INNER) % C`` with
-    ``INNER = prod(rest)``); channels-last memory ``[T, B, *rest, C]`` gives the permutation that
-    moves C last (``INNER = 1``), so it runs without a copy. Anything else is copied.
-    """
-    if x.is_contiguous():
-        return tuple(range(x.dim()))
-    if x.dim() >= 4:
-        perm = (0, 1) + tuple(range(3, x.dim())) + (2,)
-        if x.permute(perm).is_contiguous():
-            return perm
-    return None
-
-
-def _alloc_like(x: Tensor, dtype=None) -> Tensor:
-    """An output with ``x``'s shape whose kernel-order view is contiguous (shared with the fakes)."""
-    if _kernel_order(x) is not None:
-        return torch.empty_like(x, dtype=dtype)
-    return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
 
 
 def _flat(t: Tensor, perm) -> Tensor:
@@ -288,17 +329,22 @@ def _launch_config(N: int, device: torch.device) -> tuple[int, int]:
     return CONFIGS[-1]
 
 
+def _static_t(T: int) -> int:
+    """The kernels' ``STATIC_T``: T itself up to :data:`MAX_STATIC_T` (unrolled), else 0 (a loop)."""
+    return T if T <= MAX_STATIC_T else 0
+
+
 def _launch_fwd(x, decay_logit, width_param, thresh, *, hard_reset, v_reset, sigmoid, noise, p, seed,
                 store_u, store_mask):
-    y = _alloc_like(x)
-    u = _alloc_like(x) if store_u else x.new_empty(0)
+    y = alloc_like(x)
+    u = alloc_like(x) if store_u else x.new_empty(0)
     # bool in memory, written by the kernel as int8 through a view (no cast kernel afterwards)
-    mask = _alloc_like(x, torch.bool) if store_mask else x.new_empty(0, dtype=torch.bool)
+    mask = alloc_like(x, torch.bool) if store_mask else x.new_empty(0, dtype=torch.bool)
     T = x.shape[0]
     N = x.numel() // T if T else 0
     if x.numel() == 0:
         return y, u, mask
-    perm = _kernel_order(x) or tuple(range(x.dim()))
+    perm = kernel_order(x) or tuple(range(x.dim()))
     channel_width = width_param.dim() == 1
     INNER, C = _channel_geometry(x, perm, channel_width)
     x_k = _flat(x, perm)
@@ -311,7 +357,8 @@ def _launch_fwd(x, decay_logit, width_param, thresh, *, hard_reset, v_reset, sig
         width_ptr=width_param.contiguous(), theta_ptr=thresh, seed_ptr=seed, T=T, N=N, INNER=INNER, C=C,
         v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0, NOISE=noise, SIGMOID=sigmoid,
         HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width, STORE_U=store_u, STORE_MASK=store_mask,
-        BLOCK_N=block_n, num_warps=num_warps, **COMPILE_OPTIONS,
+        STATIC_T=_static_t(T), BLOCK_N=block_n, VEC=block_n // (32 * num_warps), num_warps=num_warps,
+        **COMPILE_OPTIONS,
     )
     return y, u, mask
 
@@ -323,7 +370,7 @@ def _launch_bwd(dy, u, decay_logit, width_param, thresh, *, hard_reset, v_reset,
     summed per channel by one torch reduction in between): the backward kernel and
     :func:`_finalize_kernel`.
     """
-    dx = _alloc_like(u)
+    dx = alloc_like(u)
     d_decay = torch.empty_like(decay_logit)
     d_width = torch.empty_like(width_param, memory_format=torch.contiguous_format)
     d_theta = torch.empty_like(thresh)
@@ -332,7 +379,7 @@ def _launch_bwd(dy, u, decay_logit, width_param, thresh, *, hard_reset, v_reset,
     channel_width = width_param.dim() == 1
     if u.numel() == 0:
         return dx, d_decay.zero_(), d_width.zero_(), d_theta.zero_()
-    perm = _kernel_order(u) or tuple(range(u.dim()))
+    perm = kernel_order(u) or tuple(range(u.dim()))
     INNER, C = _channel_geometry(u, perm, channel_width)
     u_k = u.permute(perm).view(T, N)
     dy_k = _flat(dy.to(u.dtype), perm)
@@ -347,8 +394,8 @@ def _launch_bwd(dy, u, decay_logit, width_param, thresh, *, hard_reset, v_reset,
         dy_ptr=dy_k, u_ptr=u_k, dx_ptr=dx_k, dk_ptr=dk_elem if channel_width else partial,
         partial_ptr=partial, decay_logit_ptr=decay_logit, width_ptr=width, theta_ptr=thresh, seed_ptr=seed,
         T=T, N=N, INNER=INNER, C=C, v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0,
-        NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width, BLOCK_N=block_n,
-        num_warps=num_warps, **COMPILE_OPTIONS,
+        NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width, STATIC_T=_static_t(T),
+        BLOCK_N=block_n, VEC=block_n // (32 * num_warps), num_warps=num_warps, **COMPILE_OPTIONS,
     )
     dk_channel = dk_elem.view(-1, C, INNER).sum(dim=(0, 2)) if channel_width else partial
     _finalize_kernel[(1,)](
@@ -378,9 +425,9 @@ def _lif_fwd_op(
 @_lif_fwd_op.register_fake
 def _(x_seq, decay_logit, width_param, thresh, hard_reset, v_reset, sigmoid, noise, p, seed, store_u,
       store_mask):
-    u = _alloc_like(x_seq) if store_u else x_seq.new_empty(0)
-    mask = _alloc_like(x_seq, torch.bool) if store_mask else x_seq.new_empty(0, dtype=torch.bool)
-    return _alloc_like(x_seq), u, mask
+    u = alloc_like(x_seq) if store_u else x_seq.new_empty(0)
+    mask = alloc_like(x_seq, torch.bool) if store_mask else x_seq.new_empty(0, dtype=torch.bool)
+    return alloc_like(x_seq), u, mask
 
 
 @torch.library.custom_op("asgl::lif_bwd", mutates_args=())
@@ -397,7 +444,7 @@ def _lif_bwd_op(
 @_lif_bwd_op.register_fake
 def _(dy_seq, u_seq, decay_logit, width_param, thresh, hard_reset, v_reset, sigmoid, noise, p, seed):
     return (
-        _alloc_like(u_seq), torch.empty_like(decay_logit),
+        alloc_like(u_seq), torch.empty_like(decay_logit),
         torch.empty_like(width_param, memory_format=torch.contiguous_format), torch.empty_like(thresh),
     )
 
@@ -438,68 +485,6 @@ _lif_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ---------------------------------------------------------------------------------------------
 # Public function
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_param(name: str, t, x_seq: Tensor, shapes) -> None:
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if tuple(t.shape) not in shapes:
-        raise ValueError(f"{name} must have shape in {sorted(shapes)}, got {tuple(t.shape)}")
-    if t.device != x_seq.device:
-        raise ValueError(f"{name} is on {t.device} but x_seq is on {x_seq.device}")
-
-
-def _seed_tensor(seed, x_seq: Tensor) -> Tensor:
-    """``seed`` (int or one-element int64 tensor) as a ``[1]`` int64 tensor on ``x_seq``'s device."""
-    if isinstance(seed, Tensor):
-        if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != x_seq.device:
-            raise ValueError(
-                f"a tensor seed must be one int64 element on {x_seq.device}, got dtype {seed.dtype}, "
-                f"{seed.numel()} elements on {seed.device}"
-            )
-        return seed.reshape(1)
-    if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**31:
-        return torch.full((1,), seed, dtype=torch.int64, device=x_seq.device)
-    raise ValueError(f"seed must be an int in [0, 2**31) or a one-element int64 tensor, got {seed!r}")
-
-
-def _neuron_args(x_seq: Tensor, decay_logit, width_param, width_shapes, thresh, *, reset, surrogate, p,
-                 training, seed):
-    """Check the arguments the fused neurons share; returns ``(thresh, seed, p, noise)`` with θ and
-    the seed as device tensors and ``noise`` the kernels' NOISE mode. ``x_seq``'s type, dtype and
-    rank are checked by the caller (see :func:`_check_input`)."""
-    if reset not in RESETS:
-        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
-    if surrogate not in SURROGATES:
-        raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p (the analog-mode probability) must be in [0, 1], got {p!r}")
-    seed = _seed_tensor(seed, x_seq)
-    _check_param("decay_logit", decay_logit, x_seq, {()})
-    _check_param("width_param", width_param, x_seq, width_shapes)
-    if isinstance(thresh, Tensor):
-        _check_param("thresh", thresh, x_seq, {()})
-    elif isinstance(thresh, (int, float)) and not isinstance(thresh, bool):
-        thresh = torch.full((), float(thresh), dtype=torch.float32, device=x_seq.device)
-    else:
-        raise ValueError(f"thresh must be a float or a 0-dim tensor, got {type(thresh).__name__}")
-    if not training or p == 0.0:
-        noise = NOISE_NONE
-    elif p == 1.0:
-        noise = NOISE_ALL
-    else:
-        noise = NOISE_DRAW
-    return thresh, seed, p, noise
-
-
-def _check_input(x_seq, name: str) -> None:
-    if not isinstance(x_seq, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x_seq).__name__}")
-    if x_seq.dtype not in DTYPES:
-        raise ValueError(f"{name} must have dtype in {DTYPES}, got {x_seq.dtype}")
 
 
 def lif_fused(
@@ -556,13 +541,13 @@ def lif_fused(
     Returns:
         ``y_seq``, or ``(y_seq, mask)`` with ``return_mask=True``.
     """
-    _check_input(x_seq, "x_seq")
+    check_input(x_seq, "x_seq")
     if x_seq.dim() < 2:
         raise ValueError(f"x_seq must be [T, B, ...] with at least 2 dims, got shape {tuple(x_seq.shape)}")
     channels = x_seq.shape[2] if x_seq.dim() >= 3 else None
     if isinstance(width_param, Tensor) and width_param.dim() == 1 and channels is None:
         raise ValueError(f"a channel-wise width_param needs x_seq with a channel dim 2, got {tuple(x_seq.shape)}")
-    thresh, seed, p, noise = _neuron_args(
+    thresh, seed, p, noise = neuron_args(
         x_seq, decay_logit, width_param, {()} | ({(channels,)} if channels else set()), thresh,
         reset=reset, surrogate=surrogate, p=p, training=training, seed=seed,
     )

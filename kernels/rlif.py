@@ -51,17 +51,16 @@ from torch import Tensor
 
 from .common import (
     NOISE_DRAW,
-    STEPS_PER_DRAW,
+    element_words,
     lif_step,
+    lif_step_grads,
     load_neuron_params,
     p_threshold,
-    relaxation_grads,
     round_to,
-    spike_mode_bits,
-    spike_mode_of_step,
-    step_in_block,
+    spike_mode,
+    store_spike_mode,
 )
-from .lif import COMPILE_OPTIONS, _check_input, _check_param, _neuron_args
+from .host import COMPILE_OPTIONS, check_input, check_param, neuron_args
 
 # tl.dot needs at least 16 rows; one program per 16 batch rows keeps B = 32 on 2 SMs (the
 # recurrence is serial in T, so batch tiles are the only parallelism that needs no grid-wide sync).
@@ -109,25 +108,27 @@ def _rlif_fwd_kernel(
     # element b·H + h of one step = row0 + offs_l; int32 in registers, the int64 part is a scalar
     row0 = pid * BLOCK_B * H
     offs_l = offs_bl[:, None] * H + offs_h[None, :]
-    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_h, in_h, 1, H,
-                                       SIGMOID, CHANNEL_WIDTH)
+    lam, theta, k, k_h = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_h, in_h, 1, H,
+                                            SIGMOID, CHANNEL_WIDTH)
     seed = tl.load(seed_ptr)
     p_hi = p16.to(tl.uint32) << 16
     if CHANNEL_WIDTH:
         k = k[None, :]
+        k_h = k_h[None, :]
     # o[t-1] lives in buffer (t+1) % 2 (buffer 1 holds o[-1] = 0, zeroed by the launcher)
     scratch = scratch_ptr + pid * (2 * BLOCK_B * BLOCK_H)
     offs_s = offs_bl[:, None] * BLOCK_H + offs_h[None, :]
 
     v = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
     m = in_range  # not read unless NOISE == 2
-    bits = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.int32)
+    w = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.uint32)
     for t in range(0, T):
-        # Philox first, while the fewest tiles are live (its temporaries are the register peak)
+        # Philox first, while the fewest tiles are live (its temporaries are the register peak);
+        # the rows of a group of 4 need not sit in one thread here, so each element draws its group
         if NOISE == 2:
-            if step_in_block(t) == 0:
-                bits = spike_mode_bits(seed, t, (row0 + offs_l).to(tl.int32), p_hi)
-            m = spike_mode_of_step(bits, t)
+            if t % 2 == 0:
+                w = element_words(seed, t, row0 + offs_l)
+            m = spike_mode(w, t, p_hi)
         rec = _recurrent_matmul(scratch + ((t + 1) % 2) * (BLOCK_B * BLOCK_H), rt_ptr, H, offs_bl, offs_h,
                                 BLOCK_B, BLOCK_H, BLOCK_K)
         base = tl.cast(t, tl.int64) * B * H + row0
@@ -136,18 +137,12 @@ def _rlif_fwd_kernel(
         # the rounded value, so the backward (which only sees the stored u) recomputes these decisions
         u_stored = round_to(lam * v + wx + rec, u_ptr.dtype.element_ty)
         u = u_stored.to(tl.float32)
-        o, v, h, z = lif_step(u, theta, k, v_reset, m, NOISE, SIGMOID, HARD_RESET)
+        o, v, h, z = lif_step(u, theta, k_h, v_reset, m, NOISE, SIGMOID, HARD_RESET)
         tl.store(y_ptr + base + offs_l, round_to(theta * o, y_ptr.dtype.element_ty), mask=in_range)
         if STORE_U:
             tl.store(u_ptr + base + offs_l, u_stored, mask=in_range)
         if STORE_MASK:
-            if NOISE == 0:
-                mode = tl.full([BLOCK_B, BLOCK_H], 1, tl.int8)
-            elif NOISE == 1:
-                mode = tl.full([BLOCK_B, BLOCK_H], 0, tl.int8)
-            else:
-                mode = m.to(tl.int8)
-            tl.store(mask_ptr + base + offs_l, mode, mask=in_range)
+            store_spike_mode(mask_ptr + base, offs_l, in_range, m, NOISE)
         # padded rows/units feed 0 into the next step's dot
         o_next = round_to(tl.where(in_range, o, 0.0), scratch_ptr.dtype.element_ty)
         tl.store(scratch + (t % 2) * (BLOCK_B * BLOCK_H) + offs_s, o_next)
@@ -169,18 +164,19 @@ def _rlif_bwd_kernel(
     in_range = ((pid * BLOCK_B + offs_bl)[:, None] < B) & in_h[None, :]
     row0 = pid * BLOCK_B * H
     offs_l = offs_bl[:, None] * H + offs_h[None, :]
-    lam, theta, k = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_h, in_h, 1, H,
-                                       SIGMOID, CHANNEL_WIDTH)
+    lam, theta, k, k_h = load_neuron_params(decay_logit_ptr, width_ptr, theta_ptr, offs_h, in_h, 1, H,
+                                            SIGMOID, CHANNEL_WIDTH)
     seed = tl.load(seed_ptr)
     p_hi = p16.to(tl.uint32) << 16
     if CHANNEL_WIDTH:
         k = k[None, :]
+        k_h = k_h[None, :]
     # du[t+1] lives in buffer (t+1) % 2 (buffer T % 2 holds du[T] = 0, zeroed by the launcher)
     scratch = scratch_ptr + pid * (2 * BLOCK_B * BLOCK_H)
     offs_s = offs_bl[:, None] * BLOCK_H + offs_h[None, :]
 
     m = in_range  # not read unless NOISE == 2
-    bits = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.int32)
+    w = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.uint32)
     du_next = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)  # du[t+1]; du[T] = 0
     # parameter-gradient accumulators, summed over the batch rows every step: [BLOCK_H] vectors
     # cost ~1 register each where [BLOCK_B, BLOCK_H] tiles cost 16 (at 8 warps), and the column
@@ -194,35 +190,27 @@ def _rlif_bwd_kernel(
         # recompute step t from the stored u[t] (each Philox block redrawn once, in reverse; drawn
         # first, while the fewest tiles are live)
         if NOISE == 2:
-            if (t == T - 1) | (step_in_block(t) == STEPS_PER_DRAW - 1):
-                bits = spike_mode_bits(seed, t, (row0 + offs_l).to(tl.int32), p_hi)
-            m = spike_mode_of_step(bits, t)
+            if (t == T - 1) | (t % 2 == 1):
+                w = element_words(seed, t, row0 + offs_l)
+            m = spike_mode(w, t, p_hi)
         # dL/do[t] through u[t+1] = ... + o[t] @ Rᵀ
         do_rec = _recurrent_matmul(scratch + ((t + 1) % 2) * (BLOCK_B * BLOCK_H), r_ptr, H, offs_bl, offs_h,
                                    BLOCK_B, BLOCK_H, BLOCK_K)
         u = tl.load(u_ptr + base + offs_l, mask=in_range, other=0.0).to(tl.float32)
-        o, v, h, z = lif_step(u, theta, k, v_reset, m, NOISE, SIGMOID, HARD_RESET)
+        o, v, h, z = lif_step(u, theta, k_h, v_reset, m, NOISE, SIGMOID, HARD_RESET)
         # u[t+1] = λ·v[t] + ...: the dλ term of step t+1 and g = dL/dv[t]; carrying du[t+1] instead
         # of recomputing v[t-1] spares a second lif_step per step (and its registers)
         acc_lam += tl.sum(du_next * v, axis=0)
         dv = lam * du_next
 
         dy = tl.load(dy_ptr + base + offs_l, mask=in_range, other=0.0).to(tl.float32)
-        dh_dz, dh_dk = relaxation_grads(z, k, h, SIGMOID)
-        if HARD_RESET:
-            do = theta * dy + do_rec + dv * (v_reset - u)
-            dz = do * dh_dz
-            du = dz + dv * (1.0 - o)
-            acc_theta += tl.sum(dy * o - dz, axis=0)
-        else:
-            do = theta * dy + do_rec - dv * theta
-            dz = do * dh_dz
-            du = dz + dv
-            acc_theta += tl.sum(dy * o - dz - dv * o, axis=0)
+        du, d_theta, d_k = lif_step_grads(dy, theta * dy + do_rec, u, o, z, h, dv, theta, k, k_h, v_reset, NOISE,
+                                          SIGMOID, HARD_RESET, True)
+        acc_theta += tl.sum(d_theta, axis=0)
         du = tl.where(in_range, du, 0.0)
         tl.store(dwx_ptr + base + offs_l, round_to(du, dwx_ptr.dtype.element_ty), mask=in_range)
         tl.store(o_ptr + base + offs_l, round_to(o, o_ptr.dtype.element_ty), mask=in_range)
-        acc_k += tl.sum(tl.where(in_range, do * dh_dk, 0.0), axis=0)
+        acc_k += tl.sum(tl.where(in_range, d_k, 0.0), axis=0)
         du_next = du
         tl.store(scratch + (t % 2) * (BLOCK_B * BLOCK_H) + offs_s, du)
         tl.debug_barrier()
@@ -446,17 +434,17 @@ def recurrent_lif_fused(
     Returns:
         ``y_seq``, or ``(y_seq, mask)`` with ``return_mask=True``.
     """
-    _check_input(wx_seq, "wx_seq")
+    check_input(wx_seq, "wx_seq")
     if wx_seq.dim() != 3:
         raise ValueError(f"wx_seq must be [T, B, H], got shape {tuple(wx_seq.shape)}")
     T, B, H = wx_seq.shape
-    _check_param("recurrent_weight", recurrent_weight, wx_seq, {(H, H)})
+    check_param("recurrent_weight", recurrent_weight, wx_seq, {(H, H)})
     if triton.next_power_of_2(H) > MAX_BLOCK_H:
         raise ValueError(f"wx_seq has H = {H} hidden units; the fused kernel supports at most {MAX_BLOCK_H} "
                          "(use backend='torch')")
     if B * H >= 2**31:
         raise ValueError(f"wx_seq has {B * H} elements per time step; at most 2**31 - 1 are supported")
-    thresh, seed, p, noise = _neuron_args(
+    thresh, seed, p, noise = neuron_args(
         wx_seq, decay_logit, width_param, {(), (H,)}, thresh,
         reset=reset, surrogate=surrogate, p=p, training=training, seed=seed,
     )

@@ -193,7 +193,7 @@ _LIF_DIVISIBLE_BWD = ("dy_ptr", "u_ptr", "dx_ptr", "dk_ptr", "partial_ptr", *_PA
 
 
 def _label(kind, arch, dtype, constexprs):
-    flags = " ".join(f"{k}={int(v)}" for k, v in constexprs.items() if not k.startswith("BLOCK"))
+    flags = " ".join(f"{k}={int(v)}" for k, v in constexprs.items() if not k.startswith("BLOCK") and k != "VEC")
     return f"{kind} sm_{arch} {dtype} {flags}".rstrip()
 
 
@@ -204,34 +204,39 @@ def lif_config(block_n: int | None = None) -> tuple[int, int]:
     return next(c for c in CONFIGS if block_n in (None, c[0]))
 
 
-def lif_fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STORE_U, STORE_MASK=False,
-                 BLOCK_N=None) -> KernelSpec:
-    from asgl.kernels.common import STEPS_PER_DRAW
+def _lif_steps(STATIC_T):
+    """The static model's ``steps_per_iteration`` of a feed-forward neuron kernel: its loop's unrolled
+    steps, or ``-T`` for a kernel unrolled over all its ``T = STATIC_T`` steps (no loop)."""
+    from asgl.kernels.lif import STEPS_PER_ITERATION
 
+    return -STATIC_T if STATIC_T else int(STEPS_PER_ITERATION)
+
+
+def lif_fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STORE_U, STORE_MASK=False,
+                 BLOCK_N=None, STATIC_T=0) -> KernelSpec:
     block_n, num_warps = lif_config(BLOCK_N)
     signature = {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "u_ptr": f"*{dtype}", "mask_ptr": "*i8",
                  **_PARAMS, **_LIF_SIZES}
     constexprs = dict(NOISE=NOISE, SIGMOID=bool(SIGMOID), HARD_RESET=bool(HARD_RESET),
                       CHANNEL_WIDTH=bool(CHANNEL_WIDTH), STORE_U=bool(STORE_U), STORE_MASK=bool(STORE_MASK),
-                      BLOCK_N=block_n)
+                      STATIC_T=STATIC_T, BLOCK_N=block_n, VEC=block_n // (32 * num_warps))
     signature.update({k: "constexpr" for k in constexprs})
     label = _label("fwd", arch, dtype, constexprs) + ("" if BLOCK_N is None else f" BLOCK_N={block_n}")
     return KernelSpec("asgl.kernels.lif:_lif_fwd_kernel", signature, constexprs, _LIF_DIVISIBLE_FWD, arch, num_warps,
-                      label, dtype, int(STEPS_PER_DRAW), block_n / (32 * num_warps))
+                      label, dtype, _lif_steps(STATIC_T), block_n / (32 * num_warps))
 
 
-def lif_bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, BLOCK_N=None) -> KernelSpec:
-    from asgl.kernels.common import STEPS_PER_DRAW
-
+def lif_bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, BLOCK_N=None, STATIC_T=0) -> KernelSpec:
     block_n, num_warps = lif_config(BLOCK_N)
     signature = {"dy_ptr": f"*{dtype}", "u_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}", "dk_ptr": "*fp32",
                  "partial_ptr": "*fp32", **_PARAMS, **_LIF_SIZES}
     constexprs = dict(NOISE=NOISE, SIGMOID=bool(SIGMOID), HARD_RESET=bool(HARD_RESET),
-                      CHANNEL_WIDTH=bool(CHANNEL_WIDTH), BLOCK_N=block_n)
+                      CHANNEL_WIDTH=bool(CHANNEL_WIDTH), STATIC_T=STATIC_T, BLOCK_N=block_n,
+                      VEC=block_n // (32 * num_warps))
     signature.update({k: "constexpr" for k in constexprs})
     label = _label("bwd", arch, dtype, constexprs) + ("" if BLOCK_N is None else f" BLOCK_N={block_n}")
     return KernelSpec("asgl.kernels.lif:_lif_bwd_kernel", signature, constexprs, _LIF_DIVISIBLE_BWD, arch, num_warps,
-                      label, dtype, int(STEPS_PER_DRAW), block_n / (32 * num_warps))
+                      label, dtype, _lif_steps(STATIC_T), block_n / (32 * num_warps))
 
 
 def lif_finalize_spec(arch, *, SIGMOID, CHANNEL_WIDTH) -> KernelSpec:
@@ -316,44 +321,43 @@ def _bn_lif_spec(kernel, label, signature, constexprs, divisible, arch, num_warp
                       steps, per_thread)
 
 
-def _tile_label(tile, default):
-    return "" if tile is None or tuple(tile) == default else " TILE=" + "x".join(map(str, tile))
-
-
 def bn_lif_fwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, HAS_RESIDUAL, STORE_U,
-                    FOLD=False, tile=None):
+                    FOLD=False, STATIC_T=0, ALIGNED=True):
     """The forward; ``FOLD``: the inference launch folding γ, β and fp32 running buffers in-kernel;
-    ``tile``: ``(BLOCK_O, BLOCK_C, BLOCK_I)`` of the launch (``asgl.kernels.bn_lif._tiles``) when it is
-    not the default of :data:`BN_LIF_TILES` (fewer than 64 channels, a small spatial extent)."""
+    ``STATIC_T``: T <= 8 unrolled (0: the loop); ``ALIGNED``: rows of 4-aligned Philox groups."""
     sizes, const = _bn_lif_sizes(layout)
-    bo, bc, bi = tile or BN_LIF_TILES[layout, 1024]
+    bo, bc, bi = BN_LIF_TILES[layout, 1024]
     sig = {"x_ptr": f"*{dtype}", "r_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "u_ptr": f"*{dtype}", "mask_ptr": "*i8",
            "coef_ptr": "*fp32", "weight_ptr": "*fp32", "bias_ptr": "*fp32", "mean_ptr": "*fp32", "var_ptr": "*fp32",
            **_PARAMS, **sizes, "v_reset": "fp32", "p16": "i32", "eps": "fp32", "scale": "fp32"}
     flags = dict(NOISE=NOISE, SIGMOID=bool(SIGMOID), HARD_RESET=bool(HARD_RESET), CHANNEL_WIDTH=bool(CHANNEL_WIDTH),
                  HAS_RESIDUAL=bool(HAS_RESIDUAL), STORE_U=bool(STORE_U), STORE_MASK=False, FOLD=bool(FOLD))
-    const = {**const, **flags, "HAS_WEIGHT": bool(FOLD), "HAS_BIAS": bool(FOLD), "BLOCK_O": bo, "BLOCK_C": bc,
-             "BLOCK_I": bi}
+    const = {**const, **flags, "HAS_WEIGHT": bool(FOLD), "HAS_BIAS": bool(FOLD), "STATIC_T": STATIC_T,
+             "ALIGNED": bool(ALIGNED), "BLOCK_O": bo, "BLOCK_C": bc, "BLOCK_I": bi}
     label = (f"fwd sm_{arch} {dtype} {layout} " + " ".join(f"{k}={int(v)}" for k, v in flags.items())
-             + _tile_label(tile, BN_LIF_TILES[layout, 1024]))
+             + f" STATIC_T={STATIC_T}" + ("" if ALIGNED else " ALIGNED=0"))
     divisible = ("x_ptr", "r_ptr", "y_ptr", "u_ptr", "mask_ptr", "coef_ptr", "weight_ptr", "bias_ptr", "mean_ptr",
                  "var_ptr", *_PARAMS, "C" if layout == "channels_last" else "INNER")
-    return _bn_lif_spec("_bn_lif_fwd_kernel", label, sig, const, divisible, arch, 4, dtype, 1, 1024 / 128)
+    # the loop runs 2 steps per iteration; STATIC_T steps unrolled are the whole kernel (-T)
+    return _bn_lif_spec("_bn_lif_fwd_kernel", label, sig, const, divisible, arch, 4, dtype,
+                        -STATIC_T if STATIC_T else 2, 1024 / 128)
 
 
 def bn_lif_bwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, HAS_RESIDUAL, RECOMPUTE_T,
-                    tile=None):
+                    ALIGNED=True):
     sizes, const = _bn_lif_sizes(layout)
-    block = bn_lif_bwd_block(RECOMPUTE_T)
-    bo, bc, bi = tile or BN_LIF_TILES[layout, block]
+    from asgl.kernels.bn_lif import BLOCK, BWD_BLOCK
+
+    block = BWD_BLOCK[4 if RECOMPUTE_T <= 4 else 8] if RECOMPUTE_T else BLOCK
+    bo, bc, bi = BN_LIF_TILES[layout, block]
     sig = {"dy_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "r_ptr": f"*{dtype}", "u_ptr": f"*{dtype}",
            "g_ptr": f"*{dtype}", "partial_ptr": "*fp32", "chan_ptr": "*fp32", "coef_ptr": "*fp32", **_PARAMS,
            **sizes, "v_reset": "fp32", "p16": "i32"}
     flags = dict(NOISE=NOISE, SIGMOID=bool(SIGMOID), HARD_RESET=bool(HARD_RESET), CHANNEL_WIDTH=bool(CHANNEL_WIDTH),
                  HAS_RESIDUAL=bool(HAS_RESIDUAL), RECOMPUTE_T=RECOMPUTE_T)
-    const = {**const, **flags, "BLOCK_O": bo, "BLOCK_C": bc, "BLOCK_I": bi}
+    const = {**const, **flags, "ALIGNED": bool(ALIGNED), "BLOCK_O": bo, "BLOCK_C": bc, "BLOCK_I": bi}
     label = (f"bwd sm_{arch} {dtype} {layout} " + " ".join(f"{k}={int(v)}" for k, v in flags.items())
-             + _tile_label(tile, BN_LIF_TILES[layout, block]))
+             + ("" if ALIGNED else " ALIGNED=0"))
     divisible = ("dy_ptr", "x_ptr", "r_ptr", "u_ptr", "g_ptr", "partial_ptr", "chan_ptr", "coef_ptr", *_PARAMS,
                  "C" if layout == "channels_last" else "INNER")
     # the recomputing backward has no time loop: its RECOMPUTE_T steps are unrolled (steps = 0 tells
@@ -362,23 +366,14 @@ def bn_lif_bwd_spec(dtype, arch, layout, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_
                         -RECOMPUTE_T if RECOMPUTE_T else 1, block / 128)
 
 
-def bn_lif_bwd_block(recompute_t: int) -> int:
-    """The backward's tile size: :data:`asgl.kernels.bn_lif.BWD_BLOCK` when it recomputes the membrane
-    (``RECOMPUTE_T`` = T <= 8), else ``BLOCK``."""
-    from asgl.kernels.bn_lif import BLOCK, BWD_BLOCK
-
-    return BWD_BLOCK[4 if recompute_t <= 4 else 8] if recompute_t else BLOCK
-
-
-def bn_lif_stats_spec(dtype, arch, layout, tile=None):
+def bn_lif_stats_spec(dtype, arch, layout):
     sizes, const = _bn_lif_sizes(layout)
-    bo, bc, bi = tile or BN_LIF_TILES[layout, 1024]
+    bo, bc, bi = BN_LIF_TILES[layout, 1024]
     sig = {"x_ptr": f"*{dtype}", "partial_ptr": "*fp32", **sizes}
     const = {**const, "BLOCK_O": bo, "BLOCK_C": bc, "BLOCK_I": bi}
     divisible = ("x_ptr", "partial_ptr", "C" if layout == "channels_last" else "INNER")
-    return _bn_lif_spec("_bn_stats_kernel", f"stats sm_{arch} {dtype} {layout}"
-                        + _tile_label(tile, BN_LIF_TILES[layout, 1024]), sig, const, divisible, arch, 4, dtype, 0,
-                        1024 / 128)
+    return _bn_lif_spec("_bn_stats_kernel", f"stats sm_{arch} {dtype} {layout}", sig, const, divisible, arch, 4,
+                        dtype, 0, 1024 / 128)
 
 
 def bn_lif_apply_spec(dtype, arch):
@@ -389,25 +384,24 @@ def bn_lif_apply_spec(dtype, arch):
                         dtype, 0, 1024 / 128)
 
 
-def _coef_blocks(block_c=None):
+def _coef_blocks():
     from asgl.kernels.bn_lif import COEF_BLOCK_C, COEF_BLOCK_T
 
-    return {"BLOCK_T": COEF_BLOCK_T, "BLOCK_C": block_c or COEF_BLOCK_C}
+    return {"BLOCK_T": COEF_BLOCK_T, "BLOCK_C": COEF_BLOCK_C}
 
 
-def bn_lif_coef_spec(arch, *, BATCH_STATS=True, UPDATE_RUNNING=True, BLOCK_C=None):
+def bn_lif_coef_spec(arch, *, BATCH_STATS=True, UPDATE_RUNNING=True):
     """The per-channel coefficient kernel (fp32 buffers and affine parameters); no per-element work."""
     sig = {"partial_ptr": "*fp32", "weight_ptr": "*fp32", "bias_ptr": "*fp32", "run_mean_ptr": "*fp32",
            "run_var_ptr": "*fp32", "coef_ptr": "*fp32", "TILES": "i32", "C": "i32", "inv_n": "fp32",
            "unbias": "fp32", "momentum": "fp32", "eps": "fp32", "scale": "fp32"}
     const = {"BATCH_STATS": BATCH_STATS, "UPDATE_RUNNING": UPDATE_RUNNING, "HAS_WEIGHT": True, "HAS_BIAS": True,
-             **_coef_blocks(BLOCK_C)}
-    label = (f"coef sm_{arch} BATCH_STATS={int(BATCH_STATS)} UPDATE_RUNNING={int(UPDATE_RUNNING)}"
-             + (f" BLOCK_C={BLOCK_C}" if BLOCK_C else ""))
+             **_coef_blocks()}
+    label = f"coef sm_{arch} BATCH_STATS={int(BATCH_STATS)} UPDATE_RUNNING={int(UPDATE_RUNNING)}"
     return _bn_lif_spec("_bn_coef_kernel", label, sig, const, ("partial_ptr", "coef_ptr"), arch, 4, "fp32", 0, 1)
 
 
-def bn_lif_bwd_finalize_spec(arch, *, SIGMOID=True, CHANNEL_WIDTH=False, BATCH_STATS=True, BLOCK_C=None):
+def bn_lif_bwd_finalize_spec(arch, *, SIGMOID=True, CHANNEL_WIDTH=False, BATCH_STATS=True):
     """The backward's finalize kernel (fp32 parameters); no per-element work."""
     sig = {"chan_ptr": "*fp32", "partial_ptr": "*fp32", "coef_ptr": "*fp32", "k_ptr": "*fp32",
            "d_weight_ptr": "*fp32", "d_bias_ptr": "*fp32", **{k: "*fp32" for k in ("decay_logit_ptr", "width_ptr",
@@ -415,9 +409,9 @@ def bn_lif_bwd_finalize_spec(arch, *, SIGMOID=True, CHANNEL_WIDTH=False, BATCH_S
                                                                                   "d_theta_ptr")},
            "TILES": "i32", "SLOTS": "i32", "C": "i32", "inv_n": "fp32", "scale": "fp32"}
     const = {"BATCH_STATS": BATCH_STATS, "HAS_WEIGHT": True, "HAS_BIAS": True, "SIGMOID": SIGMOID,
-             "CHANNEL_WIDTH": CHANNEL_WIDTH, **_coef_blocks(BLOCK_C)}
+             "CHANNEL_WIDTH": CHANNEL_WIDTH, **_coef_blocks()}
     label = (f"bwd_finalize sm_{arch} SIGMOID={int(SIGMOID)} CHANNEL_WIDTH={int(CHANNEL_WIDTH)} "
-             f"BATCH_STATS={int(BATCH_STATS)}" + (f" BLOCK_C={BLOCK_C}" if BLOCK_C else ""))
+             f"BATCH_STATS={int(BATCH_STATS)}")
     return _bn_lif_spec("_bn_bwd_finalize_kernel", label, sig, const, ("chan_ptr", "partial_ptr", "coef_ptr", "k_ptr"),
                         arch, 4, "fp32", 0, 1)
 
@@ -452,6 +446,21 @@ def all_specs(fwd_spec, bwd_spec, archs=ARCHS) -> list[KernelSpec]:
     for arch, dtype, noise in itertools.product(archs, DTYPES, (0, 1, 2)):
         specs.append(fwd_spec(dtype, arch, NOISE=noise, SIGMOID=1, HARD_RESET=1, CHANNEL_WIDTH=0, STORE_U=True,
                               STORE_MASK=True))
+    return specs
+
+
+def static_t_specs(archs=ARCHS) -> list[KernelSpec]:
+    """The feed-forward neuron unrolled over a compile-time T (``STATIC_T`` = T <= 8): every T value
+    several times across dtype × NOISE mode × archs, forward and backward, the binary flags rotated
+    through the L4 covering array (the launches of the recipes' T = 2, 4, 8 and the odd T's last
+    steps without a draw partner)."""
+    specs = []
+    for arch, (i, dtype), noise in itertools.product(archs, enumerate(DTYPES), (0, 1, 2)):
+        sig, hard, chan = BINARY_L4[(noise + i + arch // 10) % 4]
+        flags = dict(NOISE=noise, SIGMOID=sig, HARD_RESET=hard, CHANNEL_WIDTH=chan)
+        j = noise + 3 * i + arch // 10
+        specs.append(lif_fwd_spec(dtype, arch, **flags, STORE_U=True, STATIC_T=1 + j % 8))
+        specs.append(lif_bwd_spec(dtype, arch, **flags, STATIC_T=1 + (j + 3) % 8))
     return specs
 
 

@@ -6,7 +6,7 @@ learnable width and decay, as in the networks' training step):
 * ``fused``    ``asgl.kernels.bn_lif.bn_lif_fused`` (GPU only);
 * ``bn+lif``   today's path: ``F.batch_norm`` on the folded tensor, then ``asgl.kernels.lif.lif_fused``
                (GPU only);
-* ``eager``    ``asgl.kernels.bn_lif.bn_lif_ref`` (batch norm, then the reference LIF loop).
+* ``eager``    ``asgl.kernels.bn_lif_ref.bn_lif_ref`` (batch norm, then the reference LIF loop).
 
 Bytes per element-step in units of the dtype size s (the design, held by
 ``tests/test_bn_lif.py::test_bytes_per_element_step``, which counts them from the kernels): fused
@@ -101,7 +101,8 @@ def saved_resnet18(args) -> None:
 
 def make_paths(C: int, device: str, p: float):
     """``{path: fn(x) -> y}`` over shared parameters, and the leaves that receive gradients."""
-    from asgl.kernels.bn_lif import bn_lif_fused, bn_lif_ref
+    from asgl.kernels.bn_lif import bn_lif_fused
+    from asgl.kernels.bn_lif_ref import bn_lif_ref
     from asgl.kernels.lif import lif_fused
 
     weight = torch.ones(C, device=device, requires_grad=True)

@@ -125,7 +125,10 @@ def _loop_shape(name: str, c: dict, threads: int) -> tuple:
         return 1, c["BLOCK_B"] * TABLE_RLIF_H / threads, -(-TABLE_RLIF_H // c["BLOCK_K"])
     if name in ("_bn_lif_fwd_kernel", "_bn_lif_bwd_kernel"):
         unrolled = static or c.get("RECOMPUTE_T", 0)
-        return (-unrolled if unrolled else 1), c["BLOCK_O"] * c["BLOCK_C"] * c["BLOCK_I"] / threads, 1
+        # the forward's loop (T > 8) runs 2 steps per iteration since it has an unrolled STATIC_T
+        # path (asgl.kernels.bn_lif), one before; the backward reading u runs one
+        looped = 2 if name == "_bn_lif_fwd_kernel" and "STATIC_T" in c else 1
+        return (-unrolled if unrolled else looped), c["BLOCK_O"] * c["BLOCK_C"] * c["BLOCK_I"] / threads, 1
     return 0, 1.0, 1
 
 

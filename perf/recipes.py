@@ -163,7 +163,8 @@ def fit(samples: list, efficiencies=None, latencies=None) -> dict:
             loss = _loss(samples, dict(issue_efficiency=e, dram_latency_us=lat))
             if loss < best:
                 (e0, l0), best = (e, lat), loss
-    near = [k for k, v in grid.items() if v <= best * 1.01 + 1e-12]
+    grid_best = min(grid.values())
+    near = [k for k, v in grid.items() if v <= grid_best * 1.01 + 1e-12]
     ranges = {"issue_efficiency": (min(k[0] for k in near), max(k[0] for k in near)),
               "dram_latency_us": (min(k[1] for k in near), max(k[1] for k in near))}
     constrained = {"issue_efficiency": efficiencies[0] < ranges["issue_efficiency"][0]

@@ -436,8 +436,10 @@ def _dest_regs(ins: _Ins) -> int:
     for tag, n in _WIDTH_REGS.items():
         if tag in ins.op:
             return n
-    if ins.name in ("HMMA", "LDSM"):
-        return 4
+    if ins.name in ("LDSM", "STSM"):  # .x1, .2, .4 matrices: one register each
+        return 4 if ins.op.endswith(".4") else 2 if ins.op.endswith(".2") else 1
+    if ins.name == "HMMA":  # the accumulator fragment: 4 fp32 or 2 packed fp16 registers
+        return 4 if ins.op.endswith("F32") else 2
     if "WIDE" in ins.mods:
         return 2
     return 1

@@ -146,7 +146,9 @@ def loop_cost(sass: str, spec: KernelSpec) -> LoopCost:
         raise ValueError(f"{spec.label}: no loop in the SASS")
     header, body = max(loops, key=lambda hb: len(hb[1]))
     inner = set().union(*(b for h, b in loops if b < body and b != body)) if len(loops) > 1 else set()
-    draw_weight = spec.steps_per_iteration / int(STEPS_PER_DRAW)
+    # a loop of one step per iteration draws in one iteration of STEPS_PER_DRAW; an unrolled one
+    # draws in every iteration (its draws are blocks of their own steps)
+    draw_weight = min(1.0, spec.steps_per_iteration / int(STEPS_PER_DRAW))
     instr = mufu = nbytes = 0.0
     smem_ops = 0
     for b in body:

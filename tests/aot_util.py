@@ -12,5 +12,5 @@ if str(ROOT) not in sys.path:
 
 from perf.aot import (  # noqa: E402,F401
     BINARY_L4, DTYPES, CompileResult, KernelSpec, all_specs, compile_kernels, compile_problems, config_specs,
-    covering_specs, register_table,
+    covering_specs, register_table, static_t_specs,
 )

@@ -28,7 +28,8 @@ from test_lif_kernel import (
 )
 
 import asgl.kernels.bn_lif as bn_mod
-from asgl.kernels.bn_lif import bn_lif_fused, bn_lif_ref
+from asgl.kernels.bn_lif import bn_lif_fused
+from asgl.kernels.bn_lif_ref import bn_lif_ref
 
 MODES = {"sg": (0.0, True), "mixed": (0.3, True), "analog": (1.0, True), "eval": (0.3, False)}
 SHAPES = {  # [B, C, ...] per step; ragged everywhere
@@ -36,6 +37,10 @@ SHAPES = {  # [B, C, ...] per step; ragged everywhere
     "channels_last": (2, 6, 5, 3),
     "3d": (37, 5),
     "4d": (2, 5, 19),
+    # rows of 4-aligned Philox groups (H·W or, channels-last, C a multiple of 4): a call per group of 4
+    # (or per row of 2) in one thread, the path the recipes' shapes take
+    "5d_x4": (2, 3, 4, 5),
+    "channels_last_x4": (3, 8, 3, 2),
 }
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # dtype, mode, layout, residual, reset, surrogate, granularity, statistics, T, small tiles
@@ -56,13 +61,16 @@ CASES = [
     (F16, "sg", "4d", True, "soft", "rectangle", "channel", "scaled", 5, True),
     (BF16, "mixed", "4d", False, "soft", "sigmoid", "layer", "batch", 2, True),
     (F32, "sg", "channels_last", True, "soft", "sigmoid", "layer", "batch", 8, False),
+    (BF16, "mixed", "5d_x4", True, "hard", "sigmoid", "layer", "batch", 3, False),
+    (F32, "mixed", "channels_last_x4", False, "soft", "rectangle", "channel", "running", 6, False),
+    (F16, "mixed", "5d_x4", False, "hard", "rectangle", "channel", "scaled", 10, False),
 ]
 
 
 @pytest.fixture(autouse=True)
 def nan_poisoned_outputs(monkeypatch):
     """Outputs the op allocates start as NaN, so an element the kernels never write fails a test."""
-    nan_poison(monkeypatch, bn_mod, "_alloc_like")
+    nan_poison(monkeypatch, bn_mod, "alloc_like")
 
 
 def small_tiles(monkeypatch):
@@ -81,7 +89,7 @@ def make_conv_output(T, shape, dtype, layout, device, seed=0):
     offset = 3.0 * torch.randn(C, generator=g)
     view = (1, 1, C) + (1,) * (len(shape) - 2)
     x = (x * spread.view(view) + offset.view(view)).to(dtype).to(device)
-    if layout == "channels_last":
+    if layout.startswith("channels_last"):
         x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     return x
 
@@ -254,7 +262,7 @@ def test_matches_reference(case, device, monkeypatch):
     r = None
     if residual:
         r = (0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))).to(dtype).to(device)
-        if layout == "channels_last":
+        if layout.startswith("channels_last"):
             r = r.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     C = shape[1]
     params = make_params(C if granularity == "channel" else None, surrogate, device)
@@ -291,11 +299,17 @@ def test_recompute_and_stored_membrane_agree(p, device, monkeypatch):
 
 
 @pytest.mark.interpret
-def test_mask_is_that_of_lif_fused(device):
-    """Same seed, same memory layout: the fused op draws the spike-mode mask ``lif_fused`` draws."""
+@pytest.mark.parametrize("layout,T", [("5d", 5), ("5d_x4", 3), ("5d_x4", 6), ("channels_last_x4", 4),
+                                      ("channels_last", 10), ("5d_x4", 11)])
+def test_mask_is_that_of_lif_fused(layout, T, device):
+    """Same seed, same memory layout: the fused op draws the spike-mode mask ``lif_fused`` draws,
+    whether its tiles share a Philox call per group of 4 (or per row of 2) or draw it per element, T
+    unrolled or in the loop (T > 8)."""
     from asgl.kernels.lif import lif_fused
 
-    x, bn, params = make_unit_inputs(device, T=5)
+    x = make_conv_output(T, SHAPES[layout], F32, layout, device)
+    bn = make_bn(x, "batch", device)
+    params = make_params(SHAPES[layout][1], "sigmoid", device)
     _, mask = bn_lif_fused(x, *bn[:4], *params, p=0.3, seed=21, return_mask=True)
     _, mask_lif = lif_fused(x, *params, p=0.3, seed=21, return_mask=True)
     assert torch.equal(mask, mask_lif)
@@ -488,14 +502,14 @@ def test_bytes_per_element_step(device, monkeypatch):
     params = make_params(None, "sigmoid", device)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)).to(BF16)
     streams = [x, dy]
-    alloc = bn_mod._alloc_like
+    alloc = bn_mod.alloc_like
 
     def recorded_alloc(like, dtype=None):
         out = alloc(like, dtype)
         streams.append(out)
         return out
 
-    monkeypatch.setattr(bn_mod, "_alloc_like", recorded_alloc)
+    monkeypatch.setattr(bn_mod, "alloc_like", recorded_alloc)
     counter = TrafficCounter(monkeypatch, streams)
     saved = {}
 
@@ -517,14 +531,14 @@ def test_bytes_per_element_step(device, monkeypatch):
     import asgl.kernels.lif as lif_mod
 
     counter_lif = TrafficCounter(monkeypatch, [])
-    lif_alloc = lif_mod._alloc_like
+    lif_alloc = lif_mod.alloc_like
 
     def recorded_lif_alloc(like, dtype=None):
         out = lif_alloc(like, dtype)
         counter_lif.streams.append(out)
         return out
 
-    monkeypatch.setattr(lif_mod, "_alloc_like", recorded_lif_alloc)
+    monkeypatch.setattr(lif_mod, "alloc_like", recorded_lif_alloc)
     z = torch.nn.functional.batch_norm(x.detach().flatten(0, 1), None, None, weight.detach(), bias.detach(),
                                        True).view(x.shape).requires_grad_()
     counter_lif.streams += [z, dy]

@@ -6,8 +6,10 @@ recomputing backward, which holds 2-4 elements per thread to stay free of spills
 memory with ``H·W`` a multiple of 16 (tiles run along H·W) and channels-last memory with C a
 multiple of 16 (``INNER == 1``, tiles run along C). The covering set takes every dtype, every NOISE
 mode, the three binary neuron flags rotated through an L4 covering array, the shortcut on and off,
-both tile orientations and the backward's three membrane sources (recomputed for T = 4 and T = 8,
-read from memory), on both architectures. Registers per kernel are printed with ``pytest -s``.
+both tile orientations, the forward's loop and its unrolled T (``STATIC_T`` = 1..8), the Philox
+groups shared per thread or drawn per element (``ALIGNED``) and the backward's three membrane sources
+(recomputed for T = 4 and T = 8, read from memory), on both architectures. Registers per kernel are
+printed with ``pytest -s``.
 """
 
 from __future__ import annotations
@@ -37,11 +39,15 @@ def covering_specs():
                 layout = ("contiguous", "channels_last")[(noise + i + arch // 10) % 2]
                 flags = dict(NOISE=noise, SIGMOID=sig, HARD_RESET=hard, CHANNEL_WIDTH=chan,
                              HAS_RESIDUAL=(noise + i) % 2)
-                specs.append(fwd_spec(dtype, arch, layout, **flags, STORE_U=noise == 1))
+                # the Philox groups shared in a thread or drawn per element (ALIGNED, NOISE = 2 only)
+                aligned = (noise + i + arch // 10) % 2 == 0
+                specs.append(fwd_spec(dtype, arch, layout, **flags, STORE_U=noise == 1, ALIGNED=aligned))
+                specs.append(fwd_spec(dtype, arch, layout, **flags, STORE_U=False, ALIGNED=not aligned,
+                                      STATIC_T=1 + (noise + 3 * i + arch // 10) % 8))
                 if noise == 0:
                     specs.append(fwd_spec(dtype, arch, layout, **flags, STORE_U=False, FOLD=True))
                 for recompute_t in (4, 8, 0):
-                    specs.append(bwd_spec(dtype, arch, layout, **flags, RECOMPUTE_T=recompute_t))
+                    specs.append(bwd_spec(dtype, arch, layout, **flags, RECOMPUTE_T=recompute_t, ALIGNED=aligned))
     return specs
 
 

@@ -5,7 +5,8 @@ and stores of the [T, N] tensors 16 bytes wide (``.v4.b32``: 4 fp32 or 8 fp16/bf
 N is a multiple of 16, which is the case the JIT specialises; the one configuration with 4 neurons
 per thread (BLOCK_N = 128) keeps them 8 bytes wide in 16-bit dtypes. The default run compiles a
 covering subset (every dtype, every value of every constexpr, both kernels, both archs), every
-launch configuration :func:`asgl.kernels.lif._launch_config` can choose, and the finalize kernel; a
+launch configuration :func:`asgl.kernels.lif._launch_config` can choose, the kernels unrolled over
+a compile-time T (``STATIC_T`` = 1..8, each several times), and the finalize kernel; a
 second test (``slow``: ``make test-all``) compiles every specialisation ``asgl.kernels.lif`` can
 launch at the default configuration (5-8 minutes on 2 cores since the time loops are unrolled by 8;
 the covering subset keeps every pair of flag values in the normal run).
@@ -17,7 +18,9 @@ import itertools
 
 import pytest
 
-from aot_util import all_specs, compile_kernels, compile_problems, config_specs, covering_specs, register_table
+from aot_util import (
+    all_specs, compile_kernels, compile_problems, config_specs, covering_specs, register_table, static_t_specs,
+)
 from perf.aot import lif_bwd_spec, lif_finalize_spec, lif_fwd_spec
 
 
@@ -39,7 +42,7 @@ def check(results):
 
 
 def test_aot_covering_specialisations_and_configurations():
-    specs = covering_specs(lif_fwd_spec, lif_bwd_spec) + config_specs()
+    specs = covering_specs(lif_fwd_spec, lif_bwd_spec) + config_specs() + static_t_specs()
     results = compile_kernels(specs, jobs=2)
     check(results)
     register_table(results)

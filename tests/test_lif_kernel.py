@@ -47,7 +47,7 @@ MODES = {"sg": (0.0, True), "mixed": (0.3, True), "analog": (1.0, True), "eval":
 @pytest.fixture(autouse=True)
 def nan_poisoned_outputs(monkeypatch):
     """Outputs the op allocates start as NaN, so an element the kernel never writes fails a test."""
-    nan_poison(monkeypatch, lif_mod, "_alloc_like")
+    nan_poison(monkeypatch, lif_mod, "alloc_like")
 
 
 def make_params(channels, surrogate, device, *, decay=0.3, width=1.5, thresh=1.0, grad=True):
@@ -323,6 +323,53 @@ def test_analog_fraction_and_seeds(device):
     assert lif_fused(x, *params, p=0.0, return_mask=True)[1].all()
     assert not lif_fused(x, *params, p=1.0, return_mask=True)[1].any()
     assert lif_fused(x, *params, p=0.3, training=False, return_mask=True)[1].all()
+
+
+def philox4x32_10(counter, k0, k1):
+    """Philox-4x32-10 of the counters ``(counter, 0, 0, 0)`` (uint32 array) under the key ``(k0, k1)``,
+    in numpy: the four words, as Salmon et al. define it (``tl.randint4x``'s function)."""
+    import numpy as np
+
+    mask32 = np.uint64(0xFFFFFFFF)
+    c0, c1, c2, c3 = (counter.astype(np.uint64), np.zeros_like(counter, np.uint64),
+                      np.zeros_like(counter, np.uint64), np.zeros_like(counter, np.uint64))
+    k0, k1 = np.uint64(k0), np.uint64(k1)
+    for _ in range(10):
+        p0, p2 = c0 * np.uint64(0xD2511F53), c2 * np.uint64(0xCD9E8D57)
+        c0, c2, c1, c3 = (p2 >> np.uint64(32)) ^ c1 ^ k0, (p0 >> np.uint64(32)) ^ c3 ^ k1, p2 & mask32, p0 & mask32
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask32, (k1 + np.uint64(0xBB67AE85)) & mask32
+    return c0, c1, c2, c3
+
+
+def keyed_spike_mode(seed: int, T: int, N: int, p: float):
+    """The spike-mode mask ``[T, N]`` the documented keying gives (``asgl.kernels.common``): element n at
+    step t reads word ``n % 4`` of the Philox call keyed ``(seed, t // 2)`` with counter ``n // 4``, its
+    16 bits ``16·(t % 2)`` up, spike mode when they are ``>= p16``."""
+    import numpy as np
+
+    from asgl.kernels.common import p_threshold
+
+    n = np.arange(N)
+    rows = []
+    for t in range(T):
+        words = np.stack(philox4x32_10((n // 4).astype(np.uint32), seed, t // 2))
+        r = (words[n % 4, n] >> np.uint64(16 * (t % 2))) & np.uint64(0xFFFF)
+        rows.append(r >= p_threshold(p))
+    return torch.from_numpy(np.stack(rows))
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("T", [1, 2, 5, 11], ids=lambda T: f"T{T}")
+def test_mask_is_the_documented_keying(T, device):
+    """The in-kernel draw is a pure function of (seed, t, n): the mask equals the keying computed in
+    numpy, for T unrolled (odd T: a last step whose draw partner does not exist) and the loop (T > 8),
+    N prime (a ragged last group); and the backward redraws the same mask (the gradient through a
+    replay of it equals the fused one, tested everywhere else)."""
+    N, p, seed = 1031, 0.3, 2**31 - 17
+    x = make_input((T, N), torch.float32, device)
+    params = make_params(None, "sigmoid", device, grad=False)
+    _, mask = lif_fused(x, *params, p=p, seed=seed, return_mask=True)
+    assert torch.equal(mask.cpu(), keyed_spike_mode(seed, T, N, p))
 
 
 def saved_tensors(fn):

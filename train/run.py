@@ -474,7 +474,7 @@ class FiringRates:
         self.counts = torch.zeros(len(self.names), device=device, dtype=torch.float64)
         self.totals = [0] * len(self.names)
         for i, (_, mod) in enumerate(self.lifs):
-            mod.register_forward_hook(self._hook(i))
+            asgl.bn_lif.neuron_output_module(model, mod).register_forward_hook(self._hook(i))
 
     def _hook(self, index: int):
         def hook(module, inputs, output):

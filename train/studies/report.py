@@ -364,7 +364,8 @@ def per_sample_step_cost(model: str, classes: int, shape: tuple) -> tuple[float,
     net = asgl.create_model(model, num_classes=classes, T=1, in_channels=shape[0], p=0.0).eval()
     neurons = [0]
     for m in asgl.neurons(net):
-        m.register_forward_hook(lambda _m, _i, out: neurons.__setitem__(0, neurons[0] + out.numel()))
+        asgl.bn_lif.neuron_output_module(net, m).register_forward_hook(
+            lambda _m, _i, out: neurons.__setitem__(0, neurons[0] + out.numel()))
     # sequence and event models take [B, T, ...]; image models take a static [B, C, H, W]
     x = torch.zeros(1, 1, *shape) if model in ("shd_rnn", "vggsnn") else torch.zeros(1, *shape)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
