@@ -3,7 +3,12 @@
 **Shape table** (``python perf/static_model.py --recipes``): every neuron op of one training step of
 each recipe (:data:`perf.launches.RECIPES`; shapes from the networks, :func:`perf.launches.recipe_ops`)
 with its predicted time, bound and % of copy bandwidth on H100 and H200, and per recipe the step's
-total elementwise time (the sum of its ops) with the host's launch cost beside it.
+total elementwise time (the sum of its ops) with the host's launch cost beside it. A row: ``recipe``
+(the config file, and any override), ``launch`` (module and op), ``T``, ``N`` (elements per step),
+``kernels``, ``issued_instructions_per_element_step`` (every kernel of the op: lane-instructions over
+T·N), ``bound`` (H200) and ``bound_h100``, ``predicted_ms_h100`` / ``_h200``,
+``predicted_pct_of_copy_bw_h100`` / ``_h200``, ``slowest_kernel`` and its bound on H200, and
+``assumed_branches`` (data-dependent branches of its per-element kernels taken as not taken: none).
 
 **Calibration** (``python perf/static_model.py --calibrate RESULTS.jsonl``): the two free parameters
 (:data:`perf.devices.FREE_PARAMETERS`) fitted by least squares on ``log(predicted / measured)``

@@ -1,17 +1,20 @@
 """Static performance model of the fused neuron kernels, from their compiled SASS (no GPU needed).
 
-Every specialisation that training and evaluation launch is compiled ahead of time for sm_90 (and
-sm_80) on the CPU (:mod:`perf.aot`) and disassembled with the ``nvdisasm`` that ships with triton.
+The launches a neuron op makes are recorded from its own launcher (:mod:`perf.launches`), each
+distinct specialisation is compiled ahead of time for sm_90 (and sm_80) on the CPU (:mod:`perf.aot`)
+and disassembled with the ``nvdisasm`` that ships with triton.
 
 **Counts.** From the SASS control-flow graph (:mod:`perf.sass`): registers, spills, shared memory,
 resident programs per SM; the steady state of the time loop (the outermost natural loop: SASS
-instructions per element-step of one long-T iteration, a Philox block counting 1/8 per step, the
-budgets' measure); and, at the launch's own T and N, the *issued* instructions: the path one warp
-runs, got by executing the kernel's integer, predicate and branch instructions with the launch's
-arguments (:func:`perf.sass.run`). The prologue, the ⌈T/8⌉ iterations of an 8-step loop with the
-guarded steps the last one skips (``if t0 + j < T``), a fully unrolled T <= 8 path, the epilogue:
-whatever the compiler emitted for that T is what is counted. Why execution rather than a per-step
-attribution of blocks or a compile with T known: :mod:`perf.sass`'s docstring.
+instructions per element-step of one long-T iteration, a Philox block counting once per the steps
+it serves, the steady-state budgets' measure); and, at the launch's own T and N, the *issued*
+instructions: the path one warp runs, got by executing the kernel's integer, predicate and branch
+instructions with the launch's arguments (:func:`perf.sass.run`). The prologue, the ⌈T/8⌉
+iterations of an 8-step loop with the guarded steps the last one skips (``if t0 + j < T``), a fully
+unrolled T <= 8 kernel, the epilogue: whatever the compiler emitted for that T is what is counted.
+Why execution rather than a per-step attribution of blocks or a compile with T known:
+:mod:`perf.sass`'s docstring. DRAM bytes are the path's global accesses whose address differs per
+thread, less those every program repeats and those of the per-channel tables (L2 hits).
 
 **Time of a launch** (:func:`predict_kernel`), on a device of :mod:`perf.devices`, with ``P``
 programs of ``W`` warps, ``R`` resident per SM, ``S`` SMs, per program ``B`` DRAM bytes, ``I``
@@ -27,24 +30,26 @@ instructions per thread, ``I_k`` of them on pipe k, ``L`` global-load round trip
 * waves    the same terms per wave of ``S·R`` programs, the last (partial) wave counted on its own:
   its programs still wait their ``L·λ`` however few they are (T = 250 on few programs)
 
+(with fewer programs than SMs each SM runs one: the terms per SM are never below one program's).
 The launch takes the largest (``waves`` when the wave quantisation adds more than 5 % to the largest
 whole-launch term) plus the GPU-side gap between kernels (``launch`` when that gap exceeds the
 kernel). An op (a LIF forward; a batch norm + LIF backward = neuron, finalize and apply kernels) is
 the sum of its launches; its % of copy bandwidth is its bytes at copy bandwidth over that sum.
 
-    python perf/static_model.py                                  # every specialisation, T = 4
+    python perf/static_model.py                                  # every launch at T = 4, N = 2^24
     python perf/static_model.py --kernels lif --dtypes bf16 --T 2,4,8 --json perf/out/static_t.json
-    python perf/static_model.py --recipes --json perf/out/recipes.json [--batch 256]
+    python perf/static_model.py --recipes --json perf/out/recipes.json --markdown perf/out/recipes.md
     python perf/static_model.py --calibrate perf/out/<run>/neuron.jsonl
     python perf/static_model.py --write-baseline                 # rewrite perf/static_baseline.json
 
 ``--json`` rows: the compile's fields (``kernel``, ``arch``, ``dtype``, the constexprs, ``regs``,
 ``spills``, ``loop_instructions_per_element_step`` (steady state), ``bytes_per_element_step``,
 ``mufu_per_element_step``, ...) and, at ``T`` and ``N``: ``issued_instructions_per_element_step``,
-``bound`` (H200), ``bound_h100``, ``predicted_pct_of_copy_bw_h100`` / ``_h200`` (issue efficiency
-0.8 unless ``--issue-efficiency``). ``--recipes`` rows: ``recipe``, ``launch``, ``T``, ``N``,
-``bound``, ``predicted_ms_h100`` / ``_h200``, ``predicted_pct_of_copy_bw_h100`` / ``_h200``. The
-calibration rows: :mod:`perf.calibrate`.
+``dram_bytes_per_element_step``, ``round_trips``, ``pipes``, ``bound`` (H200), ``bound_h100``,
+``predicted_us_h100`` / ``_h200``, ``predicted_pct_of_copy_bw_h100`` / ``_h200`` (issue efficiency
+0.8 unless ``--issue-efficiency``). ``--recipes`` rows (:mod:`perf.recipes`): ``recipe``, ``launch``,
+``T``, ``N``, ``bound``, ``predicted_ms_h100`` / ``_h200``, ``predicted_pct_of_copy_bw_h100`` /
+``_h200``. The calibration's rows: :mod:`perf.recipes`.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ from perf.devices import (  # noqa: E402
 from perf.launches import (  # noqa: E402
     KernelLaunch, kernel_params, lif_op, pointer_offsets, table_launches, table_offsets,
 )
-from perf.sass import access_bytes, natural_loops, parse_sass, run  # noqa: E402  (parse_sass: the tests')
+from perf.sass import SassError, access_bytes, natural_loops, parse_sass, run  # noqa: E402  (parse_sass: the tests')
 
 BASELINE = ROOT / "perf" / "static_baseline.json"
 PHILOX_CONSTANTS = ("0xd2511f53", "-0x2daee0ad", "0xcd9e8d57", "-0x326172a9")
@@ -359,7 +364,10 @@ def launch_row(launch: KernelLaunch, T: int, N: int, params: dict | None = None)
     row = analyse(result)
     if result.error:
         return row
-    cost = kernel_cost(launch)
+    try:
+        cost = kernel_cost(launch)
+    except SassError as e:  # a path the executor cannot decide: reported in the row, the table goes on
+        return dict(row, error=f"SASS path at T = {T}: {e}")
     reads, writes = cost.read_bytes, cost.write_bytes
     steps = T * launch.spec.elements_per_thread * 32 * launch.spec.num_warps
     row.update(T=T, N=N, programs=launch.programs, grid=list(launch.grid), issued_instructions=cost.instructions,

@@ -8,9 +8,9 @@ bf16, sigmoid, hard reset, layer width, storing u — the path every recipe trai
   forward p = 0 <= 20, 0 < p < 1 <= 32; backward p = 0 <= 36, 0 < p < 1 <= 44;
 * at the recipes' T, the instructions a warp issues (prologue, the iterations with the steps the last
   one skips, epilogue) per element-step (``perf.static_model.T_BUDGETS``): at T = 4 and 8 forward
-  <= 16 and 30, backward <= 34 and 40; at T = 2 <= 20, 34, 36, 44. An H200 pass at issue efficiency
-  0.8 stays memory bound below about 37 instructions per element-step (6 B at 4.32 TB/s against
-  26.8 T lane-instructions/s).
+  <= 16 and 30, backward <= 34 and 40; at T = 2 <= 20, 34, 36, 44; and no spills in what those T
+  launch. An H200 pass at issue efficiency 0.8 stays memory bound below about 37 instructions per
+  element-step (6 B at 4.32 TB/s against 26.8 T lane-instructions/s).
 
 The rectangle, soft-reset, channel-width, fp32 and fp16 variants have no budget of their own but may
 not regress by more than 15 % against ``perf/static_baseline.json`` (rewritten by ``python
@@ -122,6 +122,8 @@ def issued():
 def test_issued_budget_at_the_recipes_T(issued, T, kind, noise):
     cost = issued[(T, kind, noise)]
     assert cost.assumed == 0, f"{cost.label}: {cost.assumed} data-dependent branches taken as not taken"
+    result = _compiled(_main_launch(kind, noise, T).spec)  # what this T launches (an unrolled kernel at T <= 8)
+    assert result.spill_bytes == 0, f"{cost.label}: {result.spill_bytes} B of spills"
     budget = T_BUDGETS[T][(kind, noise)]
     assert cost.per_element_step <= budget, (
         f"{_name(kind, noise)} at T = {T}: {cost.per_element_step:.2f} issued instructions per element-step "
