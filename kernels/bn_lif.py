@@ -58,8 +58,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    ELEMENTS_PER_DRAW, NOISE_DRAW, chunk_words, element_words, finalize_neuron_scalars, lif_step, lif_step_grads,
-    load_neuron_params, p_threshold, round_to, spike_mode, store_spike_mode,
+    ELEMENTS_PER_DRAW, NOISE_DRAW, chunk_words, element_words, finalize_neuron_scalars, layout_anchor, lif_step,
+    lif_step_grads, load_neuron_params, p_threshold, round_to, row_anchor, spike_mode, store_spike_mode,
 )
 from .host import COMPILE_OPTIONS, alloc_like, check_input, kernel_order, neuron_args
 from .bn_lif_ref import check_bn_args
@@ -159,14 +159,15 @@ def _channel_sum(v, in_range, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _words(seed, t, offs, row0, lane, VEC: tl.constexpr, ALIGNED: tl.constexpr):
+def _words(seed, t, x, offs, row0, lane, VEC: tl.constexpr, ALIGNED: tl.constexpr):
     """Each element's Philox word of step ``t``'s draw (:mod:`asgl.kernels.common`): a call per 4
     elements (``VEC`` >= 4) or per row of 2 when every row starts at a multiple of ``min(VEC, 4)``
-    (``ALIGNED``: see :func:`_aligned`), else one per element."""
+    (``ALIGNED``: see :func:`_aligned`), else one per element; ``x`` a value loaded this step, which
+    keeps the draw in the tile's layout (:func:`asgl.kernels.common.layout_anchor`)."""
     if ALIGNED:
-        w = chunk_words(seed, t, row0, lane, VEC)
+        w = chunk_words(seed, t, row0, lane, row_anchor(x), VEC)
     else:
-        w = element_words(seed, t, offs)
+        w = element_words(seed, t, offs, layout_anchor(x))
     return w
 
 
@@ -382,7 +383,7 @@ def _bn_lif_fwd_kernel(
                                             HAS_RESIDUAL)
             if NOISE == 2:
                 if t % 2 == 0:
-                    w = _words(seed, t, offs, row0, lane, VEC, ALIGNED)
+                    w = _words(seed, t, x, offs, row0, lane, VEC, ALIGNED)
                 m = spike_mode(w, t, p_hi)
             v = _fwd_step(t, x, r, y_ptr, u_ptr, mask_ptr, v, m, N, offs, in_range, mean, a, beta, lam, theta, k_h,
                           v_reset, NOISE, SIGMOID, HARD_RESET, HAS_RESIDUAL, STORE_U, STORE_MASK, t == 0)
@@ -394,7 +395,7 @@ def _bn_lif_fwd_kernel(
             x_next, r_next = _load_step(x_ptr, r_ptr, tl.cast(t0 + 1, tl.int64) * N + offs,
                                         in_range & (tl.full([1, 1, 1], t0 + 1, tl.int32) < T), HAS_RESIDUAL)
             if NOISE == 2:
-                w = _words(seed, t0, offs, row0, lane, VEC, ALIGNED)
+                w = _words(seed, t0, x, offs, row0, lane, VEC, ALIGNED)
                 m = spike_mode(w, 0, p_hi)
             v = _fwd_step(t0, x, r, y_ptr, u_ptr, mask_ptr, v, m, N, offs, in_range, mean, a, beta, lam, theta, k_h,
                           v_reset, NOISE, SIGMOID, HARD_RESET, HAS_RESIDUAL, STORE_U, STORE_MASK, False)
@@ -458,7 +459,7 @@ def _bn_lif_bwd_kernel(
                                             HAS_RESIDUAL)
             if NOISE == 2:
                 if t % 2 == 0:
-                    ws = ws + (_words(seed, t, offs, row0, lane, VEC, ALIGNED),)
+                    ws = ws + (_words(seed, t, x, offs, row0, lane, VEC, ALIGNED),)
                 m = spike_mode(ws[t // 2], t, p_hi)
             inp = _bn_in(x, r, mean, a, beta, HAS_RESIDUAL)
             if t == 0:
@@ -498,7 +499,7 @@ def _bn_lif_bwd_kernel(
         u = tl.load(u_ptr + tl.cast(t_last, tl.int64) * N + offs, mask=in_range, other=0.0).to(tl.float32)
         w = tl.zeros(offs.shape, dtype=tl.uint32)
         if NOISE == 2:
-            w = _words(seed, t_last, offs, row0, lane, VEC, ALIGNED)
+            w = _words(seed, t_last, u, offs, row0, lane, VEC, ALIGNED)
             m = spike_mode(w, t_last, p_hi)
         o, v, h, z = lif_step(u, theta, k_h, v_reset, m, NOISE, SIGMOID, HARD_RESET)
         for i in range(0, T):
@@ -509,7 +510,7 @@ def _bn_lif_bwd_kernel(
             u_prev = tl.load(u_ptr + (offs_t - N), mask=in_range & has_prev, other=0.0).to(tl.float32)
             if NOISE == 2:
                 if (t > 0) & ((t - 1) % 2 == 1):
-                    w = _words(seed, t - 1, offs, row0, lane, VEC, ALIGNED)
+                    w = _words(seed, t - 1, u_prev, offs, row0, lane, VEC, ALIGNED)
                 m = spike_mode(w, t + 1, p_hi)  # the parity of t - 1, never negative
             o_prev, v_prev, h_prev, z_prev = lif_step(u_prev, theta, k_h, v_reset, m, NOISE, SIGMOID, HARD_RESET)
             v_prev = tl.where(has_prev, v_prev, 0.0)

@@ -60,14 +60,16 @@ def p_threshold(p: float) -> int:
 
 
 @triton.jit
-def round_to(x, DTYPE: tl.constexpr):
+def round_to(x, DTYPE: tl.constexpr, PAIRED: tl.constexpr = True):
     """``x`` (float32) rounded to nearest-even in ``DTYPE``, returned in ``DTYPE``.
 
-    On a GPU a 16-bit dtype is rounded two values per instruction (``cvt.rn.bf16x2.f32`` /
-    ``cvt.rn.f16x2.f32``: one ``F2FP`` where single conversions cost two ``F2F`` and a ``PRMT`` to
-    pack them). Under the interpreter, whose float32 -> bfloat16 cast truncates, bfloat16 is rounded
-    on the bits, which gives the same value (the final cast of an already representable value is
-    exact either way). Finite values only.
+    On a GPU a 16-bit dtype is rounded two values per instruction with ``PAIRED``
+    (``cvt.rn.bf16x2.f32`` / ``cvt.rn.f16x2.f32``: one ``F2FP`` where single conversions cost two
+    ``F2F`` and a ``PRMT`` to pack them; the feed-forward kernels' rows hold consecutive pairs). The
+    recurrent kernel's tiles are laid out for its product, where pairing cost registers (sm_90
+    forward at p = 0: 118 against 80): it converts one value at a time. Under the interpreter, whose
+    float32 -> bfloat16 cast truncates, bfloat16 is rounded on the bits, which gives the same value
+    (the final cast of an already representable value is exact either way). Finite values only.
     """
     if INTERPRET:
         if DTYPE == tl.bfloat16:
@@ -76,10 +78,10 @@ def round_to(x, DTYPE: tl.constexpr):
             y = ((bits >> 16) << 16).to(tl.float32, bitcast=True).to(tl.bfloat16)
         else:
             y = x.to(DTYPE)
-    elif DTYPE == tl.bfloat16:
+    elif PAIRED and DTYPE == tl.bfloat16:
         y = tl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,r,r", [x], dtype=tl.bfloat16,
                                       is_pure=True, pack=2)
-    elif DTYPE == tl.float16:
+    elif PAIRED and DTYPE == tl.float16:
         y = tl.inline_asm_elementwise("cvt.rn.f16x2.f32 $0, $2, $1;", "=r,r,r", [x], dtype=tl.float16,
                                       is_pure=True, pack=2)
     else:
@@ -183,6 +185,38 @@ def philox4x32(c0, k0, k1):
 
 
 @triton.jit
+def layout_anchor(x):
+    """An int32 zero that depends on ``x``, to add to the Philox counters of a draw.
+
+    Triton lays out the values that derive from a load like the load (a row of ``VEC`` neurons per
+    thread) but may give a chain that starts from ``tl.arange`` alone, like a draw's counters, its
+    default layout (triton 3.6 does: the draw then runs 8 times per thread, its spike-mode bits
+    cross to the load's layout through shared memory, and the noisy forward at T = 4 issued 73.7
+    instructions per element-step instead of 26); deriving the counters from a loaded value puts the
+    draw in the load's layout. On a GPU the zero is an opaque ``mov`` (ptxas folds the add and drops
+    the dependency: no instruction left); the interpreter has no layouts.
+    """
+    if INTERPRET:
+        zero = 0
+    else:
+        zero = tl.inline_asm_elementwise("mov.b32 $0, 0;", "=r,r", [x.to(tl.float32).to(tl.int32, bitcast=True)],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+    return zero
+
+
+@triton.jit
+def _first(a, b):
+    return a
+
+
+@triton.jit
+def row_anchor(x):
+    """:func:`layout_anchor` of each row of ``x`` (its last dim, in one thread), shaped like ``x`` with
+    a last dim of 1: the row's first element, which the reduction picks in registers at no cost."""
+    return layout_anchor(tl.reduce(x, len(x.shape) - 1, _first, keep_dims=True))
+
+
+@triton.jit
 def draw_words(seed, t, counter):
     """The four Philox words of the call ``(seed, t // 2, counter)`` (``counter`` int32): word e serves
     element ``4·counter + e`` at steps ``2·(t // 2)`` and ``2·(t // 2) + 1``. The key
@@ -199,16 +233,16 @@ def _word_of(w0, w1, w2, w3, e):
 
 
 @triton.jit
-def chunk_words(seed, t, row0, lane, VEC: tl.constexpr):
+def chunk_words(seed, t, row0, lane, anchor, VEC: tl.constexpr):
     """Each element's word of step ``t``'s draw, for a tile whose last dim holds ``VEC`` consecutive
     elements of one thread (a row) that start at the flat index ``row0`` (int64, shaped like the tile
     with a last dim of 1), a multiple of ``min(VEC, 4)``; ``lane`` is the position in the row (a last
-    dim of ``VEC``). The Philox calls run on the ``[..., 1]`` tensor and their words broadcast along
-    the row: one call per 4 elements when ``VEC`` is a multiple of 4 (``lane`` is a compile-time
-    constant per register, so the selects fold), one per row of 2 when ``VEC`` is 2 (both rows of a
-    group draw it)."""
+    dim of ``VEC``; ``anchor`` the :func:`row_anchor` of a value loaded in the tile's layout). The
+    Philox calls run on the ``[..., 1]`` tensor and their words broadcast along the row: one call per
+    4 elements when ``VEC`` is a multiple of 4 (``lane`` is a compile-time constant per register, so
+    the selects fold), one per row of 2 when ``VEC`` is 2 (both rows of a group draw it)."""
     if VEC >= ELEMENTS_PER_DRAW:
-        group0 = (row0 // ELEMENTS_PER_DRAW).to(tl.int32)
+        group0 = (row0 // ELEMENTS_PER_DRAW).to(tl.int32) + anchor
         for g in tl.static_range(VEC // ELEMENTS_PER_DRAW):
             w0, w1, w2, w3 = draw_words(seed, t, group0 + g)
             wg = _word_of(w0, w1, w2, w3, lane % ELEMENTS_PER_DRAW)
@@ -217,16 +251,17 @@ def chunk_words(seed, t, row0, lane, VEC: tl.constexpr):
             else:
                 w = tl.where(lane // ELEMENTS_PER_DRAW == g, wg, w)
     else:
-        w0, w1, w2, w3 = draw_words(seed, t, (row0 // ELEMENTS_PER_DRAW).to(tl.int32))
+        w0, w1, w2, w3 = draw_words(seed, t, (row0 // ELEMENTS_PER_DRAW).to(tl.int32) + anchor)
         w = _word_of(w0, w1, w2, w3, row0 % ELEMENTS_PER_DRAW + lane)
     return w
 
 
 @triton.jit
-def element_words(seed, t, n):
+def element_words(seed, t, n, anchor):
     """Each element's word of step ``t``'s draw for any flat indices ``n`` (int64): every element
-    computes its group's call (4 times the work of :func:`chunk_words`, the same words)."""
-    w0, w1, w2, w3 = draw_words(seed, t, (n // ELEMENTS_PER_DRAW).to(tl.int32))
+    computes its group's call (4 times the work of :func:`chunk_words`, the same words); ``anchor``
+    the :func:`layout_anchor` of a value loaded in the tile's layout (0 where layouts do not matter)."""
+    w0, w1, w2, w3 = draw_words(seed, t, (n // ELEMENTS_PER_DRAW).to(tl.int32) + anchor)
     return _word_of(w0, w1, w2, w3, n % ELEMENTS_PER_DRAW)
 
 

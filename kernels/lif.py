@@ -50,6 +50,7 @@ from .common import (
     load_neuron_params,
     p_threshold,
     round_to,
+    row_anchor,
     spike_mode,
     store_spike_mode,
 )
@@ -141,7 +142,7 @@ def _lif_fwd_kernel(
                 x_next = tl.load(x_ptr + tl.cast(t + 1, tl.int64) * N + offs_n, mask=in_range, other=0.0)
             if NOISE == 2:
                 if t % 2 == 0:  # one draw per 2 steps (asgl.kernels.common)
-                    w = chunk_words(seed, t, row0, lane, VEC)
+                    w = chunk_words(seed, t, row0, lane, row_anchor(x), VEC)
                 m = spike_mode(w, t, p_hi)
             v = _fwd_step(t, x, y_ptr, u_ptr, mask_ptr, v, m, N, offs_n, in_range, lam, theta, k_h, v_reset,
                           NOISE, SIGMOID, HARD_RESET, STORE_U, STORE_MASK, t == 0)
@@ -159,7 +160,7 @@ def _lif_fwd_kernel(
                     x_next = tl.load(x_ptr + tl.cast(t + 1, tl.int64) * N + offs_n, mask=has_next, other=0.0)
                     if NOISE == 2:
                         if j % 2 == 0:
-                            w = chunk_words(seed, t, row0, lane, VEC)
+                            w = chunk_words(seed, t, row0, lane, row_anchor(x), VEC)
                         m = spike_mode(w, j, p_hi)
                     v = _fwd_step(t, x, y_ptr, u_ptr, mask_ptr, v, m, N, offs_n, in_range, lam, theta, k_h,
                                   v_reset, NOISE, SIGMOID, HARD_RESET, STORE_U, STORE_MASK, False)
@@ -222,7 +223,7 @@ def _lif_bwd_kernel(
                 dy_prev = tl.load(dy_ptr + offs_prev, mask=in_range, other=0.0)
             if NOISE == 2:
                 if (t % 2 == 1) | (t == STATIC_T - 1):
-                    w = chunk_words(seed, t, row0, lane, VEC)
+                    w = chunk_words(seed, t, row0, lane, row_anchor(u), VEC)
                 m = spike_mode(w, t, p_hi)
             du_next, acc_lam, acc_theta, acc_k = _bwd_step(
                 t, u, dy, dx_ptr, du_next, acc_lam, acc_theta, acc_k, m, N, offs_n, in_range, lam, theta, k, k_h,
@@ -233,7 +234,7 @@ def _lif_bwd_kernel(
         # T > 8: 8 steps per iteration, unrolled, in reverse
         if NOISE == 2:
             if T % 2 == 1:
-                w = chunk_words(seed, T - 1, row0, lane, VEC)
+                w = chunk_words(seed, T - 1, row0, lane, row_anchor(u), VEC)
         n_iter = tl.cdiv(T, STEPS_PER_ITERATION)
         for ib in range(0, n_iter):
             t0 = (n_iter - 1 - ib) * STEPS_PER_ITERATION
@@ -246,7 +247,7 @@ def _lif_bwd_kernel(
                     dy_prev = tl.load(dy_ptr + offs_prev, mask=has_prev, other=0.0)
                     if NOISE == 2:
                         if j % 2 == 1:
-                            w = chunk_words(seed, t, row0, lane, VEC)
+                            w = chunk_words(seed, t, row0, lane, row_anchor(u), VEC)
                         m = spike_mode(w, j, p_hi)
                     du_next, acc_lam, acc_theta, acc_k = _bwd_step(
                         t, u, dy, dx_ptr, du_next, acc_lam, acc_theta, acc_k, m, N, offs_n, in_range, lam, theta, k,
@@ -329,6 +330,13 @@ def _launch_config(N: int, device: torch.device) -> tuple[int, int]:
     return CONFIGS[-1]
 
 
+def _vec(block_n: int, num_warps: int, itemsize: int) -> int:
+    """The kernels' ``VEC``: neurons per row of a tile, one thread's 16-byte vector (8 in 16-bit
+    dtypes, 4 in float32; a row wider than that would span two threads, which would then both draw
+    its Philox groups), at most the thread's share of ``BLOCK_N``."""
+    return min(block_n // (32 * num_warps), 16 // itemsize)
+
+
 def _static_t(T: int) -> int:
     """The kernels' ``STATIC_T``: T itself up to :data:`MAX_STATIC_T` (unrolled), else 0 (a loop)."""
     return T if T <= MAX_STATIC_T else 0
@@ -357,8 +365,8 @@ def _launch_fwd(x, decay_logit, width_param, thresh, *, hard_reset, v_reset, sig
         width_ptr=width_param.contiguous(), theta_ptr=thresh, seed_ptr=seed, T=T, N=N, INNER=INNER, C=C,
         v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0, NOISE=noise, SIGMOID=sigmoid,
         HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width, STORE_U=store_u, STORE_MASK=store_mask,
-        STATIC_T=_static_t(T), BLOCK_N=block_n, VEC=block_n // (32 * num_warps), num_warps=num_warps,
-        **COMPILE_OPTIONS,
+        STATIC_T=_static_t(T), BLOCK_N=block_n, VEC=_vec(block_n, num_warps, x.element_size()),
+        num_warps=num_warps, **COMPILE_OPTIONS,
     )
     return y, u, mask
 
@@ -395,7 +403,7 @@ def _launch_bwd(dy, u, decay_logit, width_param, thresh, *, hard_reset, v_reset,
         partial_ptr=partial, decay_logit_ptr=decay_logit, width_ptr=width, theta_ptr=thresh, seed_ptr=seed,
         T=T, N=N, INNER=INNER, C=C, v_reset=v_reset, p16=p_threshold(p) if noise == NOISE_DRAW else 0,
         NOISE=noise, SIGMOID=sigmoid, HARD_RESET=hard_reset, CHANNEL_WIDTH=channel_width, STATIC_T=_static_t(T),
-        BLOCK_N=block_n, VEC=block_n // (32 * num_warps), num_warps=num_warps, **COMPILE_OPTIONS,
+        BLOCK_N=block_n, VEC=_vec(block_n, num_warps, u.element_size()), num_warps=num_warps, **COMPILE_OPTIONS,
     )
     dk_channel = dk_elem.view(-1, C, INNER).sum(dim=(0, 2)) if channel_width else partial
     _finalize_kernel[(1,)](

@@ -127,7 +127,7 @@ def _rlif_fwd_kernel(
         # the rows of a group of 4 need not sit in one thread here, so each element draws its group
         if NOISE == 2:
             if t % 2 == 0:
-                w = element_words(seed, t, row0 + offs_l)
+                w = element_words(seed, t, row0 + offs_l, 0)
             m = spike_mode(w, t, p_hi)
         rec = _recurrent_matmul(scratch + ((t + 1) % 2) * (BLOCK_B * BLOCK_H), rt_ptr, H, offs_bl, offs_h,
                                 BLOCK_B, BLOCK_H, BLOCK_K)
@@ -135,16 +135,16 @@ def _rlif_fwd_kernel(
         wx = tl.load(wx_ptr + base + offs_l, mask=in_range, other=0.0).to(tl.float32)
         # the reference's order, (λ·v + wx) + o@Rᵀ; then round u to the storage dtype and go on from
         # the rounded value, so the backward (which only sees the stored u) recomputes these decisions
-        u_stored = round_to(lam * v + wx + rec, u_ptr.dtype.element_ty)
+        u_stored = round_to(lam * v + wx + rec, u_ptr.dtype.element_ty, False)
         u = u_stored.to(tl.float32)
         o, v, h, z = lif_step(u, theta, k_h, v_reset, m, NOISE, SIGMOID, HARD_RESET)
-        tl.store(y_ptr + base + offs_l, round_to(theta * o, y_ptr.dtype.element_ty), mask=in_range)
+        tl.store(y_ptr + base + offs_l, round_to(theta * o, y_ptr.dtype.element_ty, False), mask=in_range)
         if STORE_U:
             tl.store(u_ptr + base + offs_l, u_stored, mask=in_range)
         if STORE_MASK:
             store_spike_mode(mask_ptr + base, offs_l, in_range, m, NOISE)
         # padded rows/units feed 0 into the next step's dot
-        o_next = round_to(tl.where(in_range, o, 0.0), scratch_ptr.dtype.element_ty)
+        o_next = round_to(tl.where(in_range, o, 0.0), scratch_ptr.dtype.element_ty, False)
         tl.store(scratch + (t % 2) * (BLOCK_B * BLOCK_H) + offs_s, o_next)
         tl.debug_barrier()
 
@@ -191,7 +191,7 @@ def _rlif_bwd_kernel(
         # first, while the fewest tiles are live)
         if NOISE == 2:
             if (t == T - 1) | (t % 2 == 1):
-                w = element_words(seed, t, row0 + offs_l)
+                w = element_words(seed, t, row0 + offs_l, 0)
             m = spike_mode(w, t, p_hi)
         # dL/do[t] through u[t+1] = ... + o[t] @ Rᵀ
         do_rec = _recurrent_matmul(scratch + ((t + 1) % 2) * (BLOCK_B * BLOCK_H), r_ptr, H, offs_bl, offs_h,
@@ -208,8 +208,8 @@ def _rlif_bwd_kernel(
                                           SIGMOID, HARD_RESET, True)
         acc_theta += tl.sum(d_theta, axis=0)
         du = tl.where(in_range, du, 0.0)
-        tl.store(dwx_ptr + base + offs_l, round_to(du, dwx_ptr.dtype.element_ty), mask=in_range)
-        tl.store(o_ptr + base + offs_l, round_to(o, o_ptr.dtype.element_ty), mask=in_range)
+        tl.store(dwx_ptr + base + offs_l, round_to(du, dwx_ptr.dtype.element_ty, False), mask=in_range)
+        tl.store(o_ptr + base + offs_l, round_to(o, o_ptr.dtype.element_ty, False), mask=in_range)
         acc_k += tl.sum(tl.where(in_range, d_k, 0.0), axis=0)
         du_next = du
         tl.store(scratch + (t % 2) * (BLOCK_B * BLOCK_H) + offs_s, du)

@@ -204,6 +204,12 @@ def lif_config(block_n: int | None = None) -> tuple[int, int]:
     return next(c for c in CONFIGS if block_n in (None, c[0]))
 
 
+def _lif_vec(block_n, num_warps, itemsize):
+    from asgl.kernels.lif import _vec
+
+    return _vec(block_n, num_warps, itemsize)
+
+
 def _lif_steps(STATIC_T):
     """The static model's ``steps_per_iteration`` of a feed-forward neuron kernel: its loop's unrolled
     steps, or ``-T`` for a kernel unrolled over all its ``T = STATIC_T`` steps (no loop)."""
@@ -219,7 +225,7 @@ def lif_fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STOR
                  **_PARAMS, **_LIF_SIZES}
     constexprs = dict(NOISE=NOISE, SIGMOID=bool(SIGMOID), HARD_RESET=bool(HARD_RESET),
                       CHANNEL_WIDTH=bool(CHANNEL_WIDTH), STORE_U=bool(STORE_U), STORE_MASK=bool(STORE_MASK),
-                      STATIC_T=STATIC_T, BLOCK_N=block_n, VEC=block_n // (32 * num_warps))
+                      STATIC_T=STATIC_T, BLOCK_N=block_n, VEC=_lif_vec(block_n, num_warps, DTYPE_BYTES[dtype]))
     signature.update({k: "constexpr" for k in constexprs})
     label = _label("fwd", arch, dtype, constexprs) + ("" if BLOCK_N is None else f" BLOCK_N={block_n}")
     return KernelSpec("asgl.kernels.lif:_lif_fwd_kernel", signature, constexprs, _LIF_DIVISIBLE_FWD, arch, num_warps,
@@ -232,7 +238,7 @@ def lif_bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, BLOC
                  "partial_ptr": "*fp32", **_PARAMS, **_LIF_SIZES}
     constexprs = dict(NOISE=NOISE, SIGMOID=bool(SIGMOID), HARD_RESET=bool(HARD_RESET),
                       CHANNEL_WIDTH=bool(CHANNEL_WIDTH), STATIC_T=STATIC_T, BLOCK_N=block_n,
-                      VEC=block_n // (32 * num_warps))
+                      VEC=_lif_vec(block_n, num_warps, DTYPE_BYTES[dtype]))
     signature.update({k: "constexpr" for k in constexprs})
     label = _label("bwd", arch, dtype, constexprs) + ("" if BLOCK_N is None else f" BLOCK_N={block_n}")
     return KernelSpec("asgl.kernels.lif:_lif_bwd_kernel", signature, constexprs, _LIF_DIVISIBLE_BWD, arch, num_warps,
