@@ -36,7 +36,7 @@ from perf.recipes import CHECKED_RECIPES, MIN_PCT_OF_COPY, fit, read_samples, re
 from perf.sass import run
 from perf.static_model import (
     BASELINE, BUDGETS, T_BUDGETS, _compiled, compile_specs, kernel_cost, loop_cost, natural_loops,
-    neuron_prediction, parse_sass, variant_table,
+    neuron_prediction, parse_sass, predict_kernel, variant_table,
 )
 
 pytestmark = pytest.mark.aot
@@ -218,21 +218,24 @@ def test_fast_forward_counts_what_a_plain_run_counts(which):
 
 def test_calibration_reads_the_benchmark_rows_and_recovers_the_parameters(tmp_path):
     """Rows as ``perf/bench_neuron.py`` writes them, 'measured' on an H200 whose issue efficiency is
-    0.7 and DRAM latency 1.1 µs: an issue-bound backward, a latency-bound small launch, a long-T one."""
-    truth = dict(issue_efficiency=0.7, dram_latency_us=1.1)
+    0.55 and DRAM latency 0.5 µs: an issue-bound backward, a latency-bound small launch, a long-T one."""
+    truth = dict(issue_efficiency=0.55, dram_latency_us=0.5)
     cases = [(4, 2**24, "bwd"), (4, 2**24, "fwd+bwd"), (4, 2**16, "fwd"), (250, 2**20, "fwd")]
+    bounds = {predict_kernel(kernel_cost(k), "H200", truth)["bound"] for T, N, pas in cases
+              for k in lif_op(pas.split("+")[-1], (T, N), p=0.2)}
+    assert {"issue", "latency"} <= bounds, f"the rows must exercise both free parameters, they bind on {bounds}"
     row = dict(bench="neuron", path="fused", device="NVIDIA H200", dtype="bf16", p=0.2)
     rows = [dict(row, T=T, N=N, ms=neuron_prediction("bf16", 0.2, pas, "H200", T=T, N=N, params=truth)["ms"],
                  **{"pass": pas}) for T, N, pas in cases]
-    rows.append(dict(bench="neuron", path="eager", device="NVIDIA H200", T=4, N=2**24, dtype="bf16", p=0.2, ms=1.0,
-                     **{"pass": "fwd"}))  # not a fused row: skipped
+    rows.append(dict(row, path="eager", T=4, N=2**24, ms=1.0, **{"pass": "fwd"}))  # not a fused row: skipped
     path = tmp_path / "neuron.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     samples = read_samples(path)
     assert list(samples) == ["H200"] and len(samples["H200"]) == len(cases)
     result = fit(samples["H200"])
-    assert result["params"]["issue_efficiency"] == pytest.approx(0.7, abs=0.006)
-    assert result["params"]["dram_latency_us"] == pytest.approx(1.1, rel=0.02)
+    assert result["constrained"] == {"issue_efficiency": True, "dram_latency_us": True}
+    assert result["params"]["issue_efficiency"] == pytest.approx(0.55, abs=0.006)
+    assert result["params"]["dram_latency_us"] == pytest.approx(0.5, rel=0.02)
 
 
 # ---------------------------------------------------------------------------------------------
