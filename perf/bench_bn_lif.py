@@ -133,7 +133,7 @@ def time_all(args) -> None:
     device = "cuda"
     stamp = run_stamp(device)
     print_header(stamp)
-    rows = []
+    rows, notes = [], set()
     for shape in (QUICK_SHAPES if args.quick else GPU_SHAPES):
         T, B, C, H, W = shape
         n = T * B * C * H * W
@@ -163,19 +163,45 @@ def time_all(args) -> None:
                 units = UNITS["fused"]
                 nbytes = (units["fwd"] * (pas != "bwd") + units["bwd"] * (pas != "fwd")) * x.element_size() * n
                 bw = gbps(nbytes, t)
-                rows.append({**stamp, "bench": "bn_lif", "shape": list(shape), "dtype": dname, "pass": pas,
-                             "path": path, "p": args.p, "ms": t, "gbps": bw, "pct_copy": 100 * bw / copy_gbps,
-                             "fused_speedup": t / ms["fused", pas], "triton": triton.__version__,
-                             "channels_last": args.channels_last})
+                row = {**stamp, "bench": "bn_lif", "shape": list(shape), "dtype": dname, "pass": pas,
+                       "path": path, "p": args.p, "ms": t, "gbps": bw, "pct_copy": 100 * bw / copy_gbps,
+                       "fused_speedup": t / ms["fused", pas], "triton": triton.__version__,
+                       "channels_last": args.channels_last}
+                if path == "fused":
+                    pred = model_prediction(row, notes)
+                    row.update(model_ms=pred and pred["ms"], model_bound=pred and pred["bound"],
+                               model_pct_copy=pred and pred["pct_of_copy_bw"])
+                rows.append(row)
     print_table(
         f"BN + LIF, {stamp['device']}, commit {stamp['commit']}",
-        ("shape", "dtype", "pass", "path", "ms", "GB/s", "%copy", "fused×"),
-        [("x".join(map(str, r["shape"])), r["dtype"], r["pass"], r["path"], r["ms"], r["gbps"], r["pct_copy"],
-          r["fused_speedup"]) for r in rows],
+        ("shape", "dtype", "pass", "path", "ms", "model ms", "GB/s", "%copy", "model %copy", "fused×"),
+        [("x".join(map(str, r["shape"])), r["dtype"], r["pass"], r["path"], r["ms"], r.get("model_ms"), r["gbps"],
+          r["pct_copy"], r.get("model_pct_copy"), r["fused_speedup"]) for r in rows],
         caption="GB/s = the fused design's bytes (fwd 3s, bwd 6s per element-step) / the path's time; "
-                "fused× = path ms / fused ms",
+                "fused× = path ms / fused ms; model: perf/static_model.py's prediction for the fused launches "
+                "(H100/H200 only; `perf/static_model.py --calibrate` reads these rows)",
     )
+    for note in sorted(notes):
+        print("note:", note)
     append_jsonl(args.out, rows)
+
+
+def model_prediction(row: dict, notes: set) -> dict | None:
+    """The static model's prediction for a fused row on an H100 or H200 (``perf.recipes.row_launches``)."""
+    name = torch.cuda.get_device_name()
+    device = next((d for d in ("H200", "H100") if d in name), None)
+    if device is None:
+        return None
+    try:
+        from perf.recipes import row_launches
+        from perf.static_model import compile_specs, kernel_cost, predict_op
+
+        launches = row_launches(row)
+        compile_specs([k.spec for k in launches], jobs=max(1, min(8, (os.cpu_count() or 2) - 1)))
+        return predict_op([kernel_cost(k) for k in launches], device)
+    except Exception as e:  # the model compiles on the CPU: report, go on
+        notes.add(f"static model: {type(e).__name__}: {str(e)[:160]}")
+        return None
 
 
 def main(argv=None) -> int:

@@ -298,7 +298,8 @@ def main(argv=None) -> int:
         try:  # the static model's kernels for every (dtype, p), compiled at once on the CPU
             from perf.static_model import prepare_neuron_predictions
 
-            prepare_neuron_predictions(args.dtypes, args.ps, jobs=max(1, min(8, (os.cpu_count() or 2) - 1)))
+            prepare_neuron_predictions(args.dtypes, args.ps, jobs=max(1, min(8, (os.cpu_count() or 2) - 1)),
+                                       shapes=shapes)
         except Exception as e:
             print(f"static model unavailable: {short_error(e)}")
     start = time.perf_counter()
@@ -324,14 +325,17 @@ def main(argv=None) -> int:
     caption = (
         f"bytes per element-step, s = dtype size: fwd {units['fwd']:g}s, bwd {units['bwd']:g}s ({source}); "
         "every path's GB/s = those bytes / its time. %copy: of empty_like(x).copy_(x) GB/s on T·N elements, "
-        "same run. model %copy: perf/static_model.py's prediction for the fused kernels on this GPU (H100/H200 "
-        "only). ×eager = eager ms / path ms; fused× = path ms / fused ms."
+        "same run. model: perf/static_model.py's prediction for the fused kernels at this T and N on this GPU "
+        "(H100/H200 only; ms and % of copy bandwidth, its bound in the JSON rows). ×eager = eager ms / path ms; "
+        "fused× = path ms / fused ms."
     )
     print_table(
         f"LIF neuron, {stamp['device']}, commit {stamp['commit']}",
-        ("T", "N", "p", "dtype", "pass", "path", "ms", "GB/s", "%copy", "model %copy", "×eager", "fused×"),
+        ("T", "N", "p", "dtype", "pass", "path", "ms", "model ms", "GB/s", "%copy", "model %copy", "×eager",
+         "fused×"),
         [(r["T"], r["N"], r["p"], r["dtype"], r["pass"], r["path"] + (" (interp.)" if r.get("interpreted") else ""),
-          r["ms"], r["gbps"], r["pct_copy"], r.get("model_pct_copy"), r["ratio_vs_eager"], r["fused_speedup"])
+          r["ms"], r.get("model_ms"), r["gbps"], r["pct_copy"], r.get("model_pct_copy"), r["ratio_vs_eager"],
+          r["fused_speedup"])
          for r in rows],
         caption=caption,
     )
@@ -343,8 +347,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def model_pct_copy(dname: str, p: float, pas: str, device: str, notes: set) -> float | None:
-    """The static model's predicted % of copy bandwidth for a fused row, on an H100 or H200."""
+def model_prediction(dname: str, p: float, pas: str, device: str, notes: set, T: int = 4,
+                     N: int = 2**24) -> dict | None:
+    """The static model's prediction for a fused row at ``T`` steps of ``N`` neurons on an H100 or
+    H200: ``{"ms", "bound", "pct_of_copy_bw", "bytes"}`` (``perf.static_model.neuron_prediction``)."""
     name = torch.cuda.get_device_name() if device == "cuda" else ""
     model_device = next((d for d in ("H200", "H100") if d in name), None)
     if model_device is None:
@@ -352,10 +358,17 @@ def model_pct_copy(dname: str, p: float, pas: str, device: str, notes: set) -> f
     try:
         from perf.static_model import neuron_prediction
 
-        return neuron_prediction(dname, p, pas, model_device)["pct_of_copy_bw"]
+        return neuron_prediction(dname, p, pas, model_device, T=T, N=N)
     except Exception as e:  # the model compiles the kernels on the CPU: report, go on
         notes.add(f"static model: {short_error(e)}")
         return None
+
+
+def model_pct_copy(dname: str, p: float, pas: str, device: str, notes: set, T: int = 4,
+                   N: int = 2**24) -> float | None:
+    """The static model's predicted % of copy bandwidth for a fused row (:func:`model_prediction`)."""
+    pred = model_prediction(dname, p, pas, device, notes, T, N)
+    return None if pred is None else pred["pct_of_copy_bw"]
 
 
 def measure_config(args, T, N, dname, dtype, device, stamp, notes, p):
@@ -418,7 +431,9 @@ def measure_config(args, T, N, dname, dtype, device, stamp, notes, p):
             "fused_speedup": t / fused if fused else None,
         }
         if path == "fused":
-            row["model_pct_copy"] = None if args.interpret_smoke else model_pct_copy(dname, p, pas, device, notes)
+            pred = None if args.interpret_smoke else model_prediction(dname, p, pas, device, notes, T, N)
+            row.update(model_pct_copy=pred and pred["pct_of_copy_bw"], model_ms=pred and pred["ms"],
+                       model_bound=pred and pred["bound"])
             for base in ("eager", "compile", "spikingjelly"):
                 b = ms.get((base, pas))
                 row[f"ratio_vs_{base}"] = b / t if b else None

@@ -12,7 +12,8 @@
 #               (with -s: the diverged-neuron rates of the low-precision tests are collected)
 #   3. pytest   python -m pytest -q -m gpu tests   (the GPU tier)          pytest.log
 #   4. neuron   perf/bench_neuron.py, bf16 + fp32, p = 0 and 0.2, T in {4, 32, 250}, with the
-#               static model's predicted % of copy bandwidth beside each fused row   neuron.log/.jsonl
+#               static model's predicted ms and % of copy bandwidth beside each fused row (the rows
+#               `perf/static_model.py --calibrate` fits the model's free parameters to)   neuron.log/.jsonl
 #   5. train    perf/bench_train.py --device-check: ResNet-18 T=4 batch 256
 #               (fused bf16 vs reference fp32), VGGSNN T=10, SHD T=250     train.log, train.jsonl
 #   6. shd      perf/bench_shd.py, if that file exists                     shd.log, shd.jsonl
@@ -116,10 +117,13 @@ def load(name):
 
 neuron = [r for r in load("neuron.jsonl") if r["pass"] == "fwd+bwd" and r["path"] == "fused"]
 if neuron:
-    print_table("fused LIF, forward+backward", ("T", "N", "p", "dtype", "ms", "GB/s", "%copy", "model %copy",
-                                                "×eager", "×compile", "×SJ"),
-                [(r["T"], r["N"], r.get("p"), r["dtype"], r["ms"], r["gbps"], r["pct_copy"], r.get("model_pct_copy"),
-                  r.get("ratio_vs_eager"), r.get("ratio_vs_compile"), r.get("ratio_vs_spikingjelly")) for r in neuron])
+    print_table("fused LIF, forward+backward: measured beside the static model's prediction",
+                ("T", "N", "p", "dtype", "ms", "model ms", "model bound", "GB/s", "%copy", "model %copy", "×eager",
+                 "×compile", "×SJ"),
+                [(r["T"], r["N"], r.get("p"), r["dtype"], r["ms"], r.get("model_ms"), r.get("model_bound"), r["gbps"],
+                  r["pct_copy"], r.get("model_pct_copy"), r.get("ratio_vs_eager"), r.get("ratio_vs_compile"),
+                  r.get("ratio_vs_spikingjelly")) for r in neuron])
+    print(f"fit the model's free parameters to these rows: python perf/static_model.py --calibrate {out / 'neuron.jsonl'}")
 else:
     print("no fused neuron rows (see neuron.log)")
 train = load("train.jsonl")
