@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from asgl.bn_lif import neuron_output_module
 from asgl.train import run_folder
 from asgl.train.checkpoint import full_tensor
 
@@ -56,8 +57,8 @@ class RankDebug:
             run_folder.record(self.folder)
         self.probe_shape: list[torch.Size] = []
         lifs = trainer.lifs
-        if lifs:  # the input shape of the first LIF, for the noise probe
-            lifs[0][1].register_forward_pre_hook(self._remember_shape)
+        if lifs:  # the input shape of the first LIF (its fused unit's, which is the same), for the noise probe
+            neuron_output_module(trainer.core, lifs[0][1]).register_forward_pre_hook(self._remember_shape)
 
     def _remember_shape(self, module, args) -> None:
         if not self.probe_shape:
