@@ -6,10 +6,14 @@ The input ``x_seq [T, B, C, ...]`` is a convolution's (or linear layer's) output
 on the folded tensor, then :func:`asgl.kernels.lif_ref.lif_ref`).
 
 Kernels (the per-element ones walk the same tiles, see ``_tile``); a training step is 3 launches
-each way, inference 1:
+each way, inference 1, plus the group sums below on layers of many tiles:
 
 * ``_bn_stats_kernel``: per-channel shifted sums over one tile and all T (reads x once), stage 1
   of a deterministic two-stage reduction.
+* ``_sum_tile_groups_kernel``: above ``DIRECT_MAX_TILES`` tiles, the per-tile sums of the statistics
+  (and of the backward: per channel, and the neuron's scalars) are first summed over groups of about
+  sqrt(tiles) tiles, one program per group, so that the ``[C]`` kernels after it read a few rows
+  instead of walking every tile's in one program (a fixed order either way: deterministic).
 * ``_bn_coef_kernel`` (per channel block): stage 2 in a fixed order, the running-statistic update,
   and the per-channel ``coef[4, C] = (A, β, μ, rstd)`` with ``A = γ·s·rstd``, which both passes
   read. With running statistics and a backward to come it reads the running buffers instead (the
@@ -87,6 +91,11 @@ MAX_BLOCK_C = 64
 # time (the fixed summation order of the per-tile partial sums)
 COEF_BLOCK_C = 64
 COEF_BLOCK_T = 16
+# Above this many tiles the per-tile sums are first summed in groups of about sqrt(tiles) rows by
+# _sum_tile_groups_kernel, one program per group, then the [C] kernels sum the groups: about
+# 2·sqrt(tiles) / BLOCK_T dependent loads instead of tiles / BLOCK_T in one program per 64 channels
+# (a ResNet-18 layer-1 unit at batch 256, T = 4: 16 instead of 1,024).
+DIRECT_MAX_TILES = 4 * COEF_BLOCK_T
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,16 +315,34 @@ def _sum_over_tiles(ptr, TILES, C, c, c_ok, BLOCK_T: tl.constexpr, BLOCK_C: tl.c
 
 
 @triton.jit
+def _sum_tile_groups_kernel(src_ptr, dst_ptr, TILES, C, GROUP, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``dst[j, g, c] = Σ src[j, tile, c]`` over the tiles ``g·GROUP <= tile < (g + 1)·GROUP`` of each
+    table ``j`` of ``src [J, TILES, C]`` (float32), in :func:`_sum_over_tiles`'s fixed order; program
+    axis 0 walks the groups g, axis 1 channel blocks, axis 2 the tables j. The first of the two stages
+    that sum per-tile sums when there are many tiles (see ``DIRECT_MAX_TILES``)."""
+    g = tl.program_id(0)
+    j = tl.program_id(2)
+    groups = tl.num_programs(0)
+    first = g * GROUP
+    c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C
+    src = src_ptr + (j.to(tl.int64) * TILES + first) * C
+    total = _sum_over_tiles(src, tl.minimum(GROUP, TILES - first), C, c, c_ok, BLOCK_T, BLOCK_C)
+    tl.store(dst_ptr + (j.to(tl.int64) * groups + g) * C + c, total, mask=c_ok)
+
+
+@triton.jit
 def _bn_coef_kernel(
-    partial_ptr, weight_ptr, bias_ptr, run_mean_ptr, run_var_ptr, coef_ptr, TILES, C,
+    partial_ptr, shift_ptr, weight_ptr, bias_ptr, run_mean_ptr, run_var_ptr, coef_ptr, TILES, C,
     inv_n, unbias, momentum, eps, scale,
     BATCH_STATS: tl.constexpr, UPDATE_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """The per-channel coefficients ``coef[4, C] = (A, β, μ, rstd)`` both passes read.
 
-    ``BATCH_STATS``: stage 2 of the statistics (the stats kernel's per-tile sums, summed in a fixed
-    order: ``BLOCK_T`` rows at a time, then a tree sum), and with ``UPDATE_RUNNING`` the running
+    ``BATCH_STATS``: stage 2 of the statistics (``partial [2, TILES, C]``: the stats kernel's per-tile
+    sums or their group sums, summed in a fixed order: ``BLOCK_T`` rows at a time, then a tree sum;
+    ``shift [C]``: the stats kernel's shifts), and with ``UPDATE_RUNNING`` the running
     buffers updated in place as ``nn.BatchNorm2d`` does: ``μ_run <- (1-m)·μ_run + m·μ``,
     ``σ²_run <- (1-m)·σ²_run + m·σ²·n/(n-1)``. Otherwise μ and σ² are the running buffers.
     """
@@ -324,7 +351,7 @@ def _bn_coef_kernel(
     if BATCH_STATS:
         d1 = _sum_over_tiles(partial_ptr, TILES, C, c, c_ok, BLOCK_T, BLOCK_C) * inv_n
         d2 = _sum_over_tiles(partial_ptr + TILES * C, TILES, C, c, c_ok, BLOCK_T, BLOCK_C) * inv_n
-        mean = tl.load(partial_ptr + 2 * TILES * C + c, mask=c_ok, other=0.0) + d1
+        mean = tl.load(shift_ptr + c, mask=c_ok, other=0.0) + d1
         var = tl.maximum(d2 - d1 * d1, 0.0)
         if UPDATE_RUNNING:
             rm = tl.load(run_mean_ptr + c, mask=c_ok, other=0.0)
@@ -653,6 +680,24 @@ def _coef_block(C: int) -> int:
     return min(triton.next_power_of_2(max(C, 1)), COEF_BLOCK_C)
 
 
+def _group_tiles(table: Tensor, direct_max: int) -> Tensor:
+    """``table [J, tiles, C]`` of per-tile sums (float32), or above ``direct_max`` tiles its sums over
+    groups of about sqrt(tiles) consecutive tiles, ``[J, groups, C]`` (one launch of
+    :func:`_sum_tile_groups_kernel`): what the ``[C]`` kernels then sum."""
+    J, tiles, C = table.shape
+    if tiles <= direct_max or C == 0:
+        return table
+    group = COEF_BLOCK_T * triton.cdiv(math.isqrt(tiles - 1) + 1, COEF_BLOCK_T)
+    groups = triton.cdiv(tiles, group)
+    out = torch.empty((J, groups, C), dtype=torch.float32, device=table.device)
+    block_c = _coef_block(C)
+    _sum_tile_groups_kernel[(groups, triton.cdiv(C, block_c), J)](
+        src_ptr=table, dst_ptr=out, TILES=tiles, C=C, GROUP=group, BLOCK_T=COEF_BLOCK_T, BLOCK_C=block_c,
+        num_warps=4, **COMPILE_OPTIONS,
+    )
+    return out
+
+
 def _launch_coef(x, weight, bias, running_mean, running_var, *, scale, eps, momentum, batch_stats):
     """``coef[4, C] = (A, β, μ, rstd)`` (float32) from this batch's statistics (``batch_stats``: the
     stats kernel + the coefficient kernel, which also updates the running buffers when given) or from
@@ -660,7 +705,7 @@ def _launch_coef(x, weight, bias, running_mean, running_var, *, scale, eps, mome
     T, C = x.shape[0], x.shape[2]
     coef = torch.empty((4, C), dtype=torch.float32, device=x.device)
     tiles = 1
-    partial = coef  # unread without batch statistics
+    partial = shift = coef  # unread without batch statistics
     if batch_stats:
         perm, OUTER, C, INNER = _geometry(x)
         x_k = _kview(x, perm)
@@ -669,13 +714,16 @@ def _launch_coef(x, weight, bias, running_mean, running_var, *, scale, eps, mome
         partial = torch.empty((2 * tiles + 1, C), dtype=torch.float32, device=x.device)
         _bn_stats_kernel[grid](x_ptr=x_k, partial_ptr=partial, T=T, OUTER=OUTER, C=C, INNER=INNER,
                                BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi, num_warps=NUM_WARPS, **COMPILE_OPTIONS)
+        shift = partial[2 * tiles]
+        partial = _group_tiles(partial[: 2 * tiles].view(2, tiles, C), DIRECT_MAX_TILES)
+        tiles = partial.shape[1]
     if C == 0:
         return coef
     n = x.numel() // C
     update = batch_stats and running_mean is not None
     block_c = _coef_block(C)
     _bn_coef_kernel[(triton.cdiv(C, block_c),)](
-        partial_ptr=partial, weight_ptr=weight if weight is not None else coef,
+        partial_ptr=partial, shift_ptr=shift, weight_ptr=weight if weight is not None else coef,
         bias_ptr=bias if bias is not None else coef,
         run_mean_ptr=running_mean if running_mean is not None else coef,
         run_var_ptr=running_var if running_var is not None else coef, coef_ptr=coef, TILES=tiles, C=C,
@@ -759,13 +807,17 @@ def _launch_bwd(dy, x, residual, u, coef, weight, bias, decay_logit, width_param
         ALIGNED=_aligned(C, INNER, (bo, bc, bi), x), BLOCK_O=bo, BLOCK_C=bc, BLOCK_I=bi,
         num_warps=warps, **COMPILE_OPTIONS,
     )
+    chan = _group_tiles(chan, DIRECT_MAX_TILES)
+    # the scalar partials as a table of one channel (the finalize sums COEF_BLOCK_C·BLOCK_T at a time)
+    partial = _group_tiles(partial.view(partial.shape[0], slots, 1), DIRECT_MAX_TILES * COEF_BLOCK_C)
+    slots = partial.shape[1]
     k = torch.empty((2, C), **f32)
     block_c = _coef_block(C)
     _bn_bwd_finalize_kernel[(triton.cdiv(C, block_c),)](
         chan_ptr=chan, partial_ptr=partial, coef_ptr=coef, k_ptr=k,
         d_weight_ptr=d_weight if weight is not None else k, d_bias_ptr=d_bias if bias is not None else k,
         decay_logit_ptr=decay_logit, width_ptr=width, d_decay_ptr=d_decay, d_width_ptr=d_width,
-        d_theta_ptr=d_theta, TILES=grid[0], SLOTS=slots, C=C, inv_n=C / x.numel(), scale=scale,
+        d_theta_ptr=d_theta, TILES=chan.shape[1], SLOTS=slots, C=C, inv_n=C / x.numel(), scale=scale,
         BATCH_STATS=batch_stats, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, SIGMOID=sigmoid,
         CHANNEL_WIDTH=channel_width, BLOCK_T=COEF_BLOCK_T, BLOCK_C=block_c, num_warps=4, **COMPILE_OPTIONS,
     )

@@ -210,7 +210,7 @@ def _lif_vec(block_n, num_warps, itemsize):
     return _vec(block_n, num_warps, itemsize)
 
 
-def _lif_steps(STATIC_T, backward=False):
+def lif_steps_per_iteration(STATIC_T, backward=False):
     """The static model's ``steps_per_iteration`` of a feed-forward neuron kernel: its loop's unrolled
     steps, or ``-T`` for a kernel unrolled over all its ``T = STATIC_T`` steps (no loop)."""
     from asgl.kernels.lif import BWD_STEPS_PER_ITERATION, STEPS_PER_ITERATION
@@ -229,7 +229,7 @@ def lif_fwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, STOR
     signature.update({k: "constexpr" for k in constexprs})
     label = _label("fwd", arch, dtype, constexprs) + ("" if BLOCK_N is None else f" BLOCK_N={block_n}")
     return KernelSpec("asgl.kernels.lif:_lif_fwd_kernel", signature, constexprs, _LIF_DIVISIBLE_FWD, arch, num_warps,
-                      label, dtype, _lif_steps(STATIC_T), block_n / (32 * num_warps))
+                      label, dtype, lif_steps_per_iteration(STATIC_T), block_n / (32 * num_warps))
 
 
 def lif_bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, BLOCK_N=None, STATIC_T=0) -> KernelSpec:
@@ -242,7 +242,7 @@ def lif_bwd_spec(dtype, arch, *, NOISE, SIGMOID, HARD_RESET, CHANNEL_WIDTH, BLOC
     signature.update({k: "constexpr" for k in constexprs})
     label = _label("bwd", arch, dtype, constexprs) + ("" if BLOCK_N is None else f" BLOCK_N={block_n}")
     return KernelSpec("asgl.kernels.lif:_lif_bwd_kernel", signature, constexprs, _LIF_DIVISIBLE_BWD, arch, num_warps,
-                      label, dtype, _lif_steps(STATIC_T, backward=True), block_n / (32 * num_warps))
+                      label, dtype, lif_steps_per_iteration(STATIC_T, backward=True), block_n / (32 * num_warps))
 
 
 def lif_finalize_spec(arch, *, SIGMOID, CHANNEL_WIDTH) -> KernelSpec:
@@ -398,13 +398,21 @@ def _coef_blocks():
 
 def bn_lif_coef_spec(arch, *, BATCH_STATS=True, UPDATE_RUNNING=True):
     """The per-channel coefficient kernel (fp32 buffers and affine parameters); no per-element work."""
-    sig = {"partial_ptr": "*fp32", "weight_ptr": "*fp32", "bias_ptr": "*fp32", "run_mean_ptr": "*fp32",
+    sig = {"partial_ptr": "*fp32", "shift_ptr": "*fp32", "weight_ptr": "*fp32", "bias_ptr": "*fp32",
+           "run_mean_ptr": "*fp32",
            "run_var_ptr": "*fp32", "coef_ptr": "*fp32", "TILES": "i32", "C": "i32", "inv_n": "fp32",
            "unbias": "fp32", "momentum": "fp32", "eps": "fp32", "scale": "fp32"}
     const = {"BATCH_STATS": BATCH_STATS, "UPDATE_RUNNING": UPDATE_RUNNING, "HAS_WEIGHT": True, "HAS_BIAS": True,
              **_coef_blocks()}
     label = f"coef sm_{arch} BATCH_STATS={int(BATCH_STATS)} UPDATE_RUNNING={int(UPDATE_RUNNING)}"
     return _bn_lif_spec("_bn_coef_kernel", label, sig, const, ("partial_ptr", "coef_ptr"), arch, 4, "fp32", 0, 1)
+
+
+def bn_lif_tile_groups_spec(arch):
+    """The first of the two stages that sum many per-tile sums (float32 tables); no per-element work."""
+    sig = {"src_ptr": "*fp32", "dst_ptr": "*fp32", "TILES": "i32", "C": "i32", "GROUP": "i32"}
+    return _bn_lif_spec("_sum_tile_groups_kernel", f"tile_groups sm_{arch}", sig, _coef_blocks(),
+                        ("src_ptr", "dst_ptr"), arch, 4, "fp32", 0, 1)
 
 
 def bn_lif_bwd_finalize_spec(arch, *, SIGMOID=True, CHANNEL_WIDTH=False, BATCH_STATS=True):

@@ -20,7 +20,7 @@ import math
 import struct
 from pathlib import Path
 
-from perf.aot import KernelSpec
+from perf.aot import KernelSpec, lif_steps_per_iteration
 
 ROOT = Path(__file__).resolve().parents[1]
 # first kernel parameter in the constant bank (cuobjdump of any sm_90 / sm_80 kernel: c[0x0][0x210])
@@ -30,7 +30,7 @@ PARAM_BASE = {90: 0x210, 80: 0x160}
 RECIPES = tuple((p.name, {}) for p in sorted((ROOT / "configs").glob("*.yaml")) if p.name != "quickstart.yaml") + (
     ("cifar10_resnet18_t4.yaml", {"model.name": "resnet19"}),)
 # kernels without per-element work (the [C] and scalar reductions): no % of copy bandwidth
-REDUCE_KERNELS = ("_finalize_kernel", "_bn_coef_kernel", "_bn_bwd_finalize_kernel")
+REDUCE_KERNELS = ("_finalize_kernel", "_bn_coef_kernel", "_bn_bwd_finalize_kernel", "_sum_tile_groups_kernel")
 # pointer arguments that address a per-channel or scalar table (at most a few KB: the neuron's
 # parameters, batch norm's coefficients): every program re-reads them from L2, not from DRAM
 TABLE_POINTERS = frozenset(("decay_logit_ptr", "width_ptr", "theta_ptr", "seed_ptr", "coef_ptr", "k_ptr",
@@ -115,12 +115,9 @@ def _loop_shape(name: str, c: dict, threads: int) -> tuple:
     """``(steps_per_iteration, elements_per_thread, inner_trips)`` of a kernel's time loop for the
     steady-state count (:func:`perf.static_model.loop_cost`; 0 steps: no time loop, -T: T steps
     unrolled without a loop), as the kernels are written."""
-    import asgl.kernels.lif as lif
-
     static = c.get("STATIC_T", 0)
     if name in ("_lif_fwd_kernel", "_lif_bwd_kernel"):
-        steps = getattr(lif, "STEPS_PER_ITERATION", None) or int(getattr(lif, "STEPS_PER_DRAW", 8))
-        return (-static if static else int(steps)), c["BLOCK_N"] / threads, 1
+        return lif_steps_per_iteration(static, backward=name == "_lif_bwd_kernel"), c["BLOCK_N"] / threads, 1
     if name in ("_rlif_fwd_kernel", "_rlif_bwd_kernel"):
         return 1, c["BLOCK_B"] * TABLE_RLIF_H / threads, -(-TABLE_RLIF_H // c["BLOCK_K"])
     if name in ("_bn_lif_fwd_kernel", "_bn_lif_bwd_kernel"):

@@ -166,8 +166,8 @@ PIPE_OF = {
     **dict.fromkeys(("FFMA", "FADD", "FMUL", "HFMA2", "HADD2", "HMUL2", "FSWZADD"), "fma"),
     **dict.fromkeys(("IMAD", "IMUL", "IDP", "IMADSP"), "fmaheavy"),
     **dict.fromkeys(("IADD3", "IADD", "VIADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "LEA", "ISETP", "SEL", "PRMT",
-                     "MOV", "IABS", "IMNMX", "VIMNMX", "SGXT", "PLOP3", "P2R", "R2P", "CS2R", "BMSK", "FSET",
-                     "FSETP", "FMNMX", "FSEL", "FCHK", "VOTE", "BREV"), "alu"),
+                     "MOV", "IABS", "IMNMX", "VIMNMX", "VIADDMNMX", "SGXT", "PLOP3", "P2R", "R2P", "CS2R", "BMSK",
+                     "FSET", "FSETP", "FMNMX", "FSEL", "FCHK", "VOTE", "BREV"), "alu"),
     **dict.fromkeys(("MUFU", "F2F", "F2I", "I2F", "F2FP", "I2FP", "FRND", "POPC", "FLO"), "xu"),
     **dict.fromkeys(("LDG", "STG", "LDS", "STS", "LD", "ST", "ATOM", "ATOMS", "ATOMG", "RED", "SHFL", "S2R", "LDSM",
                      "STSM", "LDGSTS", "MATCH"), "lsu"),
@@ -731,6 +731,18 @@ def _op_imnmx(mc, a, mods, tin):
     mc.set(a[0], (min(x, y) if p else max(x, y)) & M32, taint or tp or tin)
 
 
+def _op_viaddmnmx(mc, a, mods, tin):
+    """``VIADDMNMX d, a, b, c, p``: ``min(a + b, c)`` where ``p`` holds, else ``max`` (sm_90)."""
+    vals, taint = _vals(mc, a[1:4])
+    p, tp = mc.pred(a[4]) if len(a) > 4 else (True, False)
+    if None in vals or p is None:
+        mc.set(a[0], None, True)
+        return
+    total = (vals[0] + vals[1]) & M32
+    x, y = (total, vals[2]) if "U32" in mods else (_signed(total), _signed(vals[2]))
+    mc.set(a[0], (min(x, y) if p else max(x, y)) & M32, taint or tp or tin)
+
+
 def _op_sgxt(mc, a, mods, tin):
     vals, taint = _vals(mc, a[1:3])
     if None in vals:
@@ -790,7 +802,8 @@ def _op_r2p(mc, a, mods, tin):
 _ALU_OPS = {
     "MOV": _op_mov, "IADD3": _op_iadd3, "VIADD": _op_viadd, "IMAD": _op_imad, "LEA": _op_lea, "SHF": _op_shf,
     "LOP3": _op_lop3, "PLOP3": _op_plop3, "SEL": _op_sel, "FSEL": _op_sel, "ISETP": _op_isetp, "IABS": _op_iabs,
-    "IMNMX": _op_imnmx, "VIMNMX": _op_imnmx, "SGXT": _op_sgxt, "PRMT": _op_prmt, "P2R": _op_p2r, "R2P": _op_r2p,
+    "IMNMX": _op_imnmx, "VIMNMX": _op_imnmx, "VIADDMNMX": _op_viaddmnmx,
+    "SGXT": _op_sgxt, "PRMT": _op_prmt, "P2R": _op_p2r, "R2P": _op_r2p,
 }
 
 

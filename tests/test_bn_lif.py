@@ -74,10 +74,14 @@ def nan_poisoned_outputs(monkeypatch):
 
 
 def small_tiles(monkeypatch):
-    """Tiles of 32-64 elements and at most 4 channels: several programs per reduction, ragged edges."""
+    """Tiles of 32-64 elements and at most 4 channels: several programs per reduction, ragged edges;
+    the per-tile sums summed in groups first (see ``DIRECT_MAX_TILES``), 2 channels and 2 rows at a time."""
     monkeypatch.setattr(bn_mod, "BLOCK", 64)
     monkeypatch.setattr(bn_mod, "BWD_BLOCK", {4: 32, 8: 16})
     monkeypatch.setattr(bn_mod, "MAX_BLOCK_C", 4)
+    monkeypatch.setattr(bn_mod, "DIRECT_MAX_TILES", 1)
+    monkeypatch.setattr(bn_mod, "COEF_BLOCK_T", 2)
+    monkeypatch.setattr(bn_mod, "COEF_BLOCK_C", 2)
 
 
 def make_conv_output(T, shape, dtype, layout, device, seed=0):
@@ -296,6 +300,41 @@ def test_recompute_and_stored_membrane_agree(p, device, monkeypatch):
     assert torch.equal(y8, y0)
     for a, b in zip(g8, g0):
         assert torch.equal(a, b)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("layout,T", [("3d", 3), ("5d", 3), ("channels_last", 10)])
+def test_per_tile_sums_in_groups_agree_with_one_pass(layout, T, device, monkeypatch):
+    """Many tiles: the statistics' and the backward's per-tile sums (per channel and the neuron's
+    scalars) summed in groups first, then the groups, give what one pass over the tiles gives (to
+    float32 rounding), and the group stage runs for all three tables."""
+    small_tiles(monkeypatch)
+    x = make_conv_output(T, SHAPES[layout], F32, layout, device)
+    bn = make_bn(x, "batch", device)
+    params = make_params(SHAPES[layout][1], "sigmoid", device)
+    grouped = []
+    group_tiles = bn_mod._group_tiles
+
+    def spy(table, direct_max):
+        out = group_tiles(table, direct_max)
+        grouped.append(out.shape[1] < table.shape[1])
+        return out
+
+    monkeypatch.setattr(bn_mod, "_group_tiles", spy)
+    results = []
+    for direct_max in (1, 10**9):
+        monkeypatch.setattr(bn_mod, "DIRECT_MAX_TILES", direct_max)
+        leaf = x.detach().clone().requires_grad_()
+        running = [t.clone() for t in bn[2:4]]
+        y = bn_lif_fused(leaf, *bn[:2], *running, *params, seed=5)
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum(),
+                                    [leaf, bn[0], bn[1]] + params)
+        results.append((y, running, grads))
+    assert grouped == [True, True, True, False, False, False]
+    (y_g, run_g, g_g), (y_d, run_d, g_d) = results
+    torch.testing.assert_close(y_g, y_d, rtol=1e-5, atol=1e-6)
+    for a, b in zip(run_g + list(g_g), run_d + list(g_d)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.interpret

@@ -21,6 +21,7 @@ from perf.aot import bn_lif_apply_spec as apply_spec
 from perf.aot import bn_lif_bwd_finalize_spec as finalize_spec
 from perf.aot import bn_lif_bwd_spec as bwd_spec
 from perf.aot import bn_lif_coef_spec as coef_spec
+from perf.aot import bn_lif_tile_groups_spec as tile_groups_spec
 from perf.aot import bn_lif_fwd_spec as fwd_spec
 from perf.aot import bn_lif_stats_spec as stats_spec
 
@@ -31,6 +32,7 @@ def covering_specs():
     specs = []
     for arch in (80, 90):
         specs += [coef_spec(arch, BATCH_STATS=b, UPDATE_RUNNING=b) for b in (True, False)]
+        specs.append(tile_groups_spec(arch))
         specs += [finalize_spec(arch, SIGMOID=(arch == 90) == chan, CHANNEL_WIDTH=chan, BATCH_STATS=not chan)
                   for chan in (False, True)]
         for i, dtype in enumerate(DTYPES):
@@ -60,8 +62,8 @@ def check(results):
         problems += compile_problems(r)
         if r.error:
             continue
-        if r.spec.label.startswith(("coef", "bwd_finalize")):
-            continue  # [C] vectors and scalars: no per-element streams
+        if r.spec.label.startswith(("coef", "bwd_finalize", "tile_groups")):
+            continue  # [C] vectors, tables of per-tile sums and scalars: no per-element streams
         if "RECOMPUTE_T=4" in r.spec.label or "RECOMPUTE_T=8" in r.spec.label:
             continue  # 2-4 elements per thread by design (asgl.kernels.bn_lif.BWD_BLOCK): narrower vectors
         if 4 not in r.vector_widths("ld.global"):

@@ -60,6 +60,19 @@ def test_a_long_loop_is_fast_forwarded_exactly():
     assert fast.counts == plain.counts and fast.round_trips == plain.round_trips
 
 
+@pytest.mark.parametrize("T,group,expected", [(10, 4, 4), (3, 4, 3), (-5, 4, -5)])
+def test_a_loop_bounded_by_an_add_and_min_runs_its_trips(T, group, expected):
+    """``VIADDMNMX`` (sm_90: ``min(a + b, c)`` under PT, ``max`` under !PT) as a loop bound: the
+    trip count ``min(T + 0, group)`` of a 2-step loop whose second step is guarded."""
+    sass = LOOP.replace("LDC R0, c[0x0][0x210] ;", "VIADDMNMX R0, RZ, c[0x0][0x210], c[0x0][0x214], PT ;")
+    trace = run(sass, {T_OFFSET: T, T_OFFSET + 4: group})
+    trips = max(expected, 0)
+    assert trace.counts.get(4, 0) == math.ceil(trips / 2)  # the loop's first load, once per iteration
+    assert trace.round_trips == trips
+    with_max = run(sass.replace(", PT ;", ", !PT ;", 1), {T_OFFSET: T, T_OFFSET + 4: group})
+    assert with_max.round_trips == max(T, group)
+
+
 def test_a_loop_on_a_loaded_value_is_refused():
     sass = LOOP.replace("ISETP.GE.AND P2, PT, R2, R0, PT", "ISETP.GE.AND P2, PT, R2, R4, PT")
     with pytest.raises(SassError, match="depends on a loaded"):
