@@ -49,8 +49,9 @@ test-all: install
 # compiles and the static model's budgets. Not part of `make test` (a second venv and the kernel
 # tests again: about 10 more minutes on 2 cores).
 VENV_MIN ?= .venv-triton36
-KERNEL_TESTS := tests/test_lif_kernel.py tests/test_rlif_kernel.py tests/test_perf_regression.py \
-	tests/test_saved_bytes.py tests/test_kernel_aot.py tests/test_rlif_aot.py tests/test_static_model.py
+KERNEL_TESTS := tests/test_lif_kernel.py tests/test_rlif_kernel.py tests/test_bn_lif.py tests/test_perf_regression.py \
+	tests/test_saved_bytes.py tests/test_kernel_aot.py tests/test_rlif_aot.py tests/test_bn_lif_aot.py \
+	tests/test_static_model.py tests/test_sass_model.py
 
 $(VENV_MIN)/.installed:
 	$(PY) -m venv $(VENV_MIN)

@@ -160,12 +160,12 @@ class _Made(TorchDispatchMode):
 
 def _stand_in(func, args):
     """The step counter's CPU value of a fused op, in the layout the op's own allocation has."""
-    from asgl.kernels.lif import _alloc_like
+    from asgl.kernels.host import alloc_like
     from perf.step_budget import _stand_in as values
 
     out = values(func._opname, args)
     if func._opname in ("bn_lif_fwd", "lif_fwd", "rlif_fwd"):
-        y = _alloc_like(args[0])
+        y = alloc_like(args[0])
         y.copy_(out[0])
         out = (y, *out[1:])
     return out
