@@ -519,7 +519,7 @@ def test_module_triton_backend_end_to_end(device):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("reset", ["hard", "soft"])
+@pytest.mark.parametrize("reset", ["hard", pytest.param("soft", marks=pytest.mark.slow)])
 def test_long_sequence_t1000(device, reset):
     """T = 1,000 (longer than the 250 / 500 steps of the audio recipes): forward and all gradients
     against the reference with the mask replayed, float32. In float32 the kernel and the
