@@ -680,6 +680,35 @@ def _coef_block(C: int) -> int:
     return min(triton.next_power_of_2(max(C, 1)), COEF_BLOCK_C)
 
 
+def _bwd_tiling(x: Tensor):
+    """``(tile, grid)`` of the backward kernel for ``x`` (its tile size depends on T)."""
+    T = x.shape[0]
+    _, OUTER, C, INNER = _geometry(x)
+    block = BWD_BLOCK[4 if T <= 4 else 8] if T <= RECOMPUTE_MAX_T else BLOCK
+    return _tiles(OUTER, C, INNER, block)
+
+
+def group_sum_launches(x: Tensor, *, backward: bool) -> int:
+    """Launches of :func:`_sum_tile_groups_kernel` in one call on ``x [T, B, C, ...]``: the statistics
+    (``backward=False``: batch statistics; none with running statistics) or the backward (its
+    per-channel table and its scalar table, each grouped above its threshold). What
+    ``perf/step_budget.py`` counts; the launchers below decide by the same rules."""
+    C = x.shape[2]
+    if x.numel() == 0 or C == 0:
+        return 0
+    if not backward:
+        _, grid = _tiles(*_geometry(x)[1:], BLOCK)
+        return int(grid[0] > DIRECT_MAX_TILES)
+    _, grid = _bwd_tiling(x)
+    return int(grid[0] > DIRECT_MAX_TILES) + int(grid[0] * grid[1] > _scalar_direct_max(C))
+
+
+def _scalar_direct_max(C: int) -> int:
+    """The backward's scalar partials are grouped above this many (the finalize kernel sums
+    ``COEF_BLOCK_T·_coef_block(C)`` of them at a time)."""
+    return DIRECT_MAX_TILES * _coef_block(C)
+
+
 def _group_tiles(table: Tensor, direct_max: int) -> Tensor:
     """``table [J, tiles, C]`` of per-tile sums (float32), or above ``direct_max`` tiles its sums over
     groups of about sqrt(tiles) consecutive tiles, ``[J, groups, C]`` (one launch of
@@ -700,8 +729,8 @@ def _group_tiles(table: Tensor, direct_max: int) -> Tensor:
 
 def _launch_coef(x, weight, bias, running_mean, running_var, *, scale, eps, momentum, batch_stats):
     """``coef[4, C] = (A, β, μ, rstd)`` (float32) from this batch's statistics (``batch_stats``: the
-    stats kernel + the coefficient kernel, which also updates the running buffers when given) or from
-    the running buffers (the coefficient kernel alone)."""
+    stats kernel, on many tiles the group sums, and the coefficient kernel, which also updates the
+    running buffers when given) or from the running buffers (the coefficient kernel alone)."""
     T, C = x.shape[0], x.shape[2]
     coef = torch.empty((4, C), dtype=torch.float32, device=x.device)
     tiles = 1
@@ -770,7 +799,8 @@ def _launch_bwd(dy, x, residual, u, coef, weight, bias, decay_logit, width_param
                 hard_reset, v_reset, sigmoid, noise, p, seed):
     """``(dx, d_residual, dγ, dβ, d decay_logit, d width_param, dθ)`` in three launches: the LIF
     backward (g and the per-tile sums), the finalize (every ``[C]`` and scalar gradient, batch
-    norm's coefficients) and the apply (dx). dγ, dβ are empty without weight, bias."""
+    norm's coefficients) and the apply (dx); on many tiles one or two group-sum launches before the
+    finalize (:func:`group_sum_launches`). dγ, dβ are empty without weight, bias."""
     T, C = x.shape[0], x.shape[2]
     channel_width = width_param.dim() == 1
     g = alloc_like(x)
@@ -788,9 +818,8 @@ def _launch_bwd(dy, x, residual, u, coef, weight, bias, decay_logit, width_param
     x_k = _kview(x, perm)
     g_k = g.permute(perm).view(-1)
     recompute = T <= RECOMPUTE_MAX_T
-    block = BWD_BLOCK[4 if T <= 4 else 8] if recompute else BLOCK
     warps = BWD_NUM_WARPS if recompute else NUM_WARPS
-    (bo, bc, bi), grid = _tiles(OUTER, C, INNER, block)
+    (bo, bc, bi), grid = _bwd_tiling(x)
     f32 = dict(dtype=torch.float32, device=x.device)
     chan = torch.empty((3 if channel_width else 2, grid[0], C), **f32)
     slots = grid[0] * grid[1]
@@ -808,8 +837,8 @@ def _launch_bwd(dy, x, residual, u, coef, weight, bias, decay_logit, width_param
         num_warps=warps, **COMPILE_OPTIONS,
     )
     chan = _group_tiles(chan, DIRECT_MAX_TILES)
-    # the scalar partials as a table of one channel (the finalize sums COEF_BLOCK_C·BLOCK_T at a time)
-    partial = _group_tiles(partial.view(partial.shape[0], slots, 1), DIRECT_MAX_TILES * COEF_BLOCK_C)
+    # the scalar partials as a table of one channel
+    partial = _group_tiles(partial.view(partial.shape[0], slots, 1), _scalar_direct_max(C))
     slots = partial.shape[1]
     k = torch.empty((2, C), **f32)
     block_c = _coef_block(C)

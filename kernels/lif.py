@@ -7,9 +7,9 @@ registers; the backward program walks the same neurons from ``t = T-1`` down to 
 Philox, one call per 4 neurons of a row and 2 steps (keying in :mod:`asgl.kernels.common`), and
 redrawn bit-identically in the backward. T up to 8 (the recipes' 2, 4 and 8) runs fully unrolled
 (``STATIC_T``: one compiled kernel per T, no loop, no guards, the first and last steps without their
-zero terms); above, a loop of 8 unrolled steps per iteration. Each step's loads are issued before the
-previous step's stores (a load may not move across a store), so one step of loads is always in
-flight behind the math.
+zero terms); above, a loop of unrolled steps (8 per iteration forward, 4 backward). Each step's
+loads are issued before the previous step's stores (a load may not move across a store), so one
+step of loads is always in flight behind the math.
 
 Memory traffic per element and time step (bf16): forward reads x and writes y and u (6 B),
 backward reads u and dy and writes dx (6 B): 12 B per element-step for a training step, against

@@ -408,10 +408,12 @@ def bn_lif_coef_spec(arch, *, BATCH_STATS=True, UPDATE_RUNNING=True):
     return _bn_lif_spec("_bn_coef_kernel", label, sig, const, ("partial_ptr", "coef_ptr"), arch, 4, "fp32", 0, 1)
 
 
-def bn_lif_tile_groups_spec(arch):
-    """The first of the two stages that sum many per-tile sums (float32 tables); no per-element work."""
+def bn_lif_tile_groups_spec(arch, *, scalars=False):
+    """The first of the two stages that sum many per-tile sums (float32 tables; ``scalars``: the
+    backward's scalar table, one channel); no per-element work."""
     sig = {"src_ptr": "*fp32", "dst_ptr": "*fp32", "TILES": "i32", "C": "i32", "GROUP": "i32"}
-    return _bn_lif_spec("_sum_tile_groups_kernel", f"tile_groups sm_{arch}", sig, _coef_blocks(),
+    const = {**_coef_blocks(), **({"BLOCK_C": 1} if scalars else {})}
+    return _bn_lif_spec("_sum_tile_groups_kernel", f"tile_groups sm_{arch} BLOCK_C={const['BLOCK_C']}", sig, const,
                         ("src_ptr", "dst_ptr"), arch, 4, "fp32", 0, 1)
 
 

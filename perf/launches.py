@@ -45,7 +45,7 @@ _TORCH_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int8
 @dataclasses.dataclass(frozen=True)
 class KernelLaunch:
     spec: KernelSpec
-    grid: tuple  # programs along axis 0 and 1
+    grid: tuple  # programs along each grid axis (2 or 3)
     args: tuple  # (name, value) of the scalar arguments
     kind: str  # "elementwise" (a [T, N] pass) or "reduce" (the [C] or scalar kernels)
 
@@ -286,7 +286,8 @@ def bn_lif_op(pas: str, shape: tuple, *, dtype="bf16", p=0.2, sigmoid=True, hard
               residual=False, channels_last=True, training=True, arch=90) -> list[KernelLaunch]:
     """The fused batch norm + LIF (``asgl.kernels.bn_lif``) on ``x [T, B, C, ...]`` of ``shape``:
     in training (batch statistics, running buffers updated) the forward is statistics,
-    coefficients and neuron, the backward the neuron backward, finalize and apply; ``training=False``:
+    coefficients and neuron, the backward the neuron backward, finalize and apply, with the group
+    sums before the coefficients and the finalize on layers of many tiles; ``training=False``:
     the inference forward folding the running statistics (one launch)."""
     import torch
 

@@ -323,14 +323,17 @@ class _Machine:
         if kind == "const":
             if pair:
                 lo, hi = self.const.get(payload), self.const.get(payload + 4)
+                if neg or inv or absv:  # a 64-bit operand's modifiers: not modelled, the value unknown
+                    return (None, False)
                 return (None if lo is None or hi is None else lo | hi << 32, False)
-            return (self.const.get(payload), False)
-        if kind != "reg":
+            v, t = self.const.get(payload), False
+        elif kind != "reg":
             return (None, False)
-        v, t = self.r.get(payload[0], (None, False))
-        if pair:
-            hi, th = self.r.get(payload[1], (None, False))
-            return (None if v is None or hi is None else v | hi << 32, t or th)
+        else:
+            v, t = self.r.get(payload[0], (None, False))
+            if pair:
+                hi, th = self.r.get(payload[1], (None, False))
+                return (None if v is None or hi is None else v | hi << 32, t or th)
         if v is None:
             return (None, t)
         if absv:
@@ -387,7 +390,7 @@ def _operand(s: str) -> tuple:
         return ("imm", int(s, 0) & M32, False, False, False)
     m = _CONST.match(s)
     if m:
-        return ("const" if m.group(1) == "0x0" else "other", int(m.group(2), 16), False, False, False)
+        return ("const" if m.group(1) == "0x0" else "other", int(m.group(2), 16), neg, inv, absv)
     m = _REG.match(s)
     if not m or m.group(3).replace(".reuse", "") not in ("", ".64"):
         return ("other", None, False, False, False)

@@ -133,8 +133,9 @@ class LoopCost:
 def loop_cost(sass: str, spec: KernelSpec) -> LoopCost:
     """Amortised SASS cost per element-step of one iteration of the time loop in the steady state:
     one iteration covers ``steps_per_iteration`` steps of ``elements_per_thread`` neurons per
-    thread; a block of the Philox draw counts ``steps_per_iteration / 8`` (it runs once every 8
-    steps); a loop nested in the time loop (the recurrent product) counts ``inner_trips``."""
+    thread; a block of the Philox draw counts ``min(1, steps_per_iteration / STEPS_PER_DRAW)`` (a
+    call serves ``STEPS_PER_DRAW`` steps); a loop nested in the time loop (the recurrent product)
+    counts ``inner_trips``."""
     from asgl.kernels.common import STEPS_PER_DRAW
 
     blocks = parse_sass(sass)

@@ -77,7 +77,9 @@ FUSED_OP_LAUNCHES = {
     # the fused batch norm + LIF (asgl.kernels.bn_lif; tests/test_perf_regression.py counts them by
     # running the ops): statistics = the stats kernel and the coefficient kernel (which also updates
     # the running buffers; with running statistics the coefficient kernel alone, see fused_launches);
-    # forward = the kernel; backward = the kernel, the finalize kernel and the apply kernel
+    # forward = the kernel; backward = the kernel, the finalize kernel and the apply kernel; on
+    # layers of many tiles the group sums before the coefficient and finalize kernels (+1 and up to
+    # +2, asgl.kernels.bn_lif.group_sum_launches, see fused_launches)
     "asgl::bn_stats": 2,
     "asgl::bn_lif_fwd": 1,
     "asgl::bn_lif_bwd": 3,
@@ -90,7 +92,13 @@ def fused_launches(key: str, args) -> int:
         raise KeyError(f"{key}: no launch count in FUSED_OP_LAUNCHES (perf/step_budget.py)")
     channel_width = key == "asgl::lif_bwd" and args[3].dim() == 1  # width_param [C]
     running_stats = key == "asgl::bn_stats" and not args[8]  # batch_stats flag: no stats kernel
-    return FUSED_OP_LAUNCHES[key] + channel_width - running_stats
+    groups = 0
+    if key in ("asgl::bn_stats", "asgl::bn_lif_bwd") and not running_stats:
+        from asgl.kernels.bn_lif import group_sum_launches
+
+        backward = key == "asgl::bn_lif_bwd"
+        groups = group_sum_launches(args[1] if backward else args[0], backward=backward)
+    return FUSED_OP_LAUNCHES[key] + channel_width - running_stats + groups
 
 
 def fused_extra_bytes(key: str, args) -> int:

@@ -32,7 +32,7 @@ def covering_specs():
     specs = []
     for arch in (80, 90):
         specs += [coef_spec(arch, BATCH_STATS=b, UPDATE_RUNNING=b) for b in (True, False)]
-        specs.append(tile_groups_spec(arch))
+        specs += [tile_groups_spec(arch, scalars=s) for s in (False, True)]
         specs += [finalize_spec(arch, SIGMOID=(arch == 90) == chan, CHANNEL_WIDTH=chan, BATCH_STATS=not chan)
                   for chan in (False, True)]
         for i, dtype in enumerate(DTYPES):

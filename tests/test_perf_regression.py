@@ -225,6 +225,41 @@ def test_every_launch_of_a_fused_batch_norm_lif_step(bn_launches, device, p, cha
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.interpret
+@pytest.mark.parametrize("T", [3, 10])
+def test_many_tiles_add_the_group_sums_and_the_step_budget_counts_them(bn_launches, device, monkeypatch, T):
+    """On many tiles the per-tile partial sums are summed in groups first: one group-sum launch before
+    the coefficient kernel, one for the backward's per-channel table and one for its scalar table
+    before the finalize, nothing else added; ``perf/step_budget.py`` counts the same launches
+    (``asgl.kernels.bn_lif.group_sum_launches``)."""
+    import asgl.kernels.bn_lif as bn_module
+    from asgl.kernels.bn_lif import bn_lif_fused
+    from perf.step_budget import fused_launches
+
+    # small tiles and thresholds: 3 statistics tiles, 3-6 backward tiles, every table grouped
+    for name, value in (("BLOCK", 64), ("BWD_BLOCK", {4: 32, 8: 16}), ("DIRECT_MAX_TILES", 1), ("COEF_BLOCK_C", 2)):
+        monkeypatch.setattr(bn_module, name, value)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(T, 6, 3, 4, 5, generator=g).to(device).requires_grad_()
+    weight = torch.full((3,), 0.7, device=device, requires_grad=True)
+    bias = torch.full((3,), 0.3, device=device, requires_grad=True)
+    running = [torch.zeros(3, device=device), torch.ones(3, device=device)]
+    neuron = [torch.tensor(v, device=device, requires_grad=True) for v in (0.0, 4.0, 1.0)]
+    seed = torch.tensor([7], device=device)
+    bn_launches.clear()  # the inputs' creation
+    y = bn_lif_fused(x, weight, bias, *running, *neuron, p=0.3, training=True, seed=seed)
+    fwd, fwd_aten = bn_launches.snapshot()
+    torch.autograd.grad(y.sum(), [x, weight, bias, *neuron])
+    bwd, bwd_aten = bn_launches.snapshot()
+    assert fwd == {"_bn_stats_kernel": 1, "_sum_tile_groups_kernel": 1, "_bn_coef_kernel": 1,
+                   "_bn_lif_fwd_kernel": 1} and not fwd_aten, f"forward launched {fwd} {fwd_aten}"
+    assert bwd == {"_bn_lif_bwd_kernel": 1, "_sum_tile_groups_kernel": 2, "_bn_bwd_finalize_kernel": 1,
+                   "_bn_grad_apply_kernel": 1}, f"backward launched {bwd}"
+    stats_args = (x, weight, bias, *running, 1.0, 1e-5, 0.1, True)
+    assert fused_launches("asgl::bn_stats", stats_args) + fused_launches("asgl::bn_lif_fwd", ()) == sum(fwd.values())
+    assert fused_launches("asgl::bn_lif_bwd", (y, x)) == sum(bwd.values())
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU tier: ratios against baselines measured in the same process
 # ---------------------------------------------------------------------------------------------

@@ -571,7 +571,10 @@ def test_ddp_fsdp1_fsdp2_train_the_same_and_resume_bit_identical(tmp_path):
 
 
 if __name__ == "__main__":  # a rank of test_ddp_fsdp1_fsdp2_train_the_same_and_resume_bit_identical
+    from asgl.train.run import exit_process
+
     _rank_worker(sys.argv[1], Path(sys.argv[2]))
+    exit_process(0)  # as the trainer's ranks end: see exit_process
 
 
 def test_bench_memory_cli(tmp_path):

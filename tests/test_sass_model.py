@@ -71,6 +71,9 @@ def test_a_loop_bounded_by_an_add_and_min_runs_its_trips(T, group, expected):
     assert trace.round_trips == trips
     with_max = run(sass.replace(", PT ;", ", !PT ;", 1), {T_OFFSET: T, T_OFFSET + 4: group})
     assert with_max.round_trips == max(T, group)
+    # a negated constant operand: min(0 - T, group) steps
+    negated = run(sass.replace("RZ, c[0x0][0x210]", "RZ, -c[0x0][0x210]"), {T_OFFSET: -T, T_OFFSET + 4: group})
+    assert negated.round_trips == max(expected, 0)
 
 
 def test_a_loop_on_a_loaded_value_is_refused():
