@@ -724,26 +724,26 @@ def _op_iabs(mc, a, mods, tin):
     mc.set(a[0], None if v is None else abs(_signed(v)) & M32, t or tin)
 
 
-def _op_imnmx(mc, a, mods, tin):
-    vals, taint = _vals(mc, a[1:3])
-    p, tp = mc.pred(a[3]) if len(a) > 3 else (True, False)
+def _set_min_max(mc, dest, vals, taint, pred, mods, tin):
+    """``dest = min(*vals)`` where the predicate ``pred`` holds (or is absent), else ``max``."""
+    p, tp = mc.pred(pred) if pred is not None else (True, False)
     if None in vals or p is None:
-        mc.set(a[0], None, True)
+        mc.set(dest, None, True)
         return
     x, y = vals if "U32" in mods else (_signed(vals[0]), _signed(vals[1]))
-    mc.set(a[0], (min(x, y) if p else max(x, y)) & M32, taint or tp or tin)
+    mc.set(dest, (min(x, y) if p else max(x, y)) & M32, taint or tp or tin)
+
+
+def _op_imnmx(mc, a, mods, tin):
+    vals, taint = _vals(mc, a[1:3])
+    _set_min_max(mc, a[0], vals, taint, a[3] if len(a) > 3 else None, mods, tin)
 
 
 def _op_viaddmnmx(mc, a, mods, tin):
     """``VIADDMNMX d, a, b, c, p``: ``min(a + b, c)`` where ``p`` holds, else ``max`` (sm_90)."""
     vals, taint = _vals(mc, a[1:4])
-    p, tp = mc.pred(a[4]) if len(a) > 4 else (True, False)
-    if None in vals or p is None:
-        mc.set(a[0], None, True)
-        return
-    total = (vals[0] + vals[1]) & M32
-    x, y = (total, vals[2]) if "U32" in mods else (_signed(total), _signed(vals[2]))
-    mc.set(a[0], (min(x, y) if p else max(x, y)) & M32, taint or tp or tin)
+    total = None if None in vals[:2] else (vals[0] + vals[1]) & M32
+    _set_min_max(mc, a[0], [total, vals[2]], taint, a[4] if len(a) > 4 else None, mods, tin)
 
 
 def _op_sgxt(mc, a, mods, tin):
